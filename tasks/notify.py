@@ -1,0 +1,336 @@
+"""Post the verdict to Slack (slack-sdk): a bot token (chat.postMessage + the headline chart) or a webhook.
+
+The message is what the team reads in the morning, so it carries the decision with colour and emoji,
+the banded KPIs with their change against the previous run, the failed checks, the remediations, and
+where the full report is. Slack is a delivery channel, never a judge: a failure (5xx, timeout, rate
+limit) is retried a few times, then recorded on the run as a `notify` event; it never fails the
+campaign, and verdict.json is already written before we get here.
+
+Credentials come from the environment (the variable names are in the profile's `slack` section) or,
+under a Prefect server, from a Secret block named after the variable (`SLACK_BOT_TOKEN` →
+`slack-bot-token`). They are never read from the profile file and never logged: error texts are
+scrubbed of them before they are recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.logging import get_logger
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.webhook import WebhookClient
+
+from soundcheck.models import KPI, Decision, Verdict
+from soundcheck.profile import Slack
+
+log = get_logger("soundcheck.notify")
+
+#: Attachment colour bar and emoji per decision.
+STYLE: dict[Decision, tuple[str, str, str]] = {
+    Decision.APPROVE: ("#2EB67D", ":white_check_mark:", "Approve the deploy"),
+    Decision.APPROVE_WITH_TUNING: ("#ECB22E", ":large_yellow_circle:", "Approve with tuning"),
+    Decision.BLOCK: ("#E01E5A", ":no_entry:", "Block the deploy"),
+    Decision.INCONCLUSIVE: ("#868686", ":grey_question:", "Inconclusive: could not measure"),
+}
+BAND_EMOJI = {"target": ":large_green_circle:", "allowed": ":large_yellow_circle:", "action": ":red_circle:"}
+
+#: Slack API errors that a retry cannot fix: recorded at once instead of retried.
+PERMANENT_ERRORS = frozenset({
+    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "no_permission",
+    "channel_not_found", "not_in_channel", "is_archived", "missing_scope", "invalid_blocks",
+    "invalid_payload", "no_service", "no_team", "team_disabled", "action_prohibited",
+})
+MAX_KPI_LINES = 14
+MAX_LIST_LINES = 8
+
+
+class PermanentSlackError(RuntimeError):
+    """Slack refused in a way a retry cannot fix (bad token, unknown channel, bad payload)."""
+
+
+@dataclass
+class Credentials:
+    token: str | None = None
+    webhook_url: str | None = None
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.token, self.webhook_url) if s]
+
+
+@dataclass
+class NotifyResult:
+    """What happened; `outcome` is the events-table outcome (ok | failed | skipped)."""
+
+    outcome: str
+    via: str | None = None
+    attempts: int = 0
+    detail: str = ""
+    channel: str | None = None
+    ts: str | None = None
+    chart_uploaded: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- message
+
+
+def _fmt_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit in ("ratio", "share", "fraction") or (unit == "" and 0 <= value <= 1 and value != int(value)):
+        return f"{value * 100:.2f} %"
+    if unit == "%":
+        return f"{value:.1f} %"
+    if abs(value) >= 1000:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10 or value == int(value):
+        text = f"{value:.0f}" if value == int(value) else f"{value:.1f}"
+    else:
+        text = f"{value:.3g}"
+    return f"{text} {unit}".strip()
+
+
+def kpi_delta_pct(kpi: KPI) -> float | None:
+    if kpi.delta_pct is not None:
+        return kpi.delta_pct
+    if kpi.previous in (None, 0) or kpi.value is None:
+        return None
+    return (kpi.value - kpi.previous) / abs(kpi.previous) * 100.0
+
+
+def kpi_line(kpi: KPI) -> str:
+    """`:large_green_circle: *p95_ms* spike — 812 ms · target · ↑ +15.8 % vs 701` (the plan's dashboard style)."""
+    where = kpi.scenario + (f"/{kpi.phase}" if kpi.phase else "")
+    parts = [f"{BAND_EMOJI.get(kpi.band or '', ':white_circle:')} *{kpi.name}* {where} — "
+             f"{_fmt_value(kpi.value, kpi.unit)}", kpi.band or "no band"]
+    delta = kpi_delta_pct(kpi)
+    if delta is not None:
+        arrow = "↑" if delta > 0 else "↓" if delta < 0 else "→"
+        parts.append(f"{arrow} {delta:+.1f} % vs {_fmt_value(kpi.previous, kpi.unit)}"
+                     + (" :warning: regression" if kpi.regression else ""))
+    elif kpi.previous is None:
+        parts.append("no previous run")
+    return " · ".join(parts)
+
+
+def _headline_kpis(kpis: list[KPI]) -> list[KPI]:
+    """Banded KPIs first (worst band first), then regressions; the rest live in the report."""
+    order = {"action": 0, "allowed": 1, "target": 2}
+    banded = sorted((k for k in kpis if k.band), key=lambda k: (order.get(k.band or "", 3), k.scenario, k.name))
+    rest = [k for k in kpis if not k.band and k.regression]
+    return banded + rest
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:2990]}}
+
+
+def build_message(verdict: Verdict, *, report_location: str | None = None) -> dict[str, Any]:
+    """The Block Kit message: `text` (notification fallback), `blocks` (headline), `attachments` (coloured body)."""
+    colour, emoji, meaning = STYLE[verdict.verdict]
+    title = f"{emoji} soundcheck: {verdict.verdict.value} — {meaning}"
+    failed = [c for c in verdict.checks if not c.passed]
+    head = [
+        {"type": "header", "text": {"type": "plain_text", "text": f"soundcheck {verdict.verdict.value}"[:150],
+                                    "emoji": True}},
+        _section(f"{emoji} *{meaning}* — profile `{verdict.profile}`, run `{verdict.run_id}`\n"
+                 f"{len(verdict.checks) - len(failed)}/{len(verdict.checks)} checks passed, "
+                 f"{len(verdict.remediations)} remediation(s)"),
+    ]
+    body: list[dict[str, Any]] = []
+    headline = _headline_kpis(verdict.kpis)
+    if headline:
+        lines = [kpi_line(k) for k in headline[:MAX_KPI_LINES]]
+        if len(headline) > MAX_KPI_LINES:
+            lines.append(f"… and {len(headline) - MAX_KPI_LINES} more in the report")
+        body.append(_section("*KPIs* (band · change vs previous run)\n" + "\n".join(lines)))
+    if failed:
+        lines = [f":x: *{c.id}* ({c.scenario}): observed {c.observed}; expected {c.expected}"
+                 for c in failed[:MAX_LIST_LINES]]
+        if len(failed) > MAX_LIST_LINES:
+            lines.append(f"… and {len(failed) - MAX_LIST_LINES} more failed checks in the report")
+        body.append(_section("*Failed checks*\n" + "\n".join(lines)))
+    elif verdict.checks:
+        body.append(_section(f"*Checks*: all {len(verdict.checks)} passed"))
+    if verdict.remediations:
+        lines = [f":wrench: *{r.code}*: {r.reason} — {r.detail}" for r in verdict.remediations[:MAX_LIST_LINES]]
+        body.append(_section("*Remediations*\n" + "\n".join(lines)))
+    reason = verdict.extra.get("reason") if verdict.extra else None
+    if reason:
+        body.append(_section(f"*Why the run is incomplete*: {reason}"))
+    where = report_location or verdict.report
+    context = [f"run `{verdict.run_id}`", f"profile `{verdict.profile}`",
+               f"{verdict.started_at} → {verdict.finished_at}"]
+    if where:
+        context.append(f"report: <{where}|{Path(str(where)).name}>" if str(where).startswith("http")
+                       else f"report: `{where}`")
+    body.append({"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)[:2990]}]})
+    text = f"{title} (profile {verdict.profile}, run {verdict.run_id})"
+    return {"text": text, "blocks": head, "attachments": [{"color": colour, "fallback": text, "blocks": body}]}
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def _secret_block_name(env_name: str) -> str:
+    return env_name.lower().replace("_", "-")
+
+
+def _from_secret_block(env_name: str) -> str | None:
+    """A Prefect Secret block named after the variable, only when a Prefect API is configured (no ephemeral start)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return None
+    try:
+        from prefect.blocks.system import Secret
+
+        return str(Secret.load(_secret_block_name(env_name), _sync=True).get())  # type: ignore[call-arg]
+    except Exception:  # noqa: BLE001 - a missing block just means "not configured"
+        return None
+
+
+def resolve_credentials(cfg: Slack, environ: dict[str, str] | None = None) -> Credentials:
+    env = os.environ if environ is None else environ
+    token = env.get(cfg.token_env) or None
+    webhook = env.get(cfg.webhook_env) or None
+    if token is None and webhook is None and environ is None:
+        token = _from_secret_block(cfg.token_env)
+        if token is None:
+            webhook = _from_secret_block(cfg.webhook_env)
+    return Credentials(token=token, webhook_url=webhook)
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+# ---------------------------------------------------------------- sending
+
+
+def _api_base(cfg: Slack) -> str:
+    base = cfg.api_url or WebClient.BASE_URL
+    return base if base.endswith("/") else base + "/"
+
+
+def _classify(exc: Exception) -> str:
+    """transient | permanent."""
+    if isinstance(exc, PermanentSlackError):
+        return "permanent"
+    if isinstance(exc, SlackApiError):
+        status = getattr(exc.response, "status_code", 0) or 0
+        error = (exc.response.get("error") if exc.response is not None else None) or ""
+        if status >= 500 or status == 429 or error in ("ratelimited", "internal_error", "fatal_error",
+                                                        "service_unavailable", "request_timeout"):
+            return "transient"
+        return "permanent" if error in PERMANENT_ERRORS or 400 <= status < 500 else "transient"
+    return "transient"  # timeouts, refused connections, URLError, SlackRequestError
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, SlackApiError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code}: {exc.response.get('error') or 'error'}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _send_bot(client: WebClient, channel: str, message: dict[str, Any]) -> tuple[str, str]:
+    resp = client.chat_postMessage(channel=channel, text=message["text"], blocks=message["blocks"],
+                                   attachments=message["attachments"], unfurl_links=False)
+    return str(resp.get("channel") or channel), str(resp.get("ts") or "")
+
+
+def _send_webhook(client: WebhookClient, message: dict[str, Any]) -> None:
+    resp = client.send(text=message["text"], blocks=message["blocks"], attachments=message["attachments"])
+    if resp.status_code >= 500 or resp.status_code == 429:
+        raise RuntimeError(f"webhook answered HTTP {resp.status_code}")
+    if resp.status_code != 200:
+        raise PermanentSlackError(f"webhook answered HTTP {resp.status_code}: {resp.body[:80]}")
+
+
+def _with_retries(fn: Any, *, attempts: int, backoff_s: float, result: NotifyResult, what: str) -> Any:
+    for attempt in range(1, attempts + 1):
+        result.attempts += 1
+        try:
+            return fn()
+        except (SlackClientError, OSError, RuntimeError) as exc:  # SlackApiError is a SlackClientError
+            kind = _classify(exc)
+            result.errors.append(f"{what} attempt {attempt}: {_describe(exc)} ({kind})")
+            log.warning("Slack %s failed (attempt %d/%d, %s): %s", what, attempt, attempts, kind, _describe(exc))
+            if kind == "permanent" or attempt == attempts:
+                raise
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def post_verdict(verdict: Verdict, cfg: Slack, *, report_location: str | None = None,
+                 chart_path: str | Path | None = None, credentials: Credentials | None = None,
+                 attempts: int = 3, backoff_s: float = 1.0, timeout_s: int = 10) -> NotifyResult:
+    """Send the verdict; never raises. Bot token wins over webhook when both are set."""
+    creds = credentials or resolve_credentials(cfg)
+    if not creds.token and not creds.webhook_url:
+        return NotifyResult("skipped", detail=f"no Slack credentials: set {cfg.token_env} or {cfg.webhook_env}")
+    message = build_message(verdict, report_location=report_location)
+    result = NotifyResult("failed")
+    secrets = creds.secrets()
+    try:
+        if creds.token:
+            result.via = "bot"
+            # Our own retry loop decides what is transient; slack-sdk's handlers would retry twice over.
+            client = WebClient(token=creds.token, base_url=_api_base(cfg), timeout=timeout_s, retry_handlers=[])
+            result.channel, result.ts = _with_retries(lambda: _send_bot(client, cfg.channel, message),
+                                                      attempts=attempts, backoff_s=backoff_s, result=result,
+                                                      what="chat.postMessage")
+            result.outcome, result.detail = "ok", f"posted to {cfg.channel} via bot token"
+            if cfg.upload_chart and chart_path and Path(chart_path).is_file():
+                try:
+                    _with_retries(lambda: client.files_upload_v2(
+                        channel=result.channel, thread_ts=result.ts or None, file=str(chart_path),
+                        filename=Path(chart_path).name, title=f"soundcheck {verdict.run_id}: headline chart"),
+                        attempts=attempts, backoff_s=backoff_s, result=result, what="files_upload_v2")
+                    result.chart_uploaded = True
+                    result.detail += ", chart uploaded"
+                except Exception as exc:  # noqa: BLE001 - the message is out; a missing chart is noted, not fatal
+                    result.detail += f", chart upload failed ({_describe(exc)})"
+        else:
+            result.via = "webhook"
+            hook = WebhookClient(url=str(creds.webhook_url), timeout=timeout_s, retry_handlers=[])
+            _with_retries(lambda: _send_webhook(hook, message), attempts=attempts, backoff_s=backoff_s,
+                          result=result, what="webhook")
+            result.outcome, result.detail = "ok", "posted via incoming webhook"
+    except Exception as exc:  # noqa: BLE001 - Slack must never fail the campaign
+        result.outcome = "failed"
+        result.detail = f"Slack {result.via} failed after {result.attempts} attempt(s): {_describe(exc)}"
+    result.detail = scrub(result.detail, secrets)
+    result.errors = [scrub(e, secrets) for e in result.errors]
+    return result
+
+
+def notify_and_record(verdict: Verdict, cfg: Slack, engine: Any, *, report_location: str | None = None,
+                      chart_path: str | Path | None = None, **kwargs: Any) -> NotifyResult:
+    """post_verdict, then one `notify` event on the run with the outcome (the run keeps what Slack did)."""
+    from soundcheck.store import record_event
+
+    result = post_verdict(verdict, cfg, report_location=report_location, chart_path=chart_path, **kwargs)
+    detail = result.detail + (f" [{'; '.join(result.errors)}]" if result.errors and result.outcome != "ok" else "")
+    try:
+        record_event(engine, verdict.run_id, "notify", result.outcome, detail)
+    except Exception as exc:  # noqa: BLE001 - a store hiccup must not fail the campaign either
+        log.warning("could not record the notify event: %s", exc)
+    (log.info if result.outcome == "ok" else log.warning)("Slack: %s — %s", result.outcome, result.detail)
+    return result
+
+
+@task(name="notify-slack")
+def notify_slack(verdict: Verdict, cfg: Slack, engine: Any, report_location: str | None = None,
+                 chart_path: str | None = None) -> NotifyResult:
+    """Retries happen inside (transient errors only), so the final failure can be recorded on the run."""
+    return notify_and_record(verdict, cfg, engine, report_location=report_location, chart_path=chart_path)
