@@ -110,7 +110,7 @@ class AbortWatcher:
         self.event = event if event is not None else threading.Event()
         self.on_breach = on_breach
         self.clock = clock
-        self.sketch_quantile = sketch_quantile
+        self.sketch_quantile = sketch_quantile if sketch_quantile is not None else _soundcheck_sketch_quantile
         self.breach: Breach | None = None
         self.stopped_at: float | None = None
         self._lock = threading.Lock()
@@ -129,11 +129,17 @@ class AbortWatcher:
     def tripped(self) -> bool:
         return self.breach is not None
 
-    def on_second(self, agg: Any) -> None:
-        """Per-second aggregate(s) from the ingest stage: a row (mapping or object with `second`,
-        `endpoint`, `count`, `s5xx`, `failed`, `p95_ms`, optional `sketch`) or an iterable of rows."""
+    def on_second(self, *args: Any) -> None:
+        """Per-second aggregates from the ingest stage.
+
+        Called as the ingest hook `on_second(scenario, second, {endpoint: SecondAggregate})`, or with one
+        row / an iterable of rows (mapping or object with `second`, `endpoint`, `count`, `s5xx`, `failed`,
+        `p95_ms`, optional `sketch`)."""
         if not self.bands.enabled or self.breach is not None:
             return
+        agg = args[-1]
+        if isinstance(agg, Mapping) and "second" not in agg:
+            agg = list(agg.values())  # {endpoint: aggregate}
         rows = [agg] if isinstance(agg, Mapping) or hasattr(agg, "second") else list(agg)
         with self._lock:
             for row in rows:
@@ -223,9 +229,10 @@ class AbortWatcher:
             return None
         if self.sketch_quantile is not None and all(s.sketches for _, s in win):
             q = self.sketch_quantile([sk for _, s in win for sk in s.sketches], 0.95)
-            if q is not None and q > b.p95_ms:
-                return self._breach("p95_ms", q, b.p95_ms, data_ts, f"merged over {len(win)} s")
-            return None
+            if q is not None:
+                if q > b.p95_ms:
+                    return self._breach("p95_ms", q, b.p95_ms, data_ts, f"all requests of the last {len(win)} s")
+                return None
         per_second = [_weighted_p95(s.p95) for _, s in win if s.p95]
         if len(per_second) >= min(len(win), max(1, int(b.window_s))) and min(per_second) > b.p95_ms:
             return self._breach("p95_ms", min(per_second), b.p95_ms, data_ts,
@@ -293,6 +300,19 @@ class AbortWatcher:
                 self.on_breach(breach)
             except Exception:  # the abort must not depend on a callback
                 log.exception("abort callback failed")
+
+
+def _soundcheck_sketch_quantile(sketches: list[Any], q: float) -> float | None:
+    """Merge the ingest stage's per-second sketches (`soundcheck.sketch`) and read a quantile."""
+    blobs = [b for b in sketches if isinstance(b, bytes | bytearray | memoryview)]
+    if len(blobs) != len(sketches):
+        return None
+    from soundcheck.sketch import merge_bytes
+
+    try:
+        return merge_bytes(bytes(b) for b in blobs).quantile(q)
+    except ValueError:  # not our sketch format: fall back to the per-second rule
+        return None
 
 
 def _weighted_p95(rows: list[tuple[float, int]]) -> float:

@@ -269,3 +269,31 @@ def test_delete_test_data_postgres():
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'soundcheck_safety'").fetchone():
             conn.execute("CREATE DATABASE soundcheck_safety")
     _check_delete("postgresql+psycopg://postgres@127.0.0.1:5432/soundcheck_safety")
+
+
+def _agg(i, durations, endpoint="API-2", s5xx=0):
+    import numpy as np
+
+    from soundcheck.sketch import Histogram
+    from tasks.ingest import SecondAggregate
+
+    h = Histogram()
+    h.add_values(np.asarray(durations, dtype=float))
+    n = len(durations)
+    return SecondAggregate(second=T0 + i, endpoint=endpoint, count=n, s2xx=n - s5xx, s3xx=0, s4xx=0, s5xx=s5xx,
+                           failed=0, codes={"200": n - s5xx}, p50_ms=None, p95_ms=float(max(durations)),
+                           p99_ms=None, max_ms=None, sketch=h.to_bytes())
+
+
+def test_ingest_hook_signature_with_real_sketches():
+    """The ingest stage calls on_second(scenario, second, {endpoint: SecondAggregate}); the window's p95 is
+    read from the merged sketches (here each second's own p95 field says 'slow', the merged data does not)."""
+    w = AbortWatcher(Abort(window_s=3, p95_ms=3000))
+    for i in range(6):  # 3 % of requests at 4 s: merged p95 is fast
+        w.on_second("soak", T0 + i, {"API-2": _agg(i, [100.0] * 97 + [4000.0] * 3),
+                                     "ADMIN": _agg(i, [9000.0] * 50, "ADMIN")})
+    assert not w.tripped
+    for i in range(6, 9):  # 10 % at 4 s on another endpoint: the window p95 is above 3 s
+        w.on_second("soak", T0 + i, {"API-2": _agg(i, [100.0] * 90),
+                                     "API-5": _agg(i, [4000.0] * 10, "API-5")})
+    assert w.tripped and w.breach.rule == "p95_ms" and 3000 < w.breach.observed < 4200
