@@ -76,6 +76,7 @@ UNTAGGED = "UNTAGGED"
 class SecondAggregate:
     """One endpoint's requests in one second: what `second_aggregates` stores and `on_second` gets."""
 
+    second: int  # epoch second
     endpoint: str
     count: int
     s2xx: int
@@ -100,13 +101,14 @@ class _Acc:
     hist: Histogram = field(default_factory=Histogram)
     codes: dict[int, int] = field(default_factory=dict)
 
-    def summary(self, endpoint: str) -> SecondAggregate:
+    def summary(self, second: int, endpoint: str) -> SecondAggregate:
         classes = [0, 0, 0, 0, 0, 0]  # index = status // 100; 0 = no answer
         for code, n in self.codes.items():
             classes[min(max(code // 100, 0), 5)] += n
         p50, p95, p99 = self.hist.quantiles(QUANTILES)
         return SecondAggregate(
-            endpoint=endpoint, count=int(self.hist.count), s2xx=classes[2], s3xx=classes[3], s4xx=classes[4],
+            second=second, endpoint=endpoint, count=int(self.hist.count), s2xx=classes[2], s3xx=classes[3],
+            s4xx=classes[4],
             s5xx=classes[5], failed=classes[0] + classes[1], codes={str(k): v for k, v in sorted(self.codes.items())},
             p50_ms=p50, p95_ms=p95, p99_ms=p99, max_ms=self.hist.max if self.hist.count else None,
             sketch=self.hist.to_bytes())
@@ -156,7 +158,7 @@ class K6CsvIngest:
     """Tails one k6 CSV output file into the result store. Call `poll()` repeatedly, then `finish()`."""
 
     def __init__(self, engine: Engine, scenario_run_id: int, scenario: str, path: str | Path, *,
-                 keep_requests: bool | None = None, on_second: OnSecond | None = None, lag_s: int = 5,
+                 keep_requests: bool | None = None, on_second: OnSecond | None = None, lag_s: int = 3,
                  chunk_bytes: int = 16 << 20) -> None:
         self.engine = engine
         self.scenario_run_id = scenario_run_id
@@ -409,7 +411,7 @@ class K6CsvIngest:
         agg_rows: list[dict[str, Any]] = []
         per_second: list[tuple[int, dict[str, SecondAggregate]]] = []
         for sec in ready:
-            eps = {ep: self._acc.pop((sec, ep)).summary(ep) for (s, ep) in list(self._acc) if s == sec}
+            eps = {ep: self._acc.pop((sec, ep)).summary(sec, ep) for (s, ep) in list(self._acc) if s == sec}
             per_second.append((sec, eps))
             for a in eps.values():
                 agg_rows.append({"scenario_run_id": self.scenario_run_id, "second": sec, "endpoint": a.endpoint,

