@@ -1,0 +1,342 @@
+"""The `campaign` flow: the whole pre-release run as one readable recipe.
+
+    load profile → allowlist check (exit 2 before a single request) → provision (retried)
+    → one stage flow per scenario (sampler, k6 with streaming ingest, snapshot, KPIs; never retried)
+    → evaluate → decide → report → verdict.json + Prefect artifacts → Slack (retried, never fatal)
+    → teardown (always, also after a failure)
+
+A run that fails part-way keeps every row it measured: it is marked INCOMPLETE with the reason, gets
+an INCONCLUSIVE verdict (`fix_test_environment`) that is written and sent like any other, and the
+Prefect flow run ends Failed with the same reason. `run_from_cli` is the `soundcheck run` command's
+body: it validates the profile before Prefect starts (a bad profile costs no server start-up), runs
+the flow in-process (Prefect starts a temporary local server when none is configured) and returns
+the exit status of the verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.stages import STAGES, RunContext, StageEnv
+from soundcheck import store
+from soundcheck.models import EXIT_CODES, EXIT_USAGE, Decision, Remediation, Verdict
+from soundcheck.paths import DEFAULT_PROFILE, ROOT
+from soundcheck.profile import Profile, ProfileError, load_profile, parse_profile
+
+
+class CampaignIncomplete(RuntimeError):
+    """The campaign could not finish; carries the INCONCLUSIVE verdict that was written and sent."""
+
+    def __init__(self, reason: str, verdict: Verdict, verdict_path: str | None = None) -> None:
+        super().__init__(reason)
+        self.verdict = verdict
+        self.verdict_path = verdict_path
+
+
+# ---------------------------------------------------------------- profile
+
+
+def resolve_profile_path(path: str | Path | None) -> Path:
+    """A relative path is taken from the working directory, else from the repository (deployments run anywhere)."""
+    p = Path(path) if path else DEFAULT_PROFILE
+    if not p.is_absolute() and not p.exists() and (ROOT / p).exists():
+        return ROOT / p
+    return p
+
+
+def resolve_profile(path: str | Path | None = None, *, scenarios: list[str] | None = None,
+                    scale: float | None = None, time_scale: float | None = None,
+                    target: str | None = None) -> Profile:
+    """The profile file with the run's overrides applied and validated again (a bad override is a ProfileError).
+
+    A `target` means the system under test is already running there: the local stack is not started.
+    """
+    p = resolve_profile_path(path)
+    prof = load_profile(p)
+    data = prof.model_dump()
+    if scenarios:
+        data["scenarios"] = list(scenarios)
+    if scale is not None:
+        data["scale"] = scale
+    if time_scale is not None:
+        data["time_scale"] = time_scale
+    if target:
+        data["target"]["base_url"] = target
+        if data["environment"]["kind"] == "local":
+            data["environment"]["kind"] = "external"
+    return parse_profile(data, f"profile {p}")
+
+
+def preflight(profile: Profile) -> None:
+    """Refuse a target outside the allowlist (AllowlistError, a ProfileError) before anything is sent."""
+    from soundcheck.allowlist import check_profile_urls
+
+    check_profile_urls(profile, profile.target.base_url)
+
+
+# ---------------------------------------------------------------- run bookkeeping
+
+
+def open_run(profile: Profile, output: str | Path | None) -> RunContext:
+    run_id = store.new_run_id()
+    run_dir = Path(output) if output else Path(profile.output_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    engine = store.open_store(profile.store_url)
+    store.start_run(engine, run_id, profile.name, scale=profile.scale, time_scale=profile.time_scale,
+                    scenarios=profile.scenarios, target=profile.target.base_url)
+    engine.dispose()
+    return RunContext(run_id=run_id, profile_name=profile.name, store_url=profile.store_url,
+                      run_dir=str(run_dir.resolve()), started_at=store.now().isoformat())
+
+
+def incomplete_verdict(run: RunContext, reason: str) -> Verdict:
+    """What a run that could not finish tells its readers: INCONCLUSIVE, why, and to fix the environment."""
+    return Verdict(
+        run_id=run.run_id, profile=run.profile_name, started_at=run.started_at,
+        finished_at=store.now().isoformat(), verdict=Decision.INCONCLUSIVE,
+        remediations=[Remediation(code="fix_test_environment", reason=f"the campaign did not finish: {reason}",
+                                  detail="fix the cause and re-run; the rows measured so far are kept")],
+        extra={"status": "INCOMPLETE", "reason": reason},
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- steps (thin tasks over plain functions)
+
+
+@task(name="provision", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def provision_env(profile: Profile, run: RunContext) -> StageEnv:
+    """Bring the environment up; safe to retry (a half-started stack is torn down by the provisioner)."""
+    from tasks.provision import provision
+
+    return StageEnv.from_provisioned(provision(profile, Path(run.run_dir)))
+
+
+@task(name="teardown", cache_policy=NO_CACHE)
+def teardown_env(env: StageEnv) -> None:
+    from tasks.provision import teardown
+
+    teardown(env.handle)
+
+
+@task(name="judge", cache_policy=NO_CACHE)
+def judge(profile: Profile, run: RunContext) -> Verdict:
+    """evaluate (GX suites) → decide (bands + tree, with history) → report (HTML + headline PNG)."""
+    from tasks.verdict_stage import judge_run
+
+    engine = store.open_store(run.store_url)
+    try:
+        return judge_run(engine, run.run_id, profile, Path(run.run_dir))
+    finally:
+        engine.dispose()
+
+
+def write_verdict(verdict: Verdict, run: RunContext) -> Path:
+    """verdict.json in the output folder, secrets redacted; also kept in the store's verdicts table."""
+    from soundcheck.redact import redacted_json_dumps
+
+    path = Path(run.run_dir) / "verdict.json"
+    path.write_text(redacted_json_dumps(verdict.to_json_dict(), indent=2, ensure_ascii=False) + "\n")
+    engine = store.open_store(run.store_url)
+    try:
+        with engine.begin() as c:
+            c.execute(store.verdicts.insert().values(run_id=run.run_id, created_at=store.now(),
+                                                     verdict=verdict.verdict.value,
+                                                     body=json.loads(path.read_text())))
+        status = verdict.extra.get("status", "COMPLETED") if verdict.extra else "COMPLETED"
+        store.finish_run(engine, run.run_id, status, verdict=verdict.verdict.value,
+                         reason=verdict.extra.get("reason") if verdict.extra else None)
+    finally:
+        engine.dispose()
+    return path
+
+
+def summary_markdown(verdict: Verdict, verdict_path: Path) -> str:
+    from soundcheck.redact import redacted_json_dumps
+
+    failed = [c for c in verdict.checks if not c.passed]
+    lines = [f"# soundcheck {verdict.verdict.value}", "",
+             f"profile `{verdict.profile}` · run `{verdict.run_id}` · {verdict.started_at} → {verdict.finished_at}", ""]
+    if verdict.extra.get("reason"):
+        lines += [f"**Incomplete**: {verdict.extra['reason']}", ""]
+    lines += [f"Checks: {len(verdict.checks) - len(failed)}/{len(verdict.checks)} passed", ""]
+    for c in failed:
+        lines.append(f"- ❌ **{c.id}** ({c.scenario}): observed {c.observed}; expected {c.expected}")
+    if verdict.remediations:
+        lines += ["", "## Remediations", ""]
+        lines += [f"- **{r.code}**: {r.reason} — {r.detail}" for r in verdict.remediations]
+    lines += ["", f"Report: `{verdict.report or 'none'}` · verdict.json: `{verdict_path}`", "",
+              "```json", redacted_json_dumps(verdict.to_json_dict(), indent=1, ensure_ascii=False), "```"]
+    return "\n".join(lines)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(verdict: Verdict, run: RunContext) -> Path:
+    """verdict.json + store, then the Prefect artifacts: markdown summary (with the JSON), KPI table, report link."""
+    path = write_verdict(verdict, run)
+    create_markdown_artifact(key="campaign-verdict", markdown=summary_markdown(verdict, path),
+                             description=f"soundcheck verdict {verdict.verdict.value} for run {run.run_id}")
+    if verdict.kpis:
+        create_table_artifact(key="campaign-kpis", description="KPIs with band and previous run", table=[
+            {"scenario": k.scenario, "kpi": k.name, "phase": k.phase or "", "value": k.value, "unit": k.unit,
+             "band": k.band or "", "previous": k.previous, "delta_pct": k.delta_pct} for k in verdict.kpis])
+    report = _report_path(verdict, run)
+    if report is not None:
+        create_link_artifact(key="campaign-report", link=report.as_uri(), link_text=f"report {run.run_id}",
+                             description="Self-contained HTML report")
+    return path
+
+
+def _report_path(verdict: Verdict, run: RunContext) -> Path | None:
+    if not verdict.report:
+        return None
+    p = Path(verdict.report)
+    p = p if p.is_absolute() else Path(run.run_dir) / p
+    return p.resolve() if p.exists() else None
+
+
+# ---------------------------------------------------------------- the flow
+
+
+@flow(name="campaign", log_prints=True)
+def campaign(
+    profile: str = "deployments/local.yaml",
+    scenarios: list[str] | None = None,
+    scale: float | None = None,
+    time_scale: float | None = None,
+    target: str | None = None,
+    notify: bool = True,
+    output: str | None = None,
+) -> dict[str, Any]:
+    """Run the load campaign and post its verdict.
+
+    Args:
+        profile: Campaign profile (YAML), relative to the working directory or the repository,
+            e.g. deployments/local.yaml (local stack) or deployments/staging.yaml (AWS).
+        scenarios: Scenarios to run, in order: any of spike, race, saga, soak, points. Empty: the profile's list.
+        scale: Multiplies users and request rates; 1.0 is the plan (10,000 spike users). Empty: the profile's.
+        time_scale: Multiplies durations; 1.0 is the plan (30-minute soak). Empty: the profile's.
+        target: Base URL of an already running system under test; must be on the profile's allowlist.
+            Empty: the profile's target (the local stack starts the reference service).
+        notify: Post the verdict to Slack (credentials from the environment or a Prefect Secret block).
+        output: Folder for verdict.json, the report and k6 output. Empty: runs/<run id> under the working directory.
+    """
+    log = get_run_logger()
+    prof = resolve_profile(profile, scenarios=scenarios, scale=scale, time_scale=time_scale, target=target)
+    from soundcheck.redact import install_redaction
+
+    install_redaction(profile=prof)
+    preflight(prof)  # AllowlistError → Failed before a single request
+    run = open_run(prof, output)
+    log.info("run %s: profile %s, scenarios %s, scale %s, time scale %s, output %s", run.run_id, prof.name,
+             ",".join(prof.scenarios), prof.scale, prof.time_scale, run.run_dir)
+
+    env: StageEnv | None = None
+    failure: BaseException | None = None
+    verdict: Verdict | None = None
+    try:
+        try:
+            env = provision_env(prof, run)
+            for name in prof.scenarios:
+                STAGES[name](profile=prof, run=run, env=env)
+            verdict = judge(prof, run)
+        except BaseException as exc:  # noqa: BLE001 - record why, then re-raise below (Ctrl-C included)
+            failure = exc
+            log.error("campaign failed: %s", _reason(exc))
+            verdict = incomplete_verdict(run, _reason(exc))
+        verdict_path = publish(verdict, run)
+        if notify:
+            _notify(verdict, prof, run)
+    finally:
+        if env is not None:
+            try:
+                teardown_env(env)
+            except Exception as exc:  # noqa: BLE001 - a failed teardown is recorded, it must not hide the verdict
+                log.error("teardown failed: %s", _reason(exc))
+                _record(run, "teardown", "failed", _reason(exc))
+    log.info("verdict %s; report %s; verdict.json %s", verdict.verdict.value, verdict.report or "none", verdict_path)
+    if failure is not None:
+        if not isinstance(failure, Exception):
+            raise failure
+        raise CampaignIncomplete(verdict.extra["reason"], verdict, str(verdict_path)) from failure
+    return verdict.to_json_dict() | {"verdict_path": str(verdict_path)}
+
+
+def _record(run: RunContext, kind: str, outcome: str, detail: str) -> None:
+    engine = store.open_store(run.store_url)
+    try:
+        store.record_event(engine, run.run_id, kind, outcome, detail)
+    finally:
+        engine.dispose()
+
+
+def _notify(verdict: Verdict, profile: Profile, run: RunContext) -> None:
+    from tasks.notify import notify_slack
+
+    report = _report_path(verdict, run)
+    chart = Path(run.run_dir) / "headline.png"
+    engine = store.open_store(run.store_url)
+    try:
+        notify_slack(verdict, profile.slack, engine, report_location=str(report) if report else verdict.report,
+                     chart_path=str(chart) if chart.exists() else None)
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def run_from_cli(profile: Path | str | None = None, scenarios: list[str] | None = None, scale: float | None = None,
+                 time_scale: float | None = None, target: str | None = None, output: Path | str | None = None,
+                 notify: bool = True) -> int:
+    """`soundcheck run`: validate, run the flow in-process, print the verdict; the exit status follows it."""
+    from rich.console import Console
+
+    console = Console(stderr=False, highlight=False)
+    try:
+        prof = resolve_profile(profile, scenarios=scenarios, scale=scale, time_scale=time_scale, target=target)
+        preflight(prof)
+    except ProfileError as e:
+        console.print(f"[red]error:[/red] {e}")
+        return EXIT_USAGE
+    state = campaign(profile=str(resolve_profile_path(profile)), scenarios=scenarios, scale=scale,
+                     time_scale=time_scale, target=target, notify=notify,
+                     output=str(output) if output else None, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, ProfileError):
+        console.print(f"[red]error:[/red] {result}")
+        return EXIT_USAGE
+    if isinstance(result, CampaignIncomplete):
+        verdict, path = result.verdict, Path(result.verdict_path or "verdict.json")
+        body = verdict.to_json_dict()
+    elif isinstance(result, dict):
+        body, path = result, Path(result["verdict_path"])
+        verdict = Verdict.model_validate({k: v for k, v in result.items() if k != "verdict_path"} | {"kpis": []})
+    else:
+        why = _reason(result) if isinstance(result, BaseException) else result
+        console.print(f"[red]error:[/red] the campaign crashed: {why}")
+        return EXIT_CODES[Decision.INCONCLUSIVE]
+    decision = Decision(body["verdict"])
+    colour = {"APPROVE": "green", "APPROVE_WITH_TUNING": "yellow", "BLOCK": "red"}.get(decision.value, "white")
+    console.print(f"\n[bold {colour}]verdict: {decision.value}[/] (run {verdict.run_id})")
+    for c in body.get("checks", []):
+        if not c["passed"]:
+            console.print(f"  failed {c['id']} ({c['scenario']}): observed {c['observed']}; expected {c['expected']}")
+    for r in body.get("remediations", []):
+        console.print(f"  remediation {r['code']}: {r['reason']}")
+    report = body.get("report")
+    console.print(f"report: {report or 'none'}")
+    console.print(f"verdict.json: {path}")
+    sys.stdout.flush()
+    return EXIT_CODES[decision]
