@@ -26,6 +26,7 @@ Windowing rules (documented because they decide when a run is stopped):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -293,6 +294,8 @@ class AbortWatcher:
             if self.breach is not None:
                 return
             self.breach = breach
+        with contextlib.suppress(AttributeError):  # the load stage reports `event.reason` as the stage's reason
+            self.event.reason = breach.reason()  # type: ignore[attr-defined]
         self.event.set()  # first: the load stage is waiting on it
         log.warning("%s Stopping the load.", breach.reason())
         if self.on_breach is not None:
@@ -344,7 +347,12 @@ def record_abort(engine: Any, run_id: str, scenario_run_id: int | None, watcher:
     timings = watcher.stop_latency_s()
     detail = {"breach": asdict(b) if b else None, "stop": timings}
     if scenario_run_id is not None:
-        details = dict(scenario_values.pop("details", None) or {})
+        from sqlalchemy import select
+
+        with engine.connect() as c:
+            before = c.execute(select(store.scenario_runs.c.details)
+                               .where(store.scenario_runs.c.id == scenario_run_id)).scalar()
+        details = {**(before or {}), **(scenario_values.pop("details", None) or {})}
         details["abort"] = detail
         store.finish_scenario(engine, scenario_run_id, "ABORTED", reason=reason, details=details,
                               **scenario_values)
@@ -435,6 +443,68 @@ def delete_test_data_sql(database_url: str, since: datetime, tables: Iterable[st
     finally:
         eng.dispose()
     return f"rows created since {since_utc.isoformat()}: " + ", ".join(done)
+
+
+#: The reference service's admin endpoint that deletes rows created at or after a time (infra/sut).
+ADMIN_CLEANUP_PATH = "/admin/cleanup"
+
+
+def delete_test_data_admin(base_url: str, since: datetime, *, admin_token: str | None,
+                           allowlist: Iterable[str] | None = None, timeout_s: float = 30.0) -> str:
+    """Ask the reference service to delete the rows created at or after `since` (its admin cleanup)."""
+    since_utc = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
+    headers = {"X-Admin-Token": admin_token} if admin_token else {}
+    with guarded_client(allowlist, base_url=base_url, timeout=timeout_s) as c:
+        r = c.post(ADMIN_CLEANUP_PATH, json={"since": since_utc.isoformat()}, headers=headers)
+    if r.status_code >= 400:
+        raise RuntimeError(f"{ADMIN_CLEANUP_PATH} answered {r.status_code}: {r.text[:200]}")
+    try:
+        body = r.json()
+    except ValueError:
+        body = r.text[:200]
+    return f"rows created since {since_utc.isoformat()} deleted by the service: {body}"
+
+
+def _as_datetime(since: datetime | str) -> datetime:
+    return since if isinstance(since, datetime) else datetime.fromisoformat(str(since))
+
+
+def rollback_steps_for(profile: Profile, handle: Any, since: datetime | str,
+                       base_url: str | None = None, database_url: str | None = None) -> dict[str, Any]:
+    """The rollback callables this environment offers, for `rollback(engine, run_id, **steps)`.
+
+    - deregister: the environment handle's `deregister_targets()` (AWS: ALB target group), if it has one;
+    - delete test data: SQL DELETE through the profile's database URL when one is configured (a real
+      target), else the reference service's admin cleanup (local stack / reference service);
+    - restart: the handle's `restart()` (local stack process or AWS instances), if it has one.
+    """
+    start = _as_datetime(since)
+    steps: dict[str, Any] = {}
+    dereg = getattr(handle, "deregister_targets", None)
+    if callable(dereg):
+        steps["deregister"] = lambda: _describe(dereg())
+    db = profile.target.database_url or (database_url if profile.environment.kind != "local" else None)
+    url = base_url or getattr(handle, "base_url", None) or profile.target.base_url
+    if db:
+        steps["delete_test_data"] = lambda: delete_test_data_sql(db, start)
+    elif url:
+        import os
+
+        token = os.environ.get(profile.target.admin_token_env) or getattr(handle, "admin_token", None)
+        steps["delete_test_data"] = lambda: delete_test_data_admin(url, start, admin_token=token,
+                                                                   allowlist=profile.target.allowlist)
+    restart = getattr(handle, "restart", None)
+    if callable(restart):
+        steps["restart"] = lambda: _describe(restart())
+    return steps
+
+
+def _describe(result: Any) -> str:
+    if result is None:
+        return "done"
+    if isinstance(result, list | tuple):
+        return f"{len(result)} done: " + ", ".join(str(r) for r in result)[:300]
+    return str(result)[:300]
 
 
 # ------------------------------------------------------------------------------- Prefect wrappers
