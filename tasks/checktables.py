@@ -1,0 +1,328 @@
+"""The tables the Great Expectations suites run on, built from one stage's result rows and DB snapshots.
+
+Each builder returns named DataFrames; every expectation in `expectations/<scenario>.json` names the
+table it runs on (`meta.table`). Tables always carry their columns, also when empty, so an expectation
+never fails for a missing column but for what the data says; the suites' `coverage` expectations
+(row counts, required ids present, not-null) turn "nothing was measured" into INCONCLUSIVE instead of
+a vacuous pass.
+
+Conventions read from the load stage (tolerant of both camelCase and snake_case keys):
+- race: `requests.name` is the test case (`tc1`, `tc2`, `tc3`; `TC-1` is accepted); a TC-3 answer's
+  reservation id is in `requests.tags` (`reservationId` / `reservation_id`); the seat of a test case
+  comes from the request tags (`seat_id` / `seatId` / `seat`), else `details["seats"][tc]`, else the
+  plan's seat 1 for TC-1; a lock-wait timeout is an `error_code` containing "LOCK" and "TIMEOUT".
+- saga: the insufficient-points payments are the snapshot's payments whose `failure_reason` starts
+  with INSUFFICIENT, the `sc_saga*` k6 samples tagged `reason: INSUFFICIENT_POINTS`, the API-4 requests
+  whose name mentions "compens" or "insufficient" (tag `paymentId` / `payment_id`), and
+  `details["compensation_payment_ids"]`; the concurrent ones are the other `sc_saga*` samples, the
+  requests named "concurrent", and `details["concurrent_payment_ids"]`.
+- points: `details["expected_balances"]` ({user id: balance}), or `details["initial_balance"]` plus
+  the amounts (`tags.amount`) of the charges answered 200; actual balances from the snapshot of the
+  user table (`users` / `user` / `user_point` / `point`; column `balance` / `point` / `points`).
+- snapshots: `reservation` (id, show_id, seat_id, status), `seat` (id, status), `payment` (id,
+  reservation_id, status, created_at, updated_at), `payment_outbox` (aggregate_id, event_type, status).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.rundata import StageData
+
+INACTIVE_RESERVATION = {"CANCELLED", "CANCELED", "EXPIRED", "FAILED"}
+EXPECTED_ENDPOINTS = {"spike": ["API-1", "API-2", "API-3"], "soak": ["API-2", "API-3", "API-5"]}
+
+
+def _tag(tags: Any, *keys: str) -> Any:
+    if isinstance(tags, dict):
+        for k in keys:
+            if tags.get(k) not in (None, ""):
+                return tags[k]
+    return None
+
+
+def _tc(name: Any) -> str | None:
+    m = re.fullmatch(r"tc[-_ ]?(\d)", str(name or "").strip().lower())
+    return f"tc{m.group(1)}" if m else None
+
+
+def _num(x: Any) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _col(df: pd.DataFrame, *names: str) -> pd.Series | None:
+    for n in names:
+        if n in df.columns:
+            return df[n]
+    return None
+
+
+def _status(s: pd.Series | None) -> pd.Series:
+    return s.astype(str).str.upper() if s is not None else pd.Series(dtype=str)
+
+
+def _is_lock_timeout(code: Any) -> bool:
+    c = str(code or "").upper()
+    return "LOCK" in c and "TIMEOUT" in c
+
+
+def _seat_ids(row: pd.Series) -> list[Any]:
+    for k in ("seat_id", "seatId"):
+        if k in row and row[k] is not None and not (isinstance(row[k], float) and np.isnan(row[k])):
+            return [row[k]]
+    for k in ("seat_ids", "seatIds"):
+        if k in row and isinstance(row[k], list | tuple):
+            return list(row[k])
+    return []
+
+
+def _same(a: Any, b: Any) -> bool:
+    return str(a) == str(b)
+
+
+# ---------------------------------------------------------------------------------------------- race
+
+ANSWER_COLUMNS = ["tc", "n", "n_200", "n_409", "n_5xx", "n_unanswered", "n_other", "n_non_200",
+                  "lock_timeouts", "lock_timeout_rate", "reservation_ids", "seat_id", "db_rows"]
+
+
+def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
+    req = st.requests.copy()
+    req["tc"] = req["name"].map(_tc) if not req.empty else pd.Series(dtype=str)
+    reservations = st.snapshot("reservation")
+    show = st.details.get("show_id", 101)
+    if not reservations.empty and "show_id" in reservations.columns:
+        reservations = reservations[reservations["show_id"].astype(str) == str(show)]
+    seats_cfg = st.details.get("seats") or {}
+    rows = []
+    for tc, g in (req[req["tc"].notna()].groupby("tc") if not req.empty else []):
+        status = g["status"].astype(int)
+        n = len(g)
+        n200, n409 = int((status == 200).sum()), int((status == 409).sum())
+        locks = int(g["error_code"].map(_is_lock_timeout).sum())
+        ok_tags = g.loc[status == 200, "tags"]
+        rids = {str(r) for r in ok_tags.map(lambda t: _tag(t, "reservationId", "reservation_id")) if r is not None}
+        seat = next((s for s in g["tags"].map(lambda t: _tag(t, "seat_id", "seatId", "seat")) if s is not None),
+                    None)
+        if isinstance(seat, list | tuple):
+            seat = seat[0] if seat else None
+        seat = seat if seat is not None else seats_cfg.get(tc, 1 if tc == "tc1" else None)
+        db_rows: float = np.nan
+        if seat is not None and not reservations.empty:
+            db_rows = float(sum(any(_same(s, seat) for s in _seat_ids(r)) for _, r in reservations.iterrows()))
+        elif seat is not None and "reservation" in st.snapshots:
+            db_rows = 0.0
+        rows.append({"tc": tc, "n": n, "n_200": n200, "n_409": n409, "n_5xx": int((status >= 500).sum()),
+                     "n_unanswered": int((status == 0).sum()), "n_other": n - n200 - n409, "n_non_200": n - n200,
+                     "lock_timeouts": locks, "lock_timeout_rate": locks / n if n else 0.0,
+                     "reservation_ids": len(rids), "seat_id": seat, "db_rows": db_rows})
+    answers = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
+    requests = req[["endpoint", "name", "status", "error_code"]].copy() if not req.empty else pd.DataFrame(
+        columns=["endpoint", "name", "status", "error_code"])
+    return {"answers": answers, "requests": requests, "seats": active_seats(reservations)}
+
+
+def active_seats(reservations: pd.DataFrame) -> pd.DataFrame:
+    """One row per held or sold seat (show, seat) of the snapshot: uniqueness proves no double sale."""
+    rows = []
+    if not reservations.empty:
+        status = _status(_col(reservations, "status"))
+        for i, r in reservations.iterrows():
+            if not status.empty and status.loc[i] in INACTIVE_RESERVATION:
+                continue
+            for seat in _seat_ids(r):
+                rows.append({"show_seat": f"{r.get('show_id', '')}:{seat}", "reservation_id": r.get("id")})
+    return pd.DataFrame(rows, columns=["show_seat", "reservation_id"])
+
+
+# ---------------------------------------------------------------------------------------------- saga
+
+COMPENSATION_COLUMNS = ["payment_id", "payment_status", "reservation_status", "seats_available",
+                        "use_point_published", "cancel_seats_published", "outbox_failed", "saga_time_s"]
+
+
+def _payment_ids(st: StageData, name_pattern: str, details_key: str) -> list[str]:
+    ids = [str(x) for x in st.details.get(details_key) or []]
+
+    def add(pid: Any) -> None:
+        if pid is not None and str(pid) not in ids:
+            ids.append(str(pid))
+
+    payments = st.snapshot("payment")
+    insufficient = "compens" in name_pattern
+    if insufficient and not payments.empty and "failure_reason" in payments.columns:
+        hit = payments["failure_reason"].fillna("").astype(str).str.upper().str.startswith("INSUFFICIENT")
+        for pid in payments.loc[hit, "id"]:
+            add(pid)
+    k6 = st.k6
+    if not k6.empty:  # the saga scripts tag each watched payment with its id and, for these, the reason
+        for t in k6.loc[k6["metric"].str.startswith("sc_saga"), "tags"]:
+            reason = str(_tag(t, "reason") or "").upper()
+            if insufficient == reason.startswith("INSUFFICIENT"):
+                add(_tag(t, "paymentId", "payment_id"))
+    req = st.requests
+    if not req.empty:
+        hit = req[(req["endpoint"] == "API-4") & req["name"].fillna("").str.lower().str.contains(name_pattern)]
+        for t in hit["tags"]:
+            add(_tag(t, "paymentId", "payment_id"))
+    return ids
+
+
+def _epoch(x: Any) -> float | None:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return None
+    if isinstance(x, int | float):
+        return float(x)
+    try:
+        return pd.Timestamp(x).timestamp()
+    except (ValueError, TypeError):
+        return None
+
+
+def _saga_seconds(st: StageData, pay: pd.Series) -> float:
+    for end_key in ("completed_at", "finished_at", "updated_at"):
+        a, b = _epoch(pay.get("created_at")), _epoch(pay.get(end_key))
+        if a is not None and b is not None and b >= a:
+            return b - a
+    k6 = st.k6
+    if not k6.empty:
+        s = k6[k6["metric"].str.contains("saga", case=False)]
+        for _, r in s.iterrows():
+            if _same(_tag(r["tags"], "paymentId", "payment_id"), pay.get("id")):
+                return float(r["value"]) / (1000.0 if "ms" in r["metric"] else 1.0)
+    return np.nan
+
+
+def saga_tables(st: StageData) -> dict[str, pd.DataFrame]:
+    payments, reservations = st.snapshot("payment"), st.snapshot("reservation")
+    seats, outbox = st.snapshot("seat"), st.snapshot("payment_outbox")
+    comp_ids = _payment_ids(st, "compens|insufficient", "compensation_payment_ids")
+    conc_ids = _payment_ids(st, "concurrent", "concurrent_payment_ids")
+    rows = []
+    for pid in comp_ids:
+        pay = payments[payments["id"].astype(str) == pid].iloc[0] if not payments.empty and (
+            payments["id"].astype(str) == pid).any() else pd.Series(dtype=object)
+        rid = pay.get("reservation_id")
+        res = reservations[reservations["id"].astype(str) == str(rid)] if rid is not None and not reservations.empty \
+            else pd.DataFrame()
+        res_status = ",".join(sorted(set(_status(_col(res, "status"))))) if not res.empty else None
+        seat_ids = [s for _, r in res.iterrows() for s in _seat_ids(r)] if not res.empty else []
+        seat_rows = seats[seats["id"].astype(str).isin([str(s) for s in seat_ids])] if seat_ids and not seats.empty \
+            else pd.DataFrame()
+        ob = outbox[outbox["aggregate_id"].astype(str) == pid] if not outbox.empty else pd.DataFrame()
+        ev = list(zip(ob.get("event_type", []), _status(_col(ob, "status")), strict=False)) if not ob.empty else []
+        rows.append({
+            "payment_id": pid,
+            "payment_status": str(pay.get("status")).upper() if pay.get("status") is not None else None,
+            "reservation_status": res_status,
+            "seats_available": bool(len(seat_rows) and set(_status(seat_rows["status"])) == {"AVAILABLE"}),
+            "use_point_published": ("UsePointCommand", "PUBLISHED") in ev,
+            "cancel_seats_published": ("CancelSeatsCommand", "PUBLISHED") in ev,
+            "outbox_failed": sum(s == "FAILED" for _, s in ev),
+            "saga_time_s": _saga_seconds(st, pay) if not pay.empty else np.nan,
+        })
+    compensation = pd.DataFrame(rows, columns=COMPENSATION_COLUMNS)
+    conc_rows = []
+    for pid in conc_ids:
+        hit = payments[payments["id"].astype(str) == pid] if not payments.empty else pd.DataFrame()
+        conc_rows.append({"payment_id": pid,
+                          "payment_status": str(hit.iloc[0]["status"]).upper() if not hit.empty else None})
+    concurrent = pd.DataFrame(conc_rows, columns=["payment_id", "payment_status"])
+    outbox_t = pd.DataFrame({"event_type": outbox.get("event_type", pd.Series(dtype=str)),
+                             "status": _status(_col(outbox, "status"))}) if not outbox.empty else pd.DataFrame(
+        columns=["event_type", "status"])
+    return {"compensation": compensation, "concurrent": concurrent, "outbox": outbox_t}
+
+
+# -------------------------------------------------------------------------------------------- points
+
+def points_tables(st: StageData) -> dict[str, pd.DataFrame]:
+    expected: dict[str, float] = {str(k): float(v) for k, v in (st.details.get("expected_balances") or {}).items()}
+    req = st.requests
+    if not expected and "initial_balance" in st.details and not req.empty:
+        ok = req[(req["endpoint"] == "API-6") & (req["status"] == 200)]
+        init = st.details["initial_balance"]
+        for _, r in ok.iterrows():
+            user = str(_tag(r["tags"], "userId", "user_id") or st.details.get("user_id", ""))
+            base = init.get(user, 0) if isinstance(init, dict) else init
+            expected[user] = expected.get(user, float(base)) + float(_num(_tag(r["tags"], "amount")) or 0)
+    actual: dict[str, float] = {}
+    for table in ("users", "user", "user_point", "point"):
+        snap = st.snapshot(table)
+        if snap.empty:
+            continue
+        ids, bal = _col(snap, "user_id", "id"), _col(snap, "balance", "point", "points")
+        if ids is not None and bal is not None:
+            actual.update({str(i): float(b) for i, b in zip(ids, bal, strict=False)})
+            break
+    rows = [{"user_id": u, "expected_balance": e, "actual_balance": actual.get(u, np.nan),
+             "difference": actual.get(u, np.nan) - e} for u, e in expected.items()]
+    return {"balances": pd.DataFrame(rows, columns=["user_id", "expected_balance", "actual_balance", "difference"])}
+
+
+# -------------------------------------------------------------------------------------- spike / soak
+
+def timeline(seconds: pd.DataFrame) -> pd.DataFrame:
+    """One row per second from the first to the last second with data; a second no request
+    completed in has count 0 (a gap in the measurement)."""
+    if seconds.empty:
+        return pd.DataFrame(columns=["second", "count", "s5xx", "failed"])
+    g = seconds.groupby("second")[["count", "s5xx", "failed"]].sum()
+    full = range(int(g.index.min()), int(g.index.max()) + 1)
+    return g.reindex(full, fill_value=0).rename_axis("second").reset_index()
+
+
+def endpoint_totals(seconds: pd.DataFrame) -> pd.DataFrame:
+    """Per endpoint and for ALL: requests, 5xx, unanswered, and their shares."""
+    cols = ["endpoint", "count", "s5xx", "failed", "share_5xx", "share_failed"]
+    if seconds.empty:
+        return pd.DataFrame(columns=cols)
+    g = seconds.groupby("endpoint")[["count", "s5xx", "failed"]].sum().reset_index()
+    g = g[g["endpoint"] != "ADMIN"]
+    g = pd.concat([g, pd.DataFrame([{"endpoint": "ALL", **g[["count", "s5xx", "failed"]].sum().to_dict()}])])
+    g["share_5xx"] = g["s5xx"] / g["count"].clip(lower=1)
+    g["share_failed"] = g["failed"] / g["count"].clip(lower=1)
+    return g[cols].reset_index(drop=True)
+
+
+def kpi_table(load_kpis: pd.DataFrame, derived: Iterable[Any], scenario: str) -> pd.DataFrame:
+    """The load stage's KPIs of this scenario and the derived ones, phase 'all' for whole-stage values."""
+    rows = []
+    if not load_kpis.empty:
+        k = load_kpis[load_kpis["scenario"] == scenario]
+        rows += [{"name": r.name, "phase": r.phase or "all", "value": r.value} for r in k.itertuples()]
+    rows += [{"name": d.name, "phase": d.phase or "all", "value": d.value} for d in derived]
+    df = pd.DataFrame(rows, columns=["name", "phase", "value"])
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    return df
+
+
+def load_tables(st: StageData, kpis: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    sec = st.seconds
+    by_second = sec[["second", "endpoint", "count", "p99_ms"]].copy() if not sec.empty else pd.DataFrame(
+        columns=["second", "endpoint", "count", "p99_ms"])
+    out = {"timeline": timeline(sec), "endpoints": endpoint_totals(sec), "seconds": by_second, "kpis": kpis}
+    if st.scenario == "spike":
+        reservations = st.snapshot("reservation")
+        out["seats"] = active_seats(reservations)
+        out["snapshots"] = pd.DataFrame({"table": list(st.snapshots)}, columns=["table"])
+    return out
+
+
+def tables_for(st: StageData, kpis: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Every table the scenario's suite runs on; `kpis` is `kpi_table(...)` for the stage."""
+    if st.scenario == "race":
+        return {**race_tables(st), "kpis": kpis}
+    if st.scenario == "saga":
+        return {**saga_tables(st), "kpis": kpis}
+    if st.scenario == "points":
+        return {**points_tables(st), "kpis": kpis}
+    return load_tables(st, kpis)
