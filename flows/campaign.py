@@ -23,6 +23,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy import select
 
 from flows.stages import STAGES, RunContext, StageEnv
 from soundcheck import store
@@ -115,7 +116,18 @@ def _reason(exc: BaseException) -> str:
 # ---------------------------------------------------------------- steps (thin tasks over plain functions)
 
 
-@task(name="provision", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry what may pass on a second try (a port in use, a slow start); not a configuration or code error."""
+    try:
+        state.result()
+    except (ImportError, ProfileError, TypeError, AttributeError):
+        return False
+    except Exception:  # noqa: BLE001
+        return True
+    return True
+
+
+@task(name="provision", retries=2, retry_delay_seconds=5, retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE)
 def provision_env(profile: Profile, run: RunContext) -> StageEnv:
     """Bring the environment up; safe to retry (a half-started stack is torn down by the provisioner)."""
     from tasks.provision import provision
@@ -132,12 +144,18 @@ def teardown_env(env: StageEnv) -> None:
 
 @task(name="judge", cache_policy=NO_CACHE)
 def judge(profile: Profile, run: RunContext) -> Verdict:
-    """evaluate (GX suites) → decide (bands + tree, with history) → report (HTML + headline PNG)."""
-    from tasks.verdict_stage import judge_run
+    """evaluate (GX suites) → decide (bands + tree, against history) → report (HTML + headline PNG)."""
+    from tasks.report import write_report
+
+    from tasks.decide import judge_run
 
     engine = store.open_store(run.store_url)
     try:
-        return judge_run(engine, run.run_id, profile, Path(run.run_dir))
+        store.finish_run(engine, run.run_id, "COMPLETED")  # the measuring is over; the verdict is added below
+        verdict = judge_run(engine, run.run_id, profile)
+        verdict.finished_at = verdict.finished_at or store.now().isoformat()
+        verdict.report = str(write_report(engine, verdict, Path(run.run_dir)))
+        return verdict
     finally:
         engine.dispose()
 
@@ -151,9 +169,11 @@ def write_verdict(verdict: Verdict, run: RunContext) -> Path:
     engine = store.open_store(run.store_url)
     try:
         with engine.begin() as c:
-            c.execute(store.verdicts.insert().values(run_id=run.run_id, created_at=store.now(),
-                                                     verdict=verdict.verdict.value,
-                                                     body=json.loads(path.read_text())))
+            # The verdict stage stores its own verdict row; a run that never reached it gets one here.
+            if c.execute(select(store.verdicts.c.id).where(store.verdicts.c.run_id == run.run_id)).first() is None:
+                c.execute(store.verdicts.insert().values(run_id=run.run_id, created_at=store.now(),
+                                                         verdict=verdict.verdict.value,
+                                                         body=json.loads(path.read_text())))
         status = verdict.extra.get("status", "COMPLETED") if verdict.extra else "COMPLETED"
         store.finish_run(engine, run.run_id, status, verdict=verdict.verdict.value,
                          reason=verdict.extra.get("reason") if verdict.extra else None)

@@ -11,8 +11,8 @@ the abort, runs the plan's rollback and ends the campaign (`StageAborted`).
 
 from __future__ import annotations
 
+import os
 import threading
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -33,57 +33,82 @@ class RunContext(BaseModel):
 
 
 class StageEnv(BaseModel):
-    """Where the provisioned system under test answers; `handle` is the provisioner's own object (teardown)."""
+    """Where the provisioned system under test answers.
+
+    Only addresses are shown (Prefect records stage parameters); the environment's `Endpoints` (which
+    carry the admin token) and the provisioner's handle (teardown, restart) ride along unserialised.
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     base_url: str
-    database_url: str | None = None
     metrics_url: str | None = None
-    handle: Any = Field(default=None, exclude=True)
+    has_database: bool = False
+    endpoints: Any = Field(default=None, exclude=True, repr=False)
+    handle: Any = Field(default=None, exclude=True, repr=False)
 
     @classmethod
-    def from_provisioned(cls, env: Any) -> StageEnv:
-        return cls(base_url=env.base_url, database_url=getattr(env, "database_url", None),
-                   metrics_url=getattr(env, "metrics_url", None), handle=env)
+    def of(cls, endpoints: Any, handle: Any = None) -> StageEnv:
+        return cls(base_url=endpoints.base_url, metrics_url=getattr(endpoints, "metrics_url", None),
+                   has_database=bool(getattr(endpoints, "database_url", None)), endpoints=endpoints, handle=handle)
+
+    @property
+    def database_url(self) -> str | None:
+        return getattr(self.endpoints, "database_url", None)
 
 
 class StageAborted(RuntimeError):
     """The load was stopped on harm; the reason is the breach sentence."""
 
 
-def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> str:
-    """The stage recipe as a plain function; returns the scenario run's status."""
-    from tasks.collect import start_sampler
-    from tasks.kpis import compute_kpis
-    from tasks.snapshot import take_snapshot
+def _admin_token(profile: Profile, env: StageEnv) -> str | None:
+    """The target's admin token: the provisioner's (a local stack makes one), else the profile's variable."""
+    return (getattr(env.endpoints, "admin_token", None) or getattr(env.handle, "admin_token", None)
+            or os.environ.get(profile.target.admin_token_env) or None)
 
+
+def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> str:
+    """The stage recipe as a plain function; returns the scenario run's status (models.ScenarioStatus)."""
+    from tasks.collect import backfill_task, start_sampler
+    from tasks.kpis import compute_kpis_task
     from tasks.load import run_scenario
-    from tasks.safety import AbortWatcher, record_abort, rollback
+    from tasks.safety import AbortWatcher, record_abort, rollback, rollback_steps_for
+    from tasks.snapshot import snapshot_task
 
     log = get_run_logger()
     engine = store.open_store(run.store_url)
     try:
         scenario_run_id = store.start_scenario(engine, run.run_id, name)
+        stage_start = store.now()
         abort = threading.Event()
         watcher = AbortWatcher(profile, abort)
-        sampler = start_sampler(profile, env, engine, run.run_id, scenario_run_id, on_sample=watcher.on_sample)
+        sampler = start_sampler(profile, env.endpoints, engine, run.run_id, scenario_run_id,
+                                on_batch=watcher.on_sample)
         try:
-            outcome = run_scenario(name, profile, env.base_url, engine, scenario_run_id, Path(run.run_dir),
-                                   abort=abort, on_second=watcher.on_second)
+            # Never retried: a second attempt would load a different system (seats sold, queues full).
+            result = run_scenario(
+                engine, run.run_id, name, env.base_url, output_dir=run.run_dir, scale=profile.scale,
+                time_scale=profile.time_scale, admin_token=_admin_token(profile, env), abort=abort,
+                on_second=watcher.on_second, allowlist=profile.target.allowlist,
+                stop_grace_s=profile.k6.stop_grace_s, max_cpu_share=profile.k6.max_cpu_share,
+                scenario_run_id=scenario_run_id)
         finally:
             sampler.stop()
         if watcher.tripped:
             reason = record_abort(engine, run.run_id, scenario_run_id, watcher)
-            rollback(engine, run.run_id, **getattr(env.handle, "rollback_steps", lambda _since: {})(run.started_at))
+            rollback(engine, run.run_id, **rollback_steps_for(profile, env.handle, run.started_at,
+                                                              base_url=env.base_url, database_url=env.database_url))
             store.finish_run(engine, run.run_id, "ABORTED", reason=reason)
             raise StageAborted(reason)
+        if profile.metrics.source == "prometheus" or profile.metrics.cloudwatch.queries:
+            # Sources that keep history are read again for the whole stage (CloudWatch publishes late).
+            backfill_task(profile, env.endpoints, run.store_url, run.run_id, result.started_at, result.finished_at,
+                          scenario_run_id)
         if env.database_url:
-            take_snapshot(engine, scenario_run_id, name, env.database_url, since=run.started_at)
-        compute_kpis(engine, run.run_id, scenario_run_id, name, profile)
-        status = str(getattr(outcome, "status", outcome))
-        log.info("stage %s: %s", name, status)
-        return status
+            snapshot_task(engine, scenario_run_id, env.database_url, stage_start)  # retried: read-only
+        compute_kpis_task(engine, scenario_run_id)
+        log.info("stage %s: %s%s", name, result.status.value, f" ({result.reason})" if result.reason else "")
+        return result.status.value
     finally:
         engine.dispose()
 
