@@ -350,8 +350,14 @@ def record_abort(engine: Any, run_id: str, scenario_run_id: int | None, watcher:
         from sqlalchemy import select
 
         with engine.connect() as c:
-            before = c.execute(select(store.scenario_runs.c.details)
-                               .where(store.scenario_runs.c.id == scenario_run_id)).scalar()
+            before, finished = c.execute(select(store.scenario_runs.c.details, store.scenario_runs.c.finished_at)
+                                         .where(store.scenario_runs.c.id == scenario_run_id)).one()
+        if watcher.stopped_at is None and finished is not None and watcher.breach is not None:
+            # the load stage finished the stage row when k6 had exited and its output was read
+            fin = finished if finished.tzinfo else finished.replace(tzinfo=UTC)
+            watcher.mark_stopped(max(fin.timestamp(), watcher.breach.detected_at))
+        timings = watcher.stop_latency_s()
+        detail["stop"] = timings
         details = {**(before or {}), **(scenario_values.pop("details", None) or {})}
         details["abort"] = detail
         store.finish_scenario(engine, scenario_run_id, "ABORTED", reason=reason, details=details,
@@ -380,7 +386,7 @@ def _run_step(engine: Any, run_id: str, step: str, fn: Callable[[], str | None] 
         res = StepResult(step, "skipped", skip_reason)
     else:
         try:
-            res = StepResult(step, "ok", fn() or "done")
+            res = StepResult(step, "ok", redact(_describe(fn())))
         except Exception as e:  # every step runs even when one fails; the failure is recorded
             res = StepResult(step, "failed", redact(f"{type(e).__name__}: {e}"))
     res.seconds = round(time.monotonic() - t0, 3)
@@ -500,11 +506,16 @@ def rollback_steps_for(profile: Profile, handle: Any, since: datetime | str,
 
 
 def _describe(result: Any) -> str:
+    """A short account of a step's result; objects are named, not dumped (they may hold tokens)."""
     if result is None:
         return "done"
+    if isinstance(result, str | int | float):
+        return str(result)[:300]
     if isinstance(result, list | tuple):
-        return f"{len(result)} done: " + ", ".join(str(r) for r in result)[:300]
-    return str(result)[:300]
+        return f"{len(result)} done: " + ", ".join(str(r) if isinstance(r, str | int) else type(r).__name__
+                                                   for r in result)[:300]
+    base = getattr(result, "base_url", None)
+    return f"done; answering at {base}" if base else f"done ({type(result).__name__})"
 
 
 # ------------------------------------------------------------------------------- Prefect wrappers

@@ -297,3 +297,40 @@ def test_ingest_hook_signature_with_real_sketches():
         w.on_second("soak", T0 + i, {"API-2": _agg(i, [100.0] * 90),
                                      "API-5": _agg(i, [4000.0] * 10, "API-5")})
     assert w.tripped and w.breach.rule == "p95_ms" and 3000 < w.breach.observed < 4200
+
+
+def test_abort_timing_defaults_to_the_load_stage_finish(result_store):
+    sr = store.start_scenario(result_store, "run-1", "soak")
+    w = _feed_errors(AbortWatcher(Abort()))
+    store.finish_scenario(result_store, sr, "ABORTED", reason="x", details={"csv": "k6.csv"})  # as the load stage
+    record_abort(result_store, "run-1", sr, w)
+    with result_store.connect() as c:
+        row = c.execute(select(store.scenario_runs)).mappings().one()
+    stop = row["details"]["abort"]["stop"]
+    assert stop is not None and 0 <= stop["stop_s"] < 5 and row["details"]["csv"] == "k6.csv"
+
+
+def test_rollback_step_results_are_described_not_dumped(result_store):
+    class Endpoints:
+        base_url = "http://127.0.0.1:9"
+        admin_token = "adm-should-not-appear-0001"
+
+    class Handle:
+        def restart(self):
+            return Endpoints()
+
+        def deregister_targets(self):
+            return ["i-0abc", "i-0def"]
+
+    from tasks.safety import rollback_steps_for
+
+    prof = parse_profile({"name": "x", "environment": {"kind": "external"},
+                          "target": {"base_url": "http://127.0.0.1:9", "database_url": "sqlite:///:memory:"}})
+    steps = rollback_steps_for(prof, Handle(), datetime.now(UTC).isoformat())
+    res = rollback(result_store, "run-1", **steps)
+    assert [r.outcome for r in res] == ["ok", "ok", "ok"]
+    assert res[0].detail == "2 done: i-0abc, i-0def"
+    assert "answering at http://127.0.0.1:9" in res[2].detail
+    with result_store.connect() as c:
+        details = " ".join(r[0] for r in c.execute(select(store.events.c.detail)))
+    assert "adm-should-not-appear" not in details
