@@ -39,3 +39,12 @@ def run(
 
     raise typer.Exit(run_from_cli(profile=profile, scenarios=scenario or None, scale=scale,
                                   time_scale=time_scale, target=target, output=output, notify=not no_notify))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)
+def sut(ctx: typer.Context) -> None:
+    """Start the reference reservation service (every option: `soundcheck sut --help`)."""
+    from infra.sut.server import main
+
+    main(list(ctx.args))

@@ -1,0 +1,117 @@
+"""Prometheus metrics of the service, correct across worker processes.
+
+With more than one worker the launcher sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker imports
+prometheus-client, so counters and histograms are summed over processes and per-process gauges use
+``livesum``. Values that describe shared state (Redis memory, bus lag, outbox backlog, queue sizes) are
+computed at scrape time by whichever process answers, so they are never double counted.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+REQUEST_LATENCY = Histogram("sut_http_request_duration_seconds", "HTTP request latency by route and status.",
+                            ["method", "route", "status"], buckets=LATENCY_BUCKETS)
+POOL_SIZE = Gauge("sut_db_pool_size", "DB pool size (sum over processes).", multiprocess_mode="livesum")
+POOL_IN_USE = Gauge("sut_db_pool_in_use", "DB connections checked out.", multiprocess_mode="livesum")
+POOL_WAITING = Gauge("sut_db_pool_waiting", "Requests waiting for a DB connection.", multiprocess_mode="livesum")
+POOL_TIMEOUTS = Counter("sut_db_pool_timeouts", "Pool exhaustion: waits for a connection that timed out.")
+RSS = Gauge("sut_process_resident_memory_bytes", "Resident memory (sum over processes).",
+            multiprocess_mode="livesum")
+CPU = Counter("sut_process_cpu_seconds", "CPU seconds used by the service processes.")
+GC_PAUSE = Histogram("sut_gc_pause_seconds", "Python garbage-collector pauses.",
+                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+LOCK_TIMEOUTS = Counter("sut_lock_wait_timeouts", "Seat-lock waits that timed out (409 LOCK_TIMEOUT).")
+LOCK_WAIT = Histogram("sut_lock_wait_seconds", "Time to take all seat locks of a reservation.",
+                      buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0))
+SAGA_DURATION = Histogram("sut_saga_duration_seconds", "Payment request to terminal state.", ["outcome"],
+                          buckets=(0.5, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 60))
+OUTBOX_PUBLISHED = Counter("sut_outbox_published", "Outbox rows published to the bus.", ["event_type"])
+OUTBOX_PUBLISH_ERRORS = Counter("sut_outbox_publish_errors", "Failed publish attempts.")
+CONSUMED = Counter("sut_bus_consumed", "Bus messages handled.", ["group", "event_type", "outcome"])
+RESERVATIONS = Counter("sut_reservations", "Reservation answers by code.", ["code"])
+
+_last_cpu = [0.0]
+_gc_start = [0.0]
+
+
+def _gc_callback(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_start[0] = time.perf_counter()
+    elif _gc_start[0]:
+        GC_PAUSE.observe(time.perf_counter() - _gc_start[0])
+        _gc_start[0] = 0.0
+
+
+def install_gc_hook() -> None:
+    if _gc_callback not in gc.callbacks:
+        gc.callbacks.append(_gc_callback)
+
+
+def refresh_process_gauges(pool_size: int, in_use: int, waiting: int) -> None:
+    """Per-process gauges, refreshed on an interval by every worker."""
+    import psutil
+
+    proc = psutil.Process()
+    RSS.set(proc.memory_info().rss)
+    t = proc.cpu_times()
+    cpu = t.user + t.system
+    if cpu > _last_cpu[0]:
+        CPU.inc(cpu - _last_cpu[0])
+        _last_cpu[0] = cpu
+    POOL_SIZE.set(pool_size)
+    POOL_IN_USE.set(in_use)
+    POOL_WAITING.set(waiting)
+
+
+def mark_process_dead(pid: int) -> None:
+    if MULTIPROCESS:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+class _Snapshot:
+    """Scrape-time gauges of shared state, yielded as metric families."""
+
+    def __init__(self, gauges: list[tuple[str, str, dict[str, str], float]]):
+        self.gauges = gauges
+
+    def collect(self):
+        families: dict[str, GaugeMetricFamily] = {}
+        for name, help_, labels, value in self.gauges:
+            fam = families.get(name)
+            if fam is None:
+                fam = families[name] = GaugeMetricFamily(name, help_, labels=list(labels))
+            fam.add_metric([labels[k] for k in labels], value)
+        yield from families.values()
+
+
+def render(shared_gauges: list[tuple[str, str, dict[str, str], float]]) -> bytes:
+    """The /metrics body: process metrics (merged across workers) plus shared-state gauges."""
+    if MULTIPROCESS:
+        from prometheus_client import multiprocess
+
+        reg = CollectorRegistry()
+        multiprocess.MultiProcessCollector(reg)
+        body = generate_latest(reg)
+    else:
+        body = generate_latest(REGISTRY)
+    extra = CollectorRegistry()
+    extra.register(_Snapshot(shared_gauges))
+    return body + generate_latest(extra)

@@ -1,0 +1,165 @@
+"""The service's tables, named as the plan's SQL checks expect them.
+
+``reservation`` holds one row per reserved seat; the rows of one reservation share its ``id`` (a string,
+not the primary key, which is ``row_id``). So ``SELECT COUNT(*) FROM reservation WHERE show_id=101 AND
+seat_id=1`` counts the reservations that ever took seat 1, and ``SELECT status FROM reservation WHERE id = ?``
+returns the reservation's status (once per seat, every row the same). Every table has ``created_at`` so the
+plan's §6.2 cleanup can delete the rows a test created.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, the one clock every table uses (portable across SQLite, MySQL, PostgreSQL)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+metadata = MetaData()
+ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
+
+
+def _created():
+    return Column("created_at", DateTime, nullable=False, default=utcnow, index=True)
+
+
+concert = Table(
+    "concert", metadata,
+    Column("id", ID, primary_key=True, autoincrement=False),
+    Column("title", String(200), nullable=False),
+    _created(),
+)
+
+concert_show = Table(  # "show" is a reserved word in MySQL
+    "concert_show", metadata,
+    Column("id", ID, primary_key=True, autoincrement=False),
+    Column("concert_id", ID, ForeignKey("concert.id"), nullable=False),
+    Column("starts_at", DateTime, nullable=False),
+    _created(),
+)
+
+seat = Table(
+    "seat", metadata,
+    Column("id", ID, primary_key=True, autoincrement=False),
+    Column("show_id", ID, ForeignKey("concert_show.id"), nullable=False),
+    Column("seat_no", Integer, nullable=False),
+    Column("price", Integer, nullable=False),
+    Column("status", String(16), nullable=False, default="AVAILABLE"),  # AVAILABLE | HELD | SOLD
+    Column("reservation_id", String(36)),
+    Column("held_until", DateTime),
+    Column("updated_at", DateTime, nullable=False, default=utcnow),
+    _created(),
+    UniqueConstraint("show_id", "seat_no", name="uq_seat_show_no"),
+    Index("ix_seat_show_status", "show_id", "status"),
+)
+
+reservation = Table(
+    "reservation", metadata,
+    Column("row_id", ID, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, index=True),
+    Column("show_id", ID, nullable=False),
+    Column("seat_id", ID, nullable=False),
+    Column("user_id", ID, nullable=False),
+    Column("queue_token_id", ID),
+    Column("status", String(20), nullable=False),  # HELD | PAYMENT_PENDING | CONFIRMED | CANCELLED | EXPIRED
+    Column("amount", Integer, nullable=False),
+    Column("idempotency_key", String(128)),
+    Column("expires_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False, default=utcnow),
+    _created(),
+    UniqueConstraint("id", "seat_id", name="uq_reservation_seat"),
+    Index("ix_reservation_show_seat", "show_id", "seat_id"),
+    Index("ix_reservation_status_expiry", "status", "expires_at"),
+)
+
+point_wallet = Table(
+    "point_wallet", metadata,
+    Column("user_id", ID, primary_key=True, autoincrement=False),
+    Column("balance", BigInteger, nullable=False),
+    Column("updated_at", DateTime, nullable=False, default=utcnow),
+    _created(),
+)
+
+point_history = Table(
+    "point_history", metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("user_id", ID, nullable=False, index=True),
+    Column("delta", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),  # CHARGE | USE
+    Column("payment_id", ID),
+    _created(),
+)
+
+payment = Table(
+    "payment", metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("reservation_id", String(36), nullable=False, unique=True),
+    Column("user_id", ID, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),  # PENDING | PROCESSING | COMPLETED | FAILED
+    Column("failure_reason", String(64)),
+    Column("idempotency_key", String(128)),
+    Column("updated_at", DateTime, nullable=False, default=utcnow),
+    Column("completed_at", DateTime),
+    _created(),
+)
+
+payment_outbox = Table(
+    "payment_outbox", metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("aggregate_id", ID, nullable=False, index=True),  # the payment id
+    Column("aggregate_type", String(32), nullable=False, default="PAYMENT"),
+    Column("event_type", String(48), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # PENDING | PUBLISHED | FAILED
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime, nullable=False, default=utcnow),
+    Column("last_error", String(255)),
+    Column("published_at", DateTime),
+    _created(),
+    Index("ix_outbox_pending", "status", "next_attempt_at", "id"),
+)
+
+queue_token = Table(
+    "queue_token", metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("target_id", ID, nullable=False),
+    Column("user_id", ID, nullable=False),
+    Column("token", String(36), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),  # WAITING | ENTERED | DONE | EXPIRED
+    Column("expires_at", DateTime, nullable=False),
+    Column("entered_at", DateTime),
+    Column("updated_at", DateTime, nullable=False, default=utcnow),
+    _created(),
+    UniqueConstraint("target_id", "user_id", name="uq_queue_target_user"),
+    Index("ix_queue_wait", "target_id", "status", "expires_at", "id"),
+)
+
+consumed_message = Table(  # the inbox that makes every consumer idempotent
+    "consumed_message", metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("consumer_group", String(48), nullable=False),
+    Column("message_key", String(96), nullable=False),
+    Column("result", Text),
+    _created(),
+    UniqueConstraint("consumer_group", "message_key", name="uq_consumed"),
+)
+
+# Rows a test creates, deleted by the §6.2 cleanup (children first).
+TEST_DATA_TABLES = (consumed_message, payment_outbox, payment, point_history, reservation, queue_token)
