@@ -55,12 +55,14 @@ USER_RANGES: dict[str, tuple[int, int]] = {
     "spike": (1601, 10000),
 }
 
-#: Seats each scenario reserves by default (show 101): disjoint for the same reason. The spike takes
-#: the plan's seats [1, 2]; race's TC-1 the plan's seat 1 is moved by the campaign when both run.
+#: Seats (show 101) and private queue targets each scenario uses by default: disjoint for the same
+#: reason. The spike takes the plan's seats [1, 2] (and the concert's own queue, target 1); race's TC-1
+#: the plan's seat 1 — when both run in one campaign against a service that is not reset in between,
+#: give one of them other seats (SEAT_IDS / TC1_SEAT).
 SEAT_DEFAULTS: dict[str, dict[str, str]] = {
-    "race": {"TC1_SEAT": "1", "TC2_SEAT_FIRST": "101", "TC3_SEAT": "201"},
-    "saga": {"SAGA_SEAT_FIRST": "301"},
-    "soak": {"SOAK_SEAT_FIRST": "501", "SOAK_SEAT_COUNT": "400"},
+    "race": {"TC1_SEAT": "1", "TC2_SEAT_FIRST": "101", "TC3_SEAT": "201", "RACE_TARGET_FIRST": "9001"},
+    "saga": {"SAGA_SEAT_FIRST": "301", "SAGA_TARGET_FIRST": "9501"},
+    "soak": {"SOAK_SEAT_FIRST": "601", "SOAK_SEAT_COUNT": "400"},
     "spike": {"SEAT_IDS": "1,2"},
     "points": {},
 }

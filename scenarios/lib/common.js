@@ -1,0 +1,231 @@
+// Shared helpers of the soundcheck scenarios: configuration from the environment, the API calls
+// (each tagged with its endpoint and step name), custom metrics, barriers and payment watching.
+//
+// Environment (all optional; defaults are the plan's numbers at SCALE=1, TIME_SCALE=1):
+//   BASE_URL      target base URL (default http://127.0.0.1:8080)
+//   SCALE         multiplies user counts and rates (1 = the plan)
+//   TIME_SCALE    multiplies durations (1 = the plan)
+//   USER_OFFSET   first seeded user id this scenario may use; USER_COUNT how many (ranges must not
+//                 overlap between the scenarios of one campaign: one queue token per (target, user))
+//   CONCERT_ID    queue target / concert (default 1); SHOW_ID (default 101)
+//   ADMIN_TOKEN   X-Admin-Token for /admin/* set-up calls (default: the reference service's default)
+// Every custom metric is named sc_* so the ingest stage can pick them out of k6's CSV output.
+
+import http from 'k6/http';
+import { sleep } from 'k6';
+import { Counter, Trend, Rate } from 'k6/metrics';
+
+export const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
+export const SCALE = parseFloat(__ENV.SCALE || '1');
+export const TIME_SCALE = parseFloat(__ENV.TIME_SCALE || '1');
+export const USER_OFFSET = parseInt(__ENV.USER_OFFSET || '1', 10);
+export const USER_COUNT = parseInt(__ENV.USER_COUNT || '100000', 10);
+export const CONCERT_ID = parseInt(__ENV.CONCERT_ID || '1', 10);
+export const SHOW_ID = parseInt(__ENV.SHOW_ID || '101', 10);
+export const ADMIN_TOKEN = __ENV.ADMIN_TOKEN || 'soundcheck-admin';
+
+// Custom metrics (k6_samples rows; see tasks/kpis.py for how each becomes a KPI).
+export const lockTimeouts = new Counter('sc_lock_timeouts'); // API-3 answers with error LOCK_TIMEOUT
+export const sagaTime = new Trend('sc_saga_time_s'); // payment request → terminal, tags status, reason, case
+export const sagaUnfinished = new Counter('sc_saga_unfinished'); // not terminal when the client gave up
+export const sagaCompleted = new Rate('sc_saga_completed'); // COMPLETED among sagas (insufficient points excluded)
+export const waitEntered = new Trend('sc_wait_until_entered_s'); // token issue → ENTERED
+export const pollGaveUp = new Counter('sc_poll_gave_up'); // still WAITING at the poll limit
+export const releaseOffset = new Trend('sc_release_offset_ms'); // send instant − common release instant, tag tc
+export const tc3Reservation = new Counter('sc_tc3_reservation'); // one per TC-3 answer, tags status, reservationId
+export const tokenStatus = new Counter('sc_token_status'); // one per API-1 answer, tag status
+
+export function scaled(n, min = 1) {
+  return Math.max(min, Math.round(n * SCALE));
+}
+
+// k6 duration string for `seconds` of the plan, scaled by TIME_SCALE (at least 1 ms).
+export function dur(seconds) {
+  return `${Math.max(1, Math.round(seconds * TIME_SCALE * 1000))}ms`;
+}
+
+export function uuid() {
+  return 'xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx'.replace(/[xy]/g, (c) => {
+    const r = (Math.random() * 16) | 0;
+    return (c === 'x' ? r : (r & 0x3) | 0x8).toString(16);
+  });
+}
+
+// Answers 2xx–4xx are expected (409 seat taken, 403 not entered …): only 5xx and no answer count as
+// http_req_failed, which is the plan's error rate.
+http.setResponseCallback(http.expectedStatuses({ min: 200, max: 499 }));
+
+function params(endpoint, name, headers, extraTags) {
+  return {
+    headers: Object.assign({ 'Content-Type': 'application/json' }, headers || {}),
+    tags: Object.assign({ endpoint: endpoint, name: name }, extraTags || {}),
+    timeout: __ENV.HTTP_TIMEOUT || '30s',
+  };
+}
+
+export function auth(userId) {
+  return { Authorization: `Bearer test-user-${userId}` };
+}
+
+export function json(res) {
+  try {
+    return res.json();
+  } catch (e) {
+    return null;
+  }
+}
+
+function errorCode(res) {
+  const j = json(res);
+  return j && j.error ? j.error : null;
+}
+
+// API-1: issue a queue token. Returns {res, body}.
+export function issueToken(userId, extraTags) {
+  const res = http.post(`${BASE_URL}/api/v1/queues/tokens/${CONCERT_ID}`, null,
+    params('API-1', 'token', Object.assign({ 'Idempotency-Key': uuid() }, auth(userId)), extraTags));
+  const body = json(res);
+  if (body && body.status) tokenStatus.add(1, { status: body.status });
+  return { res, body };
+}
+
+// API-2: poll a token's status.
+export function pollToken(token, extraTags) {
+  const res = http.post(`${BASE_URL}/api/v1/queues/enter`, null, params('API-2', 'poll', { 'Queue-Token': token }, extraTags));
+  return { res, body: json(res) };
+}
+
+// Poll every `intervalS` until ENTERED or `limitS` passed; emits the wait. Returns true when ENTERED.
+export function waitUntilEntered(token, issuedAtMs, intervalS, limitS, extraTags) {
+  while (true) {
+    const { body } = pollToken(token, extraTags);
+    if (body && body.status === 'ENTERED') {
+      waitEntered.add((Date.now() - issuedAtMs) / 1000, extraTags);
+      return true;
+    }
+    if (body && (body.status === 'EXPIRED' || body.status === 'DONE')) break;
+    if ((Date.now() - issuedAtMs) / 1000 + intervalS > limitS) break;
+    sleep(intervalS);
+  }
+  pollGaveUp.add(1, extraTags);
+  return false;
+}
+
+// API-3: reserve seats. `name` is the test case (tc1/tc2/tc3) or the step ('reserve').
+// Built in two steps so barrier scenarios prepare everything before the release instant.
+export function reserveRequest(userId, token, seatIds, key, name, extraTags) {
+  return {
+    url: `${BASE_URL}/api/v1/reservations/${SHOW_ID}`,
+    body: JSON.stringify({ seatIds: seatIds }),
+    params: params('API-3', name || 'reserve', Object.assign({ 'Idempotency-Key': key || uuid(), 'Queue-Token': token },
+      auth(userId)), extraTags),
+  };
+}
+
+export function sendReserve(req) {
+  const res = http.post(req.url, req.body, req.params);
+  const code = res.status >= 400 ? errorCode(res) : null;
+  // LOCK_TIMEOUT is a 409 by contract; a lock timeout answered 5xx is the R-RACE-4 defect and counts too.
+  if (code === 'LOCK_TIMEOUT' || (res.status >= 500 && /lock/i.test(String(res.body)))) {
+    lockTimeouts.add(1, { status: String(res.status) });
+  }
+  return { res, body: json(res), code };
+}
+
+export function reserve(userId, token, seatIds, key, name, extraTags) {
+  return sendReserve(reserveRequest(userId, token, seatIds, key, name, extraTags));
+}
+
+// API-4: pay for a reservation.
+export function pay(userId, reservationId, amount, key, extraTags) {
+  const res = http.post(`${BASE_URL}/api/v1/payments/`, JSON.stringify({ reservationId: reservationId, amount: amount }),
+    params('API-4', 'pay', Object.assign({ 'Idempotency-Key': key || uuid() }, auth(userId)), extraTags));
+  return { res, body: json(res) };
+}
+
+// Watch a payment (GET /api/v1/payments/{id}) until COMPLETED or FAILED; emits the saga time
+// measured from `startMs` (the payment request). Returns {status, reason, seconds} (status null: gave up).
+export function watchPayment(userId, paymentId, startMs, extraTags, intervalS, limitS) {
+  intervalS = intervalS || parseFloat(__ENV.WATCH_INTERVAL_S || '0.25');
+  limitS = limitS || parseFloat(__ENV.WATCH_LIMIT_S || '120');
+  while (true) {
+    const res = http.get(`${BASE_URL}/api/v1/payments/${paymentId}`, params('API-PAY-GET', 'pay-get', auth(userId), extraTags));
+    const body = json(res);
+    const seconds = (Date.now() - startMs) / 1000;
+    if (body && (body.status === 'COMPLETED' || body.status === 'FAILED')) {
+      const reason = body.failureReason || '';
+      sagaTime.add(seconds, Object.assign({ status: body.status, reason: reason }, extraTags || {}));
+      if (reason !== 'INSUFFICIENT_POINTS') sagaCompleted.add(body.status === 'COMPLETED', extraTags);
+      return { status: body.status, reason: reason, seconds: seconds };
+    }
+    if (seconds + intervalS > limitS) {
+      sagaUnfinished.add(1, extraTags);
+      sagaCompleted.add(false, extraTags);
+      return { status: null, reason: body ? body.status : 'NO_ANSWER', seconds: seconds };
+    }
+    sleep(intervalS);
+  }
+}
+
+// API-5: the concert list.
+export function concerts(extraTags) {
+  return http.get(`${BASE_URL}/api/v1/concerts/`, params('API-5', 'concerts', {}, extraTags));
+}
+
+// API-6: charge points.
+export function charge(userId, amount, extraTags) {
+  const res = http.post(`${BASE_URL}/api/v1/users/me/points/charges`, JSON.stringify({ amount: amount }),
+    params('API-6', 'charge', Object.assign({ 'Idempotency-Key': uuid() }, auth(userId)), extraTags));
+  return { res, body: json(res) };
+}
+
+// ENTERED queue tokens for `users` (set-up of race and saga, whose users must all hold a reservation
+// at once while a queue target admits only its capacity). Tokens are taken on queue targets of their
+// own, from `firstTarget` up: a target that answers WAITING is full (capacity, or earlier runs' tokens
+// still active), so the user moves to the next target. Never touches the concert's own queue.
+export function enteredTokens(users, firstTarget, maxTargets) {
+  maxTargets = maxTargets || 2000;
+  let target = firstTarget;
+  return users.map((userId) => {
+    for (let tries = 0; tries < maxTargets; tries++) {
+      const res = http.post(`${BASE_URL}/api/v1/queues/tokens/${target}`, null,
+        params('API-1', 'setup-token', Object.assign({ 'Idempotency-Key': uuid() }, auth(userId))));
+      const body = json(res);
+      if (body && body.status === 'ENTERED') return body.token;
+      if (res.status >= 300 || !body) {
+        throw new Error(`API-1 for user ${userId} on target ${target} answered ${res.status}: ${String(res.body).slice(0, 200)}`);
+      }
+      target += 1;
+    }
+    throw new Error(`no queue target from ${firstTarget} admitted user ${userId}`);
+  });
+}
+
+// Set-up and inspection calls (tagged ADMIN: excluded from every KPI).
+export function admin(method, path, body, name) {
+  const res = http.request(method, `${BASE_URL}${path}`, body === undefined || body === null ? null : JSON.stringify(body),
+    params('ADMIN', name || 'admin', { 'X-Admin-Token': ADMIN_TOKEN }));
+  if (res.status >= 300) {
+    throw new Error(`admin ${method} ${path} answered ${res.status}: ${String(res.body).slice(0, 300)}`);
+  }
+  return json(res);
+}
+
+// Open the VU's keep-alive connection before a barrier, so the released request does not pay for it.
+export function warmUp() {
+  http.get(`${BASE_URL}/health`, params('ADMIN', 'warmup'));
+}
+
+// Sleep until the wall-clock instant `atMs` (the common release instant of a barrier).
+export function sleepUntil(atMs) {
+  let left = atMs - Date.now();
+  while (left > 0) {
+    sleep(Math.min(left, 1000) / 1000);
+    left = atMs - Date.now();
+  }
+}
+
+export function checkTarget() {
+  const res = http.get(`${BASE_URL}/health`, params('ADMIN', 'health'));
+  if (res.status !== 200) throw new Error(`target ${BASE_URL} is not healthy: /health answered ${res.status}`);
+}
