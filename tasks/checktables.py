@@ -17,8 +17,9 @@ Conventions read from the load stage (tolerant of both camelCase and snake_case 
   `details["compensation_payment_ids"]`; the concurrent ones are the other `sc_saga*` samples, the
   requests named "concurrent", and `details["concurrent_payment_ids"]`.
 - points: `details["expected_balances"]` ({user id: balance}), or `details["initial_balance"]` plus
-  the amounts (`tags.amount`) of the charges answered 200; actual balances from the snapshot of the
-  user table (`users` / `user` / `user_point` / `point`; column `balance` / `point` / `points`).
+  the amounts (`tags.amount`) of the charges answered 200; actual balances from `details["final_balances"]`,
+  the `sc_final_balance` k6 samples (tag `userId`), or the snapshot of the user table (`users` / `user` /
+  `user_point` / `point`; column `balance` / `point` / `points`).
 - snapshots: `reservation` (id, show_id, seat_id, status), `seat` (id, status), `payment` (id,
   reservation_id, status, created_at, updated_at), `payment_outbox` (aggregate_id, event_type, status).
 """
@@ -254,13 +255,17 @@ def points_tables(st: StageData) -> dict[str, pd.DataFrame]:
             user = str(_tag(r["tags"], "userId", "user_id") or st.details.get("user_id", ""))
             base = init.get(user, 0) if isinstance(init, dict) else init
             expected[user] = expected.get(user, float(base)) + float(_num(_tag(r["tags"], "amount")) or 0)
-    actual: dict[str, float] = {}
+    actual: dict[str, float] = {str(k): float(v) for k, v in (st.details.get("final_balances") or {}).items()}
+    k6 = st.k6
+    if not k6.empty:  # the balance the script read back through the API after the charges
+        for _, r in k6[k6["metric"].isin(["sc_final_balance", "sc_balance"])].iterrows():
+            actual[str(_tag(r["tags"], "userId", "user_id") or st.details.get("user_id", ""))] = float(r["value"])
     for table in ("users", "user", "user_point", "point"):
         snap = st.snapshot(table)
         if snap.empty:
             continue
         ids, bal = _col(snap, "user_id", "id"), _col(snap, "balance", "point", "points")
-        if ids is not None and bal is not None:
+        if ids is not None and bal is not None and not actual:
             actual.update({str(i): float(b) for i, b in zip(ids, bal, strict=False)})
             break
     rows = [{"user_id": u, "expected_balance": e, "actual_balance": actual.get(u, np.nan),
@@ -298,7 +303,8 @@ def kpi_table(load_kpis: pd.DataFrame, derived: Iterable[Any], scenario: str) ->
     rows = []
     if not load_kpis.empty:
         k = load_kpis[load_kpis["scenario"] == scenario]
-        rows += [{"name": r.name, "phase": r.phase or "all", "value": r.value} for r in k.itertuples()]
+        rows += [{"name": r.name, "phase": r.phase if isinstance(r.phase, str) and r.phase else "all",
+                  "value": r.value} for r in k.itertuples()]
     rows += [{"name": d.name, "phase": d.phase or "all", "value": d.value} for d in derived]
     df = pd.DataFrame(rows, columns=["name", "phase", "value"])
     df["value"] = pd.to_numeric(df["value"], errors="coerce")

@@ -1,0 +1,219 @@
+"""Every branch of the plan's decision tree (§5.2), driven from constructed result tables."""
+
+from __future__ import annotations
+
+import pytest
+from verdict_data import MB, build_run, new_store
+
+from soundcheck.models import Decision
+from soundcheck.profile import parse_profile
+from tasks.decide import judge_run
+from tasks.expectations import Validator
+
+
+@pytest.fixture(scope="module")
+def validator():
+    return Validator()
+
+
+@pytest.fixture
+def engine(tmp_path):
+    e = new_store(tmp_path)
+    yield e
+    e.dispose()
+
+
+PROFILE = parse_profile({"name": "test"})
+
+
+def judge(engine, validator, scenarios=("race", "saga", "points", "spike", "soak"), profile=PROFILE, **kw):
+    rid = build_run(engine, "run-1", scenarios, **kw)
+    return judge_run(engine, rid, profile, validator=validator)
+
+
+def codes(v):
+    return [r.code for r in v.remediations]
+
+
+def failed(v):
+    return {c.id for c in v.checks if not c.passed}
+
+
+def test_all_on_target_approves(engine, validator):
+    v = judge(engine, validator)
+    assert v.verdict == Decision.APPROVE, [t.why for t in v.trace]
+    assert not failed(v) and not v.remediations
+    ids = {c.id for c in v.checks}
+    assert {"R-RACE-1", "R-RACE-2", "R-RACE-3", "R-RACE-4", "R-RACE-5", "R-RACE-6", "R-SAGA-1", "R-SAGA-4",
+            "R-SAGA-6", "R-POINT-1", "R-SPIKE-1", "R-SPIKE-3", "R-SPIKE-5", "R-SOAK-1", "R-SOAK-2"} <= ids
+    assert v.trace[-1].subject == "verdict" and v.trace[-1].branch == Decision.APPROVE
+    pool = next(k for k in v.kpis if k.name == "db_pool_use" and k.scenario == "spike" and k.phase is None)
+    assert pool.value == pytest.approx(0.4) and pool.band == "target"
+
+
+@pytest.mark.parametrize(("server", "code", "detail"), [
+    ({"db_pool_in_use": 4}, "raise_db_pool", "5 → 10"),  # 80 %: "pool near 85 %"
+    ({"consumer_lag_messages": 300}, "raise_consumer_concurrency", "3 → 5"),
+    ({"db_cpu_percent": 80}, "add_read_replica", "replica"),
+    ({"redis_memory_bytes": 700 * MB}, "reduce_redis_memory", "TTL"),
+    ({"outbox_oldest_age_s": 15}, "shorten_outbox_interval", "5 s → 2 s"),
+])
+def test_allowed_band_approves_with_tuning(engine, validator, server, code, detail):
+    v = judge(engine, validator, ("spike",), spike={"server": server})
+    assert v.verdict == Decision.APPROVE_WITH_TUNING, [t.why for t in v.trace]
+    rem = next(r for r in v.remediations if r.code == code)
+    assert detail in rem.detail
+
+
+def test_p95_near_1_5_s_caches_the_concert_list(engine, validator):
+    v = judge(engine, validator, ("soak",), soak={"kpis": {"p95_ms": 1500.0}})
+    assert v.verdict == Decision.APPROVE_WITH_TUNING
+    assert codes(v) == ["cache_concert_list"]
+    assert any(t.subject == "kpi p95_ms/soak" and "allowed" in t.why for t in v.trace)
+
+
+def test_db_cpu_above_90_blocks_with_bigger_instance(engine, validator):
+    v = judge(engine, validator, ("spike",), spike={"server": {"db_cpu_percent": 95}})
+    assert v.verdict == Decision.BLOCK
+    assert "upgrade_db_instance" in codes(v)
+    assert "db.r5.large → db.r5.xlarge" in next(r.detail for r in v.remediations if r.code == "upgrade_db_instance")
+
+
+def test_error_rate_action_blocks_with_code_fix(engine, validator):
+    v = judge(engine, validator, ("soak",), soak={"kpis": {"error_rate": 0.02}})
+    assert v.verdict == Decision.BLOCK and "fix_code_and_retest" in codes(v)
+
+
+def test_failing_compensation_blocks_with_outbox_remediation(engine, validator):
+    v = judge(engine, validator, ("saga",), saga={"compensated": False, "comp_success": 0.0})
+    assert v.verdict == Decision.BLOCK
+    assert {"R-SAGA-1", "R-SAGA-2", "R-SAGA-3", "R-SAGA-4"} <= failed(v)
+    assert "fix_code_and_retest" in codes(v) and "shorten_outbox_interval" in codes(v)
+    assert any(t.subject == "check R-SAGA-1" and t.branch == Decision.BLOCK for t in v.trace)
+
+
+def test_seat_sold_twice_blocks_citing_race_checks(engine, validator):
+    v = judge(engine, validator, ("race",), race={"tc1_200": 3, "tc1_rows": 3})
+    assert v.verdict == Decision.BLOCK
+    assert {"R-RACE-1", "R-RACE-5"} <= failed(v)
+    assert codes(v)[0] == "fix_code_and_retest"
+    r1 = next(c for c in v.checks if c.id == "R-RACE-1" and not c.passed)
+    assert r1.observed.startswith("3 × 200") and r1.expected == "exactly 1 × 200"
+
+
+def test_a_5xx_in_the_race_blocks(engine, validator):
+    v = judge(engine, validator, ("race",), race={"s5xx": 2})
+    assert v.verdict == Decision.BLOCK and "R-RACE-4" in failed(v)
+
+
+def test_lost_point_update_blocks(engine, validator):
+    v = judge(engine, validator, ("points",), points={"final": 19_000})
+    assert v.verdict == Decision.BLOCK and failed(v) == {"R-POINT-1"}
+
+
+def test_pool_exhaustion_under_spike_blocks_with_pool_remediation(engine, validator):
+    v = judge(engine, validator, ("spike",),
+              spike={"server": {"db_pool_size": 1, "db_pool_in_use": 1, "db_pool_timeouts_total": lambda i: i}})
+    assert v.verdict == Decision.BLOCK
+    assert "R-SPIKE-5" in failed(v)
+    assert "raise_db_pool" in codes(v)
+
+
+def test_spike_is_judged_per_phase(engine, validator):
+    v = judge(engine, validator, ("spike",), spike={"kpis": {"p95_ms@plateau": 2500.0}})
+    assert v.verdict == Decision.BLOCK
+    step = next(t for t in v.trace if t.subject == "kpi p95_ms/spike/plateau")
+    assert step.branch == Decision.BLOCK and "action" in step.why
+    plateau = next(k for k in v.kpis if k.name == "p95_ms" and k.phase == "plateau")
+    assert plateau.band == "action"
+
+
+def test_soak_memory_trend_blocks(engine, validator):
+    v = judge(engine, validator, ("soak",), soak={"server": {"rss_bytes": lambda i: (200 + i) * MB}})
+    assert v.verdict == Decision.BLOCK and "R-SOAK-1" in failed(v)
+    growth = next(k for k in v.kpis if k.name == "memory_growth")
+    assert growth.value == pytest.approx(118 / 200, rel=0.05)
+
+
+def test_soak_latency_trend_blocks(engine, validator):
+    v = judge(engine, validator, ("soak",), soak={"p99_fn": lambda i: 50 + 5 * i})
+    assert "R-SOAK-4" in failed(v) and v.verdict == Decision.BLOCK
+
+
+def test_flat_noisy_soak_has_no_trend(engine, validator):
+    v = judge(engine, validator, ("soak",), soak={"p99_fn": lambda i: 50 + (7 * i) % 11})
+    assert "R-SOAK-4" not in failed(v)
+
+
+@pytest.mark.parametrize(("stage", "needle"), [
+    ({"status": "K6_CRASHED"}, "status K6_CRASHED"),
+    ({"k6_cpu_share": 0.95}, "k6 CPU 95%"),
+    ({"dropped": 120}, "120 dropped iterations"),
+    ({"gap": 7}, "no missing seconds"),
+])
+def test_could_not_measure_is_inconclusive(engine, validator, stage, needle):
+    v = judge(engine, validator, ("spike",), spike=stage)
+    assert v.verdict == Decision.INCONCLUSIVE, [t.why for t in v.trace]
+    assert codes(v) == ["fix_test_environment"]
+    assert any(needle in t.why for t in v.trace if t.branch == Decision.INCONCLUSIVE)
+
+
+def test_saturated_k6_does_not_band_its_latencies(engine, validator):
+    v = judge(engine, validator, ("spike",), spike={"k6_cpu_share": 0.95, "kpis": {"p95_ms": 5000.0}})
+    assert v.verdict == Decision.INCONCLUSIVE
+    assert next(k for k in v.kpis if k.name == "p95_ms" and k.phase is None).band is None
+
+
+def test_profile_sets_the_k6_cpu_limit(engine, validator):
+    prof = parse_profile({"name": "test", "k6": {"max_cpu_share": 0.99}})
+    v = judge(engine, validator, ("spike",), profile=prof, spike={"k6_cpu_share": 0.95})
+    assert v.verdict == Decision.APPROVE
+
+
+def test_missing_server_metrics_is_inconclusive(engine, validator):
+    v = judge(engine, validator, ("spike",), spike={"server": {"db_pool_size": 0}})
+    assert v.verdict == Decision.INCONCLUSIVE
+    assert any("db_pool_use" in t.why for t in v.trace)
+
+
+def test_planned_scenario_never_run_is_inconclusive(engine, validator):
+    v = judge(engine, validator, ("race",), planned=["race", "soak"])
+    assert v.verdict == Decision.INCONCLUSIVE
+    assert any(t.subject == "stage soak" for t in v.trace)
+
+
+def test_defect_beats_inconclusive(engine, validator):
+    v = judge(engine, validator, ("race", "spike"), race={"tc1_200": 2}, spike={"status": "TARGET_DOWN"})
+    assert v.verdict == Decision.BLOCK
+    assert "fix_code_and_retest" in codes(v) and "fix_test_environment" in codes(v)
+
+
+def test_throughput_judged_against_scaled_edges(engine, validator):
+    v = judge(engine, validator, ("soak",), scale=0.02, soak={"kpis": {"throughput_rps": 25.0}})
+    assert v.verdict == Decision.APPROVE
+    step = next(t for t in v.trace if t.subject == "kpi throughput_rps/soak")
+    assert "--scale 0.02" in step.why and "1,000 → 20" in step.why
+    v2 = judge_run(engine, build_run(engine, "run-2", ("soak",), scale=0.02, soak={"kpis": {"throughput_rps": 17.0}}),
+                   PROFILE, validator=validator)
+    assert v2.verdict == Decision.APPROVE_WITH_TUNING and "scale_out_app_servers" in codes(v2)
+
+
+def test_profile_band_override(engine, validator):
+    prof = parse_profile({"name": "test", "bands": {"p95_ms": {"target": 40, "allowed": 45}}})
+    v = judge(engine, validator, ("soak",), profile=prof)
+    assert v.verdict == Decision.BLOCK and "cache_concert_list" in codes(v)
+
+
+def test_verdict_rows_are_stored_and_rejudging_replaces_checks(engine, validator):
+    from sqlalchemy import func, select
+
+    from soundcheck import store
+
+    v = judge(engine, validator, ("race",))
+    judge_run(engine, v.run_id, PROFILE, validator=validator)
+    with engine.connect() as c:
+        n_checks = c.execute(select(func.count()).select_from(store.checks)).scalar()
+        verdicts = c.execute(select(store.verdicts.c.verdict)).scalars().all()
+        run_verdict = c.execute(select(store.runs.c.verdict)).scalar()
+    assert n_checks == len(v.checks)
+    assert verdicts == ["APPROVE", "APPROVE"] and run_verdict == "APPROVE"

@@ -1,0 +1,188 @@
+"""Constructed result tables for the verdict-stage tests: a healthy run of every scenario, with knobs
+to break exactly one thing at a time (the tree's branches are driven from these)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, insert, update
+
+from soundcheck import store
+
+T0 = 1_790_000_000  # epoch second the load starts in every constructed stage
+MB = 1024**2
+
+
+def new_store(tmp_path: Any) -> Engine:
+    return store.open_store(f"sqlite:///{tmp_path}/results.db")
+
+
+def _stage(engine: Engine, run_id: str, scenario: str, *, status: str = "COMPLETED", k6_cpu_share: float = 0.3,
+           dropped: int = 0, details: dict[str, Any] | None = None, seconds: int = 30) -> int:
+    sid = store.start_scenario(engine, run_id, scenario)
+    with engine.begin() as c:
+        c.execute(update(store.scenario_runs).where(store.scenario_runs.c.id == sid).values(
+            started_at=datetime.fromtimestamp(T0 - 1, UTC), status=status, k6_cpu_share=k6_cpu_share,
+            dropped_iterations=dropped, details=details or {},
+            finished_at=datetime.fromtimestamp(T0 + seconds + 1, UTC)))
+    return sid
+
+
+def _kpis(engine: Engine, run_id: str, scenario: str, values: dict[str, Any]) -> None:
+    rows = []
+    for key, v in values.items():
+        name, _, phase = key.partition("@")
+        unit = "ms" if "_ms" in name else "req/s" if name == "throughput_rps" else "s" if name.endswith("_s") \
+            else "ratio"
+        rows.append({"run_id": run_id, "scenario": scenario, "name": name, "phase": phase or None, "value": v,
+                     "unit": unit})
+    if rows:
+        with engine.begin() as c:
+            c.execute(insert(store.kpis), rows)
+
+
+def _seconds(engine: Engine, sid: int, endpoints: list[str], n: int, *, rps: int = 50, p99: float = 20.0,
+             s5xx: int = 0, gap: int | None = None, p99_fn: Any = None) -> None:
+    rows = []
+    for i in range(n):
+        if gap is not None and i == gap:
+            continue
+        for ep in endpoints:
+            p = p99_fn(i) if p99_fn else p99
+            rows.append({"scenario_run_id": sid, "second": T0 + i, "endpoint": ep, "count": rps, "s2xx": rps - s5xx,
+                         "s3xx": 0, "s4xx": 0, "s5xx": s5xx, "failed": 0, "codes": {"200": rps},
+                         "p50_ms": p / 3, "p95_ms": p * 0.8, "p99_ms": p, "max_ms": p * 1.2})
+    with engine.begin() as c:
+        c.execute(insert(store.second_aggregates), rows)
+
+
+def _server(engine: Engine, run_id: str, sid: int, n: int, series: dict[str, Any], every: int = 2) -> None:
+    rows = []
+    for i in range(0, n, every):
+        for kpi, v in series.items():
+            rows.append({"run_id": run_id, "scenario_run_id": sid, "ts": float(T0 + i), "kpi": kpi,
+                         "value": float(v(i) if callable(v) else v), "source": "scrape"})
+    with engine.begin() as c:
+        c.execute(insert(store.server_samples), rows)
+
+
+def _snap(engine: Engine, sid: int, table: str, rows: list[dict[str, Any]]) -> None:
+    with engine.begin() as c:
+        c.execute(insert(store.db_snapshots), [{"scenario_run_id": sid, "taken_at": store.now(), "table_name": table,
+                                                "row": r} for r in rows])
+
+
+def _requests(engine: Engine, sid: int, rows: list[dict[str, Any]]) -> None:
+    with engine.begin() as c:
+        c.execute(insert(store.requests), [{"scenario_run_id": sid, "ts": float(T0), "duration_ms": 12.0,
+                                            "error_code": None, "tags": {}, **r} for r in rows])
+
+
+SERVER_OK = {"db_pool_size": 5, "db_pool_in_use": 2, "db_pool_waiting": 0, "db_pool_timeouts_total": 0,
+             "rss_bytes": 200 * MB, "redis_memory_bytes": 50 * MB, "consumer_lag_messages": 5,
+             "consumer_lag_seconds": 0.2, "db_cpu_percent": 30, "gc_pause_max_s": 0.01, "outbox_pending": 0,
+             "outbox_oldest_age_s": 0}
+
+
+def race(engine: Engine, run_id: str, *, tc1_200: int = 1, tc1_rows: int = 1, s5xx: int = 0, **stage: Any) -> int:
+    sid = _stage(engine, run_id, "race", **stage)
+    reqs = [{"endpoint": "API-3", "name": "tc1", "status": 200 if i < tc1_200 else 409, "tags": {"seat_id": 1}}
+            for i in range(100)]
+    reqs += [{"endpoint": "API-3", "name": "tc2", "status": 500 if i < s5xx else 200, "tags": {"seat_id": 10 + i}}
+             for i in range(100)]
+    reqs += [{"endpoint": "API-3", "name": "tc3", "status": 200, "tags": {"seat_id": 300, "reservationId": "r-tc3"}}
+             for _ in range(100)]
+    _requests(engine, sid, reqs)
+    rows = [{"id": 1000 + i, "show_id": 101, "seat_id": 1, "status": "HELD"} for i in range(tc1_rows)]
+    rows += [{"id": 2000 + i, "show_id": 101, "seat_id": 10 + i, "status": "HELD"} for i in range(100)]
+    rows += [{"id": 3000, "show_id": 101, "seat_id": 300, "status": "HELD"}]
+    _snap(engine, sid, "reservation", rows)
+    _seconds(engine, sid, ["API-3"], 2, rps=150)
+    _kpis(engine, run_id, "race", {"error_rate": s5xx / 300, "lock_timeout_rate": 0.0, "p95_ms": 900.0})
+    return sid
+
+
+def saga(engine: Engine, run_id: str, *, compensated: bool = True, lag: float = 5, comp_success: float = 1.0,
+         saga_time: float = 6.0, **stage: Any) -> int:
+    sid = _stage(engine, run_id, "saga", **stage)
+    t = datetime.fromtimestamp(T0, UTC)
+    pays = [{"id": 1, "reservation_id": 11, "status": "FAILED" if compensated else "PROCESSING",
+             "failure_reason": "INSUFFICIENT_POINTS", "amount": 150000, "created_at": t.isoformat(),
+             "updated_at": (t + timedelta(seconds=6)).isoformat()}]
+    pays += [{"id": 2 + i, "reservation_id": 20 + i, "status": "COMPLETED", "amount": 150000,
+              "created_at": t.isoformat(), "updated_at": (t + timedelta(seconds=5)).isoformat()} for i in range(5)]
+    _snap(engine, sid, "payment", pays)
+    _snap(engine, sid, "reservation", [{"id": 11, "show_id": 101, "seat_id": 5,
+                                        "status": "CANCELLED" if compensated else "HELD"}]
+          + [{"id": 20 + i, "show_id": 101, "seat_id": 30 + i, "status": "CONFIRMED"} for i in range(5)])
+    _snap(engine, sid, "seat", [{"id": 5, "status": "AVAILABLE" if compensated else "HELD"}])
+    outbox = [{"aggregate_id": 1, "event_type": "UsePointCommand", "status": "PUBLISHED"}]
+    if compensated:
+        outbox.append({"aggregate_id": 1, "event_type": "CancelSeatsCommand", "status": "PUBLISHED"})
+    outbox += [{"aggregate_id": 2 + i, "event_type": "UsePointCommand", "status": "PUBLISHED"} for i in range(5)]
+    _snap(engine, sid, "payment_outbox", outbox)
+    with engine.begin() as c:
+        c.execute(insert(store.k6_samples), [
+            {"scenario_run_id": sid, "ts": float(T0 + 5), "metric": "sc_saga_time_s", "value": 5.0,
+             "tags": {"paymentId": str(2 + i), "status": "COMPLETED"}} for i in range(5)])
+    _requests(engine, sid, [{"endpoint": "API-4", "name": "pay", "status": 200} for _ in range(6)])
+    _seconds(engine, sid, ["API-4", "API-PAY-GET"], 10, rps=5)
+    _server(engine, run_id, sid, 10, {**SERVER_OK, "consumer_lag_messages": lag})
+    _kpis(engine, run_id, "saga", {"saga_time_s": saga_time, "saga_time_max_s": saga_time,
+                                   "compensation_success": comp_success, "error_rate": 0.0})
+    return sid
+
+
+def points(engine: Engine, run_id: str, *, final: float = 20_000, **stage: Any) -> int:
+    sid = _stage(engine, run_id, "points", details={"expected_balances": {"7": 20_000}}, **stage)
+    _requests(engine, sid, [{"endpoint": "API-6", "name": "charge", "status": 200} for _ in range(10)])
+    with engine.begin() as c:
+        c.execute(insert(store.k6_samples), [{"scenario_run_id": sid, "ts": float(T0 + 1), "metric": "sc_final_balance",
+                                              "value": final, "tags": {"userId": "7"}}])
+    _seconds(engine, sid, ["API-6"], 1, rps=10)
+    _kpis(engine, run_id, "points", {"error_rate": 0.0})
+    return sid
+
+
+def spike(engine: Engine, run_id: str, *, kpis: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
+          gap: int | None = None, double_sold: bool = False, seconds: int = 30, **stage: Any) -> int:
+    sid = _stage(engine, run_id, "spike", seconds=seconds, **stage)
+    _seconds(engine, sid, ["API-1", "API-2", "API-3", "API-4"], seconds, gap=gap)
+    _server(engine, run_id, sid, seconds, {**SERVER_OK, **(server or {})})
+    _snap(engine, sid, "reservation", [{"id": 1, "show_id": 101, "seat_id": 1, "status": "CONFIRMED"},
+                                       {"id": 2, "show_id": 101, "seat_id": 2, "status": "CONFIRMED"}]
+          + ([{"id": 3, "show_id": 101, "seat_id": 1, "status": "CONFIRMED"}] if double_sold else []))
+    base = {"p95_ms": 50.0, "p99_ms": 80.0, "p95_ms.API-1": 40.0, "p99_ms.API-2": 60.0, "throughput_rps": 1500.0,
+            "error_rate": 0.0, "rate_5xx": 0.0, "saga_completion": 1.0, "saga_time_s": 6.0,
+            "p95_ms@ramp_up": 60.0, "p95_ms@plateau": 55.0, "p95_ms@ramp_down": 40.0}
+    _kpis(engine, run_id, "spike", {**base, **(kpis or {})})
+    return sid
+
+
+def soak(engine: Engine, run_id: str, *, kpis: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
+         p99_fn: Any = None, seconds: int = 120, **stage: Any) -> int:
+    sid = _stage(engine, run_id, "soak", seconds=seconds, **stage)
+    _seconds(engine, sid, ["API-2", "API-3", "API-5"], seconds, p99_fn=p99_fn)
+    _server(engine, run_id, sid, seconds, {**SERVER_OK, **(server or {})})
+    _kpis(engine, run_id, "soak", {"p95_ms": 50.0, "p99_ms": 80.0, "throughput_rps": 1200.0, "error_rate": 0.0,
+                                   **(kpis or {})})
+    return sid
+
+
+BUILDERS = {"race": race, "saga": saga, "points": points, "spike": spike, "soak": soak}
+
+
+def build_run(engine: Engine, run_id: str, scenarios: tuple[str, ...] = ("race", "saga", "points", "spike", "soak"),
+              *, profile: str = "test", scale: float = 1.0, started: datetime | None = None,
+              planned: list[str] | None = None, **per_scenario: dict[str, Any]) -> str:
+    """A stored run of `scenarios`, healthy unless `per_scenario[name]` says otherwise."""
+    store.start_run(engine, run_id, profile, scale=scale, time_scale=1.0, scenarios=planned or list(scenarios),
+                    target="http://127.0.0.1:1")
+    if started is not None:
+        with engine.begin() as c:
+            c.execute(update(store.runs).where(store.runs.c.run_id == run_id).values(started_at=started))
+    for s in scenarios:
+        BUILDERS[s](engine, run_id, **per_scenario.get(s, {}))
+    store.finish_run(engine, run_id, "COMPLETED")
+    return run_id
