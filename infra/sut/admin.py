@@ -82,7 +82,7 @@ async def cleanup(db: Database, since: dt.datetime) -> dict:
         counts["seats_freed"] = res.rowcount
         for table in TEST_DATA_TABLES:
             res = await conn.execute(delete(table).where(table.c.created_at >= since))
-            counts[table.name] = res.rowcount
+            counts[str(table.name)] = res.rowcount  # quoted_name: orjson wants a plain str key
     return counts
 
 
