@@ -167,6 +167,13 @@ export function watchPayment(userId, paymentId, startMs, extraTags, intervalS, l
   }
 }
 
+// The reservation as the service reports it (GET /api/v1/reservations/by-id/{id}); null if not readable.
+export function http_get_reservation(userId, reservationId) {
+  const res = http.get(`${BASE_URL}/api/v1/reservations/by-id/${reservationId}`,
+    params('API-RES-GET', 'reservation-get', auth(userId)));
+  return res.status === 200 ? json(res) : null;
+}
+
 // API-5: the concert list.
 export function concerts(extraTags) {
   return http.get(`${BASE_URL}/api/v1/concerts/`, params('API-5', 'concerts', {}, extraTags));

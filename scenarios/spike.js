@@ -1,0 +1,89 @@
+// R-SPIKE (plan §3.1): ticket open. 10,000 virtual users (× SCALE) ramp 0 → 10,000 in 10 s, hold to
+// 60 s, ramp down by 120 s (× TIME_SCALE). Each user, once:
+//   API-1 issue a token on the concert's queue (CONCERT_ID, default 1)
+//   API-2 poll every POLL_INTERVAL_S (3 s) until ENTERED, for up to 30 min (× TIME_SCALE)
+//   API-3 reserve seats SEAT_IDS ([1, 2]) of SHOW_ID (101): 200, or 409 when taken
+//   API-4 pay SPIKE_AMOUNT (150,000) and watch the payment until COMPLETED or FAILED
+// A user whose journey is over stays connected but idle (the VU shape is the plan's user count);
+// users still polling when the ramp-down reaches them finish their journey (gracefulRampDown covers
+// the poll limit), as real users in a queue would.
+// Metrics: sc_token_status{status} (ENTERED/WAITING at issue: R-SPIKE-10), sc_wait_until_entered_s,
+// sc_poll_gave_up, sc_saga_time_s, sc_saga_completed, sc_saga_unfinished, sc_lock_timeouts.
+//
+// Env (besides lib/common.js): POLL_INTERVAL_S (3; not time-scaled: it sets the polling rate),
+// POLL_LIMIT_S (1800 × TIME_SCALE), SEAT_IDS (1,2), SPIKE_AMOUNT (150000), WATCH_LIMIT_S (120).
+// Users: USER_OFFSET … USER_OFFSET + 10,000·SCALE − 1 (capped by USER_COUNT).
+import exec from 'k6/execution';
+import { sleep } from 'k6';
+import {
+  SCALE, TIME_SCALE, USER_COUNT, USER_OFFSET, dur, issueToken, pay, reserve, scaled, uuid, waitEntered,
+  waitUntilEntered, watchPayment, checkTarget,
+} from './lib/common.js';
+
+const N = scaled(10000);
+const POLL_S = parseFloat(__ENV.POLL_INTERVAL_S || '3');
+const POLL_LIMIT_S = parseFloat(__ENV.POLL_LIMIT_S || String(1800 * TIME_SCALE));
+const WATCH_LIMIT_S = parseFloat(__ENV.WATCH_LIMIT_S || '120');
+const SEATS = (__ENV.SEAT_IDS || '1,2').split(',').map((s) => parseInt(s, 10));
+const AMOUNT = parseInt(__ENV.SPIKE_AMOUNT || '150000', 10);
+const TAIL = `${Math.ceil(POLL_LIMIT_S + WATCH_LIMIT_S + 30)}s`;
+
+export const options = {
+  scenarios: {
+    spike: {
+      executor: 'ramping-vus',
+      startVUs: 0,
+      stages: [
+        { duration: dur(10), target: N },
+        { duration: dur(50), target: N },
+        { duration: dur(60), target: 0 },
+      ],
+      gracefulRampDown: TAIL,
+      gracefulStop: TAIL,
+    },
+  },
+  // Stated up front: R-SPIKE-1 (token p95 < 500 ms), R-SPIKE-2 (poll p99 < 1 s), R-SPIKE-6 (5xx and
+  // unanswered < 0.1 %). The plan's alarm levels abort the run (errors > 1 %, p95 > 3 s, held 30 s).
+  thresholds: {
+    'http_req_duration{endpoint:API-1}': ['p(95)<500'],
+    'http_req_duration{endpoint:API-2}': ['p(99)<1000'],
+    'http_req_failed': ['rate<0.001', { threshold: 'rate<0.01', abortOnFail: true, delayAbortEval: '30s' }],
+    'http_req_duration': [{ threshold: 'p(95)<3000', abortOnFail: true, delayAbortEval: '30s' }],
+  },
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(95)', 'p(99)'],
+};
+
+export function setup() {
+  checkTarget();
+  return { scale: SCALE, users: N };
+}
+
+let done = false;
+
+export default function () {
+  if (done) {
+    sleep(POLL_S); // this user's journey is over: connected, idle
+    return;
+  }
+  done = true;
+  const idx = exec.vu.idInTest - 1;
+  if (idx >= USER_COUNT) return; // more VUs than seeded users given to this scenario
+  const user = USER_OFFSET + idx;
+  const issuedAt = Date.now();
+  const { body } = issueToken(user);
+  if (!body || !body.token) return;
+  let entered = body.status === 'ENTERED';
+  if (entered) {
+    waitEntered.add(0);
+  } else {
+    sleep(POLL_S);
+    entered = waitUntilEntered(body.token, issuedAt, POLL_S, POLL_LIMIT_S);
+  }
+  if (!entered) return;
+  const r = reserve(user, body.token, SEATS, uuid(), 'reserve');
+  if (r.res.status !== 200 || !r.body || !r.body.reservationId) return;
+  const start = Date.now();
+  const p = pay(user, r.body.reservationId, AMOUNT, uuid());
+  if (p.res.status !== 200 || !p.body || !p.body.paymentId) return;
+  watchPayment(user, p.body.paymentId, start, {}, 0.5, WATCH_LIMIT_S);
+}
