@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from verdict_data import MB, build_run, new_store
 
 from soundcheck.models import Decision
 from soundcheck.profile import parse_profile
 from tasks.decide import judge_run
 from tasks.expectations import Validator
+from tests.verdict_data import MB, build_run, new_store
 
 
 @pytest.fixture(scope="module")
