@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas  # noqa: F401 - pyarrow imports it on its first conversion; pay that before the load, not during it
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv as pacsv
@@ -280,12 +281,14 @@ class K6CsvIngest:
             bad += 1
             return "skip"
 
+        size = sum(map(len, rows)) + len(rows)
         types = {"timestamp": pa.int64(), "metric_value": pa.float64(), "status": pa.int32()}
         strings = {c: pa.string() for c in cols if c not in types}
         try:
             table = pacsv.read_csv(
                 io.BytesIO(b"\n".join(rows) + b"\n"),
-                read_options=pacsv.ReadOptions(column_names=cols, block_size=max(1 << 20, sum(map(len, rows)) + 1)),
+                read_options=pacsv.ReadOptions(column_names=cols, block_size=max(1 << 20, size + 1),
+                                               use_threads=size > (8 << 20)),
                 parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
                 convert_options=pacsv.ConvertOptions(column_types={**types, **strings}, strings_can_be_null=False,
                                                      quoted_strings_can_be_null=False))
