@@ -132,7 +132,8 @@ def provision_env(profile: Profile, run: RunContext) -> StageEnv:
     """Bring the environment up; safe to retry (a half-started stack is torn down by the provisioner)."""
     from tasks.provision import provision
 
-    return StageEnv.from_provisioned(provision(profile, Path(run.run_dir)))
+    handle, endpoints = provision(profile, Path(run.run_dir))
+    return StageEnv.of(endpoints, handle)
 
 
 @task(name="teardown", cache_policy=NO_CACHE)
@@ -145,9 +146,8 @@ def teardown_env(env: StageEnv) -> None:
 @task(name="judge", cache_policy=NO_CACHE)
 def judge(profile: Profile, run: RunContext) -> Verdict:
     """evaluate (GX suites) → decide (bands + tree, against history) → report (HTML + headline PNG)."""
-    from tasks.report import write_report
-
     from tasks.decide import judge_run
+    from tasks.report import write_report
 
     engine = store.open_store(run.store_url)
     try:
@@ -304,6 +304,9 @@ def _record(run: RunContext, kind: str, outcome: str, detail: str) -> None:
 def _notify(verdict: Verdict, profile: Profile, run: RunContext) -> None:
     from tasks.notify import notify_slack
 
+    if not profile.slack.enabled:
+        _record(run, "notify", "skipped", f"Slack is not enabled in profile {profile.name}")
+        return
     report = _report_path(verdict, run)
     chart = Path(run.run_dir) / "headline.png"
     engine = store.open_store(run.store_url)
@@ -323,19 +326,20 @@ def run_from_cli(profile: Path | str | None = None, scenarios: list[str] | None 
     """`soundcheck run`: validate, run the flow in-process, print the verdict; the exit status follows it."""
     from rich.console import Console
 
-    console = Console(stderr=False, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         prof = resolve_profile(profile, scenarios=scenarios, scale=scale, time_scale=time_scale, target=target)
         preflight(prof)
     except ProfileError as e:
-        console.print(f"[red]error:[/red] {e}")
+        errors.print(f"[red]error:[/red] {e}")
         return EXIT_USAGE
     state = campaign(profile=str(resolve_profile_path(profile)), scenarios=scenarios, scale=scale,
                      time_scale=time_scale, target=target, notify=notify,
                      output=str(output) if output else None, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, ProfileError):
-        console.print(f"[red]error:[/red] {result}")
+        errors.print(f"[red]error:[/red] {result}")
         return EXIT_USAGE
     if isinstance(result, CampaignIncomplete):
         verdict, path = result.verdict, Path(result.verdict_path or "verdict.json")
@@ -345,7 +349,7 @@ def run_from_cli(profile: Path | str | None = None, scenarios: list[str] | None 
         verdict = Verdict.model_validate({k: v for k, v in result.items() if k != "verdict_path"} | {"kpis": []})
     else:
         why = _reason(result) if isinstance(result, BaseException) else result
-        console.print(f"[red]error:[/red] the campaign crashed: {why}")
+        errors.print(f"[red]error:[/red] the campaign crashed: {why}")
         return EXIT_CODES[Decision.INCONCLUSIVE]
     decision = Decision(body["verdict"])
     colour = {"APPROVE": "green", "APPROVE_WITH_TUNING": "yellow", "BLOCK": "red"}.get(decision.value, "white")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_logger
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -329,7 +330,7 @@ def notify_and_record(verdict: Verdict, cfg: Slack, engine: Any, *, report_locat
     return result
 
 
-@task(name="notify-slack")
+@task(name="notify-slack", cache_policy=NO_CACHE)
 def notify_slack(verdict: Verdict, cfg: Slack, engine: Any, report_location: str | None = None,
                  chart_path: str | None = None) -> NotifyResult:
     """Retries happen inside (transient errors only), so the final failure can be recorded on the run."""

@@ -6,13 +6,13 @@ import json
 import logging
 
 import pytest
-from slack_standin import VALID_TOKEN, SlackStandIn
 from sqlalchemy import select
 
 from soundcheck.models import KPI, Check, Decision, Remediation, Verdict
 from soundcheck.profile import Slack
 from soundcheck.store import events, open_store, start_run
 from tasks.notify import Credentials, build_message, kpi_line, notify_and_record, post_verdict, resolve_credentials
+from tests.slack_standin import VALID_TOKEN, SlackStandIn
 
 WEBHOOK_SECRET_PART = "B000/hook"
 

@@ -1,0 +1,182 @@
+"""The campaign flow's orchestration rules: exit 2 before any load on a bad profile or a host off the
+allowlist; a failure part-way leaves an inspectable run (rows kept, INCOMPLETE with the reason, an
+INCONCLUSIVE verdict written and sent, Prefect state Failed with the reason); teardown always runs;
+Slack failing never changes the verdict or the exit status.
+
+The provisioner and a stage are replaced by test doubles here so that the failure is certain and
+fast; the real end-to-end campaign is in test_flow_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+import flows.campaign  # noqa: F401 - Prefect configures its log handlers at import: not inside a capsys test
+from soundcheck import store
+from tests.slack_standin import VALID_TOKEN, SlackStandIn
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def _profile(tmp_path, **extra) -> str:
+    data = {"name": "flow-test", "scenarios": ["race", "saga"], "scale": 0.02, "time_scale": 0.05,
+            "store_url": f"sqlite:///{tmp_path}/store.db", "output_dir": str(tmp_path / "runs"), **extra}
+    p = tmp_path / "profile.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+def test_bad_profile_exits_2_with_one_sentence(tmp_path, capsys):
+    from flows.campaign import run_from_cli
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nscenarios: [race]\ncolour: blue\n")
+    assert run_from_cli(profile=bad, notify=False) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'colour'" in err and err.count("\n") == 1
+    assert run_from_cli(profile=_profile(tmp_path), scenarios=["stress"], notify=False) == 2
+    assert "unknown scenario 'stress'" in capsys.readouterr().err
+
+
+def test_target_off_the_allowlist_exits_2_before_any_request(tmp_path, capsys, monkeypatch):
+    from flows import campaign as c
+
+    called = []
+    monkeypatch.setattr(c, "campaign", lambda **kw: called.append(kw))
+    assert c.run_from_cli(profile=_profile(tmp_path), target="http://10.20.30.40:8080", notify=False) == 2
+    assert "10.20.30.40" in capsys.readouterr().err
+    assert not called  # the flow (and so any provisioning or load) never started
+    assert not (tmp_path / "store.db").exists()
+
+
+class _FakeStack:
+    """Stands in for the provisioner: records teardown, answers nowhere."""
+
+    torn_down: list[str] = []
+
+    def __init__(self) -> None:
+        self.base_url = "http://127.0.0.1:9"  # discard port: nothing listens
+        self.metrics_url = None
+        self.database_url = None
+        self.admin_token = None
+
+
+def _fake_provision_module(fail: bool = False) -> types.ModuleType:
+    mod = types.ModuleType("tasks.provision")
+
+    def provision(profile, run_dir):
+        if fail:
+            raise ImportError("provisioner not importable (configuration error, not retried)")
+        stack = _FakeStack()
+        return stack, stack
+
+    def teardown(handle):
+        _FakeStack.torn_down.append(handle.base_url)
+
+    mod.provision, mod.teardown = provision, teardown
+    return mod
+
+
+@pytest.fixture
+def failing_race(monkeypatch):
+    """The race stage crashes part-way, after writing a scenario row (what a real crash leaves)."""
+    from prefect import flow
+
+    from flows import stages
+
+    @flow(name="stage-race")
+    def race(profile, run, env):
+        engine = store.open_store(run.store_url)
+        sid = store.start_scenario(engine, run.run_id, "race")
+        store.record_event(engine, run.run_id, "error", "failed", f"scenario run {sid} crashed")
+        engine.dispose()
+        raise RuntimeError("k6 runner lost its output file")
+
+    monkeypatch.setitem(stages.STAGES, "race", race)
+    monkeypatch.setitem(sys.modules, "tasks.provision", _fake_provision_module())
+    _FakeStack.torn_down.clear()
+
+
+def _run_row(db: str) -> dict:
+    engine = store.open_store(f"sqlite:///{db}")
+    with engine.connect() as c:
+        row = dict(c.execute(select(store.runs)).one()._mapping)
+        row["scenario_runs"] = [dict(r._mapping) for r in c.execute(select(store.scenario_runs))]
+        row["events"] = [dict(r._mapping) for r in c.execute(select(store.events))]
+    engine.dispose()
+    return row
+
+
+def test_failure_part_way_is_inspectable_and_torn_down(harness, tmp_path, failing_race, monkeypatch, capsys):
+    from flows.campaign import CampaignIncomplete, campaign, run_from_cli
+
+    with SlackStandIn() as slack:
+        monkeypatch.setenv("SC_TEST_SLACK_TOKEN", VALID_TOKEN)
+        prof = _profile(tmp_path, slack={"enabled": True, "api_url": slack.api_url, "token_env": "SC_TEST_SLACK_TOKEN"})
+        out = tmp_path / "out"
+        state = campaign(profile=prof, notify=True, output=str(out), return_state=True)
+        assert state.is_failed()
+        assert "k6 runner lost its output file" in state.message
+        exc = state.result(raise_on_failure=False)
+        assert isinstance(exc, CampaignIncomplete)
+
+        verdict = json.loads((out / "verdict.json").read_text())
+        assert verdict["verdict"] == "INCONCLUSIVE"
+        assert verdict["remediations"][0]["code"] == "fix_test_environment"
+        assert "k6 runner lost its output file" in verdict["remediations"][0]["reason"]
+        row = _run_row(tmp_path / "store.db")
+        assert row["status"] == "INCOMPLETE" and "k6 runner lost its output file" in row["reason"]
+        assert row["verdict"] == "INCONCLUSIVE"
+        assert [s["scenario"] for s in row["scenario_runs"]] == ["race"]  # saga never started
+        assert any(e["kind"] == "error" for e in row["events"])  # what the stage wrote is kept
+        assert _FakeStack.torn_down == ["http://127.0.0.1:9"]  # teardown ran after the failure
+        # The verdict was still sent.
+        (post,) = slack.calls_to("chat.postMessage")
+        assert "INCONCLUSIVE" in json.dumps(post.json["blocks"])
+        assert any(e["kind"] == "notify" and e["outcome"] == "ok" for e in row["events"])
+
+        # The CLI path: same run, exit status of INCONCLUSIVE, verdict and where it is printed.
+        capsys.readouterr()
+        assert run_from_cli(profile=prof, notify=False, output=tmp_path / "out2") == 30
+        printed = capsys.readouterr().out
+        assert "verdict: INCONCLUSIVE" in printed and str(tmp_path / "out2" / "verdict.json") in printed
+
+
+def test_slack_down_never_changes_the_verdict(harness, tmp_path, failing_race, monkeypatch):
+    from flows.campaign import run_from_cli
+
+    with SlackStandIn() as slack:
+        slack.fail("chat.postMessage", times=10, status=503)
+        monkeypatch.setenv("SC_TEST_SLACK_TOKEN", VALID_TOKEN)
+        prof = _profile(tmp_path, slack={"enabled": True, "api_url": slack.api_url, "token_env": "SC_TEST_SLACK_TOKEN"})
+        assert run_from_cli(profile=prof, notify=True, output=tmp_path / "out") == 30
+        assert len(slack.calls_to("chat.postMessage")) == 3  # retried, then given up
+    verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    assert verdict["verdict"] == "INCONCLUSIVE"
+    notify = [e for e in _run_row(tmp_path / "store.db")["events"] if e["kind"] == "notify"]
+    assert notify and notify[0]["outcome"] == "failed" and "503" in notify[0]["detail"]
+    assert VALID_TOKEN not in notify[0]["detail"]
+
+
+def test_provision_config_error_is_not_retried_and_still_gives_a_verdict(harness, tmp_path, monkeypatch):
+    from flows.campaign import run_from_cli
+
+    monkeypatch.setitem(sys.modules, "tasks.provision", _fake_provision_module(fail=True))
+    _FakeStack.torn_down.clear()
+    assert run_from_cli(profile=_profile(tmp_path), notify=False, output=tmp_path / "out") == 30
+    row = _run_row(tmp_path / "store.db")
+    assert row["status"] == "INCOMPLETE" and "provisioner not importable" in row["reason"]
+    assert row["scenario_runs"] == []
+    assert _FakeStack.torn_down == []  # nothing was provisioned, nothing to tear down
