@@ -1,0 +1,149 @@
+"""The AWS provisioner against moto in server mode, and cfn-lint on the template.
+
+moto creates the VPC, subnets, security groups, ALB, target group, launch template, auto-scaling group
+and RDS instance from the real template; it cannot create ElastiCache, MSK, a DB parameter group
+reference or a scaling policy through CloudFormation, so those are switched off by parameters here
+(see README, "what moto cannot emulate").
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from botocore.stub import Stubber
+from moto_fixture import moto_url, session  # noqa: F401 - fixture
+
+from infra.aws_stack import AwsStack, cloudwatch_dimensions, load_template, template_body
+from soundcheck.paths import ROOT
+from soundcheck.profile import parse_profile
+
+MOTO_PARAMS = {"CreateCache": "false", "CreateKafka": "false", "CreateDbParameterGroup": "false"}
+
+
+def _stack(url: str, name: str, **aws) -> AwsStack:
+    profile = parse_profile({"name": "staging-test", "environment": {"kind": "aws", "aws": {
+        "stack_name": name, "endpoint_url": url, "parameters": MOTO_PARAMS, **aws}},
+        "target": {"database_url": "mysql+pymysql://reader:${SC_TEST_DB_PW}@db.example/concert"}})
+    return AwsStack(profile, poll_s=0.2, session=session())
+
+
+def _moto_release_route_tables(stack: AwsStack) -> None:
+    """moto does not delete AWS::EC2::RouteTable resources with their stack (CloudFormation does), so
+    its VPC deletion fails on them; release them as CloudFormation would before deleting the stack."""
+    ec2 = session().client("ec2", endpoint_url=stack.env.endpoint_url)
+    res = stack.cfn.list_stack_resources(StackName=stack.env.stack_name)["StackResourceSummaries"]
+    vpc = next(r["PhysicalResourceId"] for r in res if r["LogicalResourceId"] == "Vpc")
+    for rt in ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["RouteTables"]:
+        if any(a.get("Main") for a in rt["Associations"]):
+            continue
+        for a in rt["Associations"]:
+            ec2.disassociate_route_table(AssociationId=a["RouteTableAssociationId"])
+        ec2.delete_route_table(RouteTableId=rt["RouteTableId"])
+
+
+def test_cfn_lint_passes_on_the_template():
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    res = subprocess.run([str(cfn_lint), str(ROOT / "infra/aws/stack.yaml")], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_template_has_the_plans_environment():
+    t = load_template("infra/aws/stack.yaml")
+    r, p = t["Resources"], t["Parameters"]
+    assert p["InstanceType"]["Default"] == "t3.large"
+    assert (p["MinSize"]["Default"], p["DesiredCapacity"]["Default"], p["MaxSize"]["Default"]) == (2, 2, 4)
+    policy = r["CpuScaleOut"]["Properties"]["TargetTrackingConfiguration"]
+    assert policy["PredefinedMetricSpecification"]["PredefinedMetricType"] == "ASGAverageCPUUtilization"
+    assert p["ScaleOutCpuPercent"]["Default"] == 70
+    db = r["Database"]["Properties"]
+    assert db["Engine"] == "mysql" and p["DbEngineVersion"]["Default"].startswith("8.0.")
+    assert p["DbInstanceClass"]["Default"] == "db.r5.large" and db["MultiAZ"] is True
+    assert p["DbAllocatedStorage"]["Default"] == 100 and db["StorageType"] == "gp3"
+    assert r["DbParameters"]["Properties"]["Parameters"]["max_connections"] == {"Ref": "DbMaxConnections"}
+    assert p["DbMaxConnections"]["Default"] == 200
+    cache = r["Cache"]["Properties"]
+    assert cache["Engine"] == "redis" and cache["EngineVersion"] == "7.0" and cache["NumNodeGroups"] == 1
+    assert p["CacheNodeType"]["Default"] == "cache.r5.large"
+    kafka = r["Kafka"]["Properties"]
+    assert kafka["NumberOfBrokerNodes"] == 3 and p["KafkaInstanceType"]["Default"] == "kafka.m5.large"
+    props = r["KafkaConfiguration"]["Properties"]["ServerProperties"]
+    assert "default.replication.factor=3" in props and "num.partitions=3" in props
+    # the short form is parsed as CloudFormation does: only the first dot separates resource and attribute
+    assert t["Outputs"]["DbEndpoint"]["Value"] == {"Fn::GetAtt": ["Database", "Endpoint.Address"]}
+    assert len(template_body("infra/aws/stack.yaml")) < 51_200
+
+
+def test_create_update_capacity_deregister_restart_teardown(moto_url, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("SC_TEST_DB_PW", "s3cret")
+    stack = _stack(moto_url, "sc-env6-lifecycle", teardown=True)
+    ep = stack.start()
+    assert stack.status() == "CREATE_COMPLETE"
+    assert ep.base_url.startswith("http://") and ".elb.amazonaws.com" in ep.base_url
+    assert ep.database_url == "mysql+pymysql://reader:s3cret@db.example/concert"
+    for key in ("TargetGroupArn", "AutoScalingGroupName", "DbInstanceId", "DbEndpoint", "LoadBalancer"):
+        assert ep.extra.get(key), key
+    assert ep.extra["LoadBalancer"].startswith("app/")
+    assert len(stack.wait_healthy(2, timeout_s=10)) == 2
+
+    # update in place: one more instance, and the group follows
+    stack.deploy({"DesiredCapacity": "3"})
+    assert stack.status() == "UPDATE_COMPLETE"
+    stack.set_capacity(3)
+    assert len(stack.wait_healthy(3, timeout_s=20)) == 3
+
+    # R-SAFE: out of the target group, replacements kept out; then back in
+    members = set(stack.group_instances())
+    gone = stack.deregister_targets()
+    assert members <= set(gone) and stack.target_states() == {}
+    group = stack.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[stack.group_name()])["AutoScalingGroups"][0]
+    assert "AddToLoadBalancer" in {p["ProcessName"] for p in group["SuspendedProcesses"]}
+    assert set(stack.register_group_instances()) == members
+    assert len(stack.wait_healthy(3, timeout_s=10)) == 3
+
+    # restart by rolling replacement: every instance is new, capacity kept
+    before = set(stack.target_states())
+    assert stack.restart("replace", timeout_s=30) == "replaced 3 instances"
+    group = stack.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[stack.group_name()])["AutoScalingGroups"][0]
+    now = {i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"}
+    assert len(now) == 3 and not (now & before)
+
+    _moto_release_route_tables(stack)
+    stack.stop()  # teardown: true
+    assert stack.status() is None
+
+
+def test_keeps_the_stack_unless_teardown_is_asked_for(moto_url):  # noqa: F811
+    stack = _stack(moto_url, "sc-env6-keep")
+    stack.deploy()
+    assert stack.deploy() == stack.outputs()  # no change: the update is a no-op, not an error
+    stack.stop()  # teardown false: kept
+    assert stack.status() in ("CREATE_COMPLETE", "UPDATE_COMPLETE")
+    _moto_release_route_tables(stack)
+    stack.delete()
+    assert stack.status() is None
+
+
+def test_instance_refresh_request_and_wait():
+    """moto has no StartInstanceRefresh; the request and the wait are checked against botocore's Stubber."""
+    stack = AwsStack(parse_profile({"name": "x"}).environment.aws, poll_s=0.0, session=session())
+    stack._outputs = {"AutoScalingGroupName": "grp", "TargetGroupArn": "arn:tg", "BaseUrl": "http://x"}
+    with Stubber(stack.asg) as stub:
+        stub.add_response("start_instance_refresh", {"InstanceRefreshId": "r-1"}, {
+            "AutoScalingGroupName": "grp", "Strategy": "Rolling",
+            "Preferences": {"MinHealthyPercentage": 50, "InstanceWarmup": 120}})
+        stub.add_response("describe_instance_refreshes", {"InstanceRefreshes": [{"Status": "InProgress"}]},
+                          {"AutoScalingGroupName": "grp", "InstanceRefreshIds": ["r-1"]})
+        stub.add_response("describe_instance_refreshes", {"InstanceRefreshes": [{"Status": "Successful"}]},
+                          {"AutoScalingGroupName": "grp", "InstanceRefreshIds": ["r-1"]})
+        assert stack.restart() == "instance refresh r-1 successful"
+        stub.assert_no_pending_responses()
+
+
+def test_cloudwatch_dimensions_from_arns():
+    dims = cloudwatch_dimensions({
+        "LoadBalancerArn": "arn:aws:elasticloadbalancing:r:1:loadbalancer/app/my-alb/50dc6c495c0c9188",
+        "TargetGroupArn": "arn:aws:elasticloadbalancing:r:1:targetgroup/my-tg/73e2d6bc24d8a067"})
+    assert dims == {"LoadBalancer": "app/my-alb/50dc6c495c0c9188", "TargetGroup": "targetgroup/my-tg/73e2d6bc24d8a067"}
