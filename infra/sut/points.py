@@ -25,7 +25,7 @@ async def charge(svc: Services, user: int, amount: int) -> dict:
             if row is None:
                 raise ApiError(404, "USER_NOT_FOUND", f"user {user} has no point wallet")
             await conn.rollback()
-            await asyncio.sleep(0)  # let the other charges read the same balance
+            await asyncio.sleep(0.01)  # a 10 ms read-to-write window: other charges read the same balance
             new = row.balance + amount
             async with conn.begin():
                 await conn.execute(update(point_wallet).where(point_wallet.c.user_id == user).values(
