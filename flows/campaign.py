@@ -146,15 +146,13 @@ def teardown_env(env: StageEnv) -> None:
 @task(name="judge", cache_policy=NO_CACHE)
 def judge(profile: Profile, run: RunContext) -> Verdict:
     """evaluate (GX suites) → decide (bands + tree, against history) → report (HTML + headline PNG)."""
-    from tasks.decide import judge_run
-    from tasks.report import write_report
+    from tasks.verdict_stage import judge_run
 
     engine = store.open_store(run.store_url)
     try:
         store.finish_run(engine, run.run_id, "COMPLETED")  # the measuring is over; the verdict is added below
-        verdict = judge_run(engine, run.run_id, profile)
+        verdict = judge_run(engine, run.run_id, profile, Path(run.run_dir))
         verdict.finished_at = verdict.finished_at or store.now().isoformat()
-        verdict.report = str(write_report(engine, verdict, Path(run.run_dir)))
         return verdict
     finally:
         engine.dispose()
@@ -360,6 +358,8 @@ def run_from_cli(profile: Path | str | None = None, scenarios: list[str] | None 
     for r in body.get("remediations", []):
         console.print(f"  remediation {r['code']}: {r['reason']}")
     report = body.get("report")
+    if report and not Path(report).is_absolute():
+        report = str(path.parent / report)
     console.print(f"report: {report or 'none'}")
     console.print(f"verdict.json: {path}")
     sys.stdout.flush()

@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from soundcheck import store
@@ -74,6 +75,10 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
     from tasks.load import run_scenario
     from tasks.safety import AbortWatcher, record_abort, rollback, rollback_steps_for
     from tasks.snapshot import snapshot_task
+
+    # Their inputs include the store's Engine, which has no cache key: these steps are never cached anyway.
+    backfill_task, compute_kpis_task, snapshot_task = (
+        t.with_options(cache_policy=NO_CACHE) for t in (backfill_task, compute_kpis_task, snapshot_task))
 
     log = get_run_logger()
     engine = store.open_store(run.store_url)
