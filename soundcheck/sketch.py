@@ -34,37 +34,46 @@ def keys_of(values: np.ndarray) -> np.ndarray:
     return np.ceil(np.log2(values) * _MULTIPLIER).astype(np.int64)
 
 
+#: Dense key range kept per histogram: 2^(-400/m) ≈ 0.3 µs … 2^(900/m) ≈ 18 h (m = multiplier). Latencies
+#: outside it are clamped to the end buckets (no k6 duration gets there).
+KEY_MIN, KEY_MAX = -400, 900
+NBINS = KEY_MAX - KEY_MIN + 1
+
+
 @dataclass
 class Histogram:
-    """Counts per sketch bucket plus exact count/sum/min/max; cheap to add to in bulk and to merge."""
+    """Counts per sketch bucket (dense numpy array) plus exact count/sum/min/max; adds and merges in bulk."""
 
-    bins: dict[int, float] = field(default_factory=dict)
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(NBINS))
     zero_count: float = 0.0
     count: float = 0.0
     sum: float = 0.0
     min: float = math.inf
     max: float = -math.inf
 
+    @property
+    def bins(self) -> dict[int, float]:
+        """Non-empty buckets as {ddsketch key: count}."""
+        nz = np.flatnonzero(self.counts)
+        return dict(zip((nz + KEY_MIN).tolist(), self.counts[nz].tolist(), strict=True))
+
     def add_values(self, values: np.ndarray) -> None:
         """Add latencies (ms). Values below the smallest bucket (0 ms) go to the zero bucket."""
+        values = np.asarray(values, dtype=np.float64)
         if values.size == 0:
             return
-        values = np.asarray(values, dtype=np.float64)
         pos = values[values >= _MIN_POSITIVE]
         self.zero_count += float(values.size - pos.size)
         if pos.size:
-            keys, counts = np.unique(keys_of(pos), return_counts=True)
-            bins = self.bins
-            for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
-                bins[k] = bins.get(k, 0.0) + c
+            idx = np.clip(keys_of(pos), KEY_MIN, KEY_MAX) - KEY_MIN
+            self.counts += np.bincount(idx, minlength=NBINS)
         self.count += float(values.size)
         self.sum += float(values.sum())
         self.min = min(self.min, float(values.min()))
         self.max = max(self.max, float(values.max()))
 
     def merge(self, other: Histogram) -> None:
-        for k, c in other.bins.items():
-            self.bins[k] = self.bins.get(k, 0.0) + c
+        self.counts += other.counts
         self.zero_count += other.zero_count
         self.count += other.count
         self.sum += other.sum
@@ -73,41 +82,28 @@ class Histogram:
 
     def quantile(self, q: float) -> float | None:
         """ddsketch's quantile (lower rank convention: the value at rank floor(q·(n−1)))."""
-        if self.count <= 0:
-            return None
-        rank = q * (self.count - 1)
-        if rank < self.zero_count:
-            return 0.0
-        running = self.zero_count
-        for k in sorted(self.bins):
-            running += self.bins[k]
-            if running > rank:
-                return min(float(_MAPPING.value(k)), self.max)
-        return self.max
+        return self.quantiles((q,))[0]
 
     def quantiles(self, qs: Iterable[float]) -> list[float | None]:
-        """Several quantiles in one pass over the sorted buckets."""
+        """Several quantiles from one cumulative sum, exactly as ddsketch's `get_quantile_value`."""
         qs = list(qs)
         if self.count <= 0:
             return [None] * len(qs)
-        order = sorted(range(len(qs)), key=lambda i: qs[i])
-        out: list[float | None] = [None] * len(qs)
-        keys = sorted(self.bins)
-        running, j = self.zero_count, 0
-        for i in order:
-            rank = qs[i] * (self.count - 1)
+        cum = np.cumsum(self.counts)
+        out: list[float | None] = []
+        for q in qs:
+            rank = q * (self.count - 1)
             if rank < self.zero_count:
-                out[i] = 0.0
+                out.append(0.0)
                 continue
-            while j < len(keys) and running + self.bins[keys[j]] <= rank:
-                running += self.bins[keys[j]]
-                j += 1
-            out[i] = min(float(_MAPPING.value(keys[j])), self.max) if j < len(keys) else self.max
+            i = int(np.searchsorted(cum, rank - self.zero_count, side="right"))
+            out.append(min(float(_MAPPING.value(i + KEY_MIN)), self.max) if i < NBINS else self.max)
         return out
 
     def to_bytes(self) -> bytes:
-        keys = np.fromiter(self.bins.keys(), dtype=np.int32, count=len(self.bins))
-        counts = np.fromiter(self.bins.values(), dtype=np.float64, count=len(self.bins))
+        nz = np.flatnonzero(self.counts)
+        keys = (nz + KEY_MIN).astype(np.int32)
+        counts = self.counts[nz].astype(np.float64)
         head = _HEADER.pack(_MAGIC, RELATIVE_ACCURACY, self.zero_count, self.count, self.sum,
                             self.min if self.count else 0.0, self.max if self.count else 0.0, keys.size)
         return head + keys.tobytes() + counts.tobytes()
@@ -120,9 +116,9 @@ class Histogram:
         off = _HEADER.size
         keys = np.frombuffer(data, dtype=np.int32, count=n, offset=off)
         counts = np.frombuffer(data, dtype=np.float64, count=n, offset=off + 4 * n)
-        h = cls(dict(zip(keys.tolist(), counts.tolist(), strict=True)), zero, count, total,
-                lo if count else math.inf, hi if count else -math.inf)
-        return h
+        dense = np.zeros(NBINS)
+        np.add.at(dense, np.clip(keys, KEY_MIN, KEY_MAX) - KEY_MIN, counts)
+        return cls(dense, zero, count, total, lo if count else math.inf, hi if count else -math.inf)
 
     def to_ddsketch(self) -> DDSketch:
         """The same distribution as a ddsketch `DDSketch` (for code that wants the library object)."""
