@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from string import Template
 from typing import Any, Literal
 
 import yaml
@@ -89,11 +90,13 @@ class AwsStack:
 
         if isinstance(profile, Profile):
             self.env = profile.environment.aws
-            database_url = database_url or profile.target.database_url
+            database_url = database_url or self.env.database_url or profile.target.database_url
         else:
             self.env = profile
-        # The read-only DSN for the plan's SQL checks; ${VAR} is taken from the environment (no secrets in files).
-        self.database_url = os.path.expandvars(database_url) if database_url else None
+            database_url = database_url or self.env.database_url
+        #: Read-only DSN template for the plan's SQL checks: ${Output} from the stack, then ${VAR} from the
+        #: environment (no secrets in files); resolved in `endpoints()`.
+        self.database_url_template = database_url
         self.poll_s = poll_s
         self.session = session or boto3.session.Session(region_name=self.env.region)
         kw = {"region_name": self.env.region, "endpoint_url": self.env.endpoint_url}
@@ -173,7 +176,10 @@ class AwsStack:
     def endpoints(self) -> Endpoints:
         out = self.outputs()
         redis = f"redis://{out['CachePrimaryEndpoint']}:6379/0" if out.get("CachePrimaryEndpoint") else None
-        return Endpoints(base_url=out["BaseUrl"], database_url=self.database_url, metrics_url=None, redis_url=redis,
+        db = None
+        if self.database_url_template:
+            db = os.path.expandvars(Template(self.database_url_template).safe_substitute(out))
+        return Endpoints(base_url=out["BaseUrl"], database_url=db, metrics_url=None, redis_url=redis,
                          prometheus_url=None, admin_token=self.admin_token,
                          extra={**out, **cloudwatch_dimensions(out)})
 

@@ -64,6 +64,9 @@ class AwsEnv(_Strict):
     endpoint_url: str | None = None  # moto server in tests
     desired_capacity: int = 2
     teardown: bool = False  # delete the stack after the campaign
+    #: Read-only DSN of the stack's database for the SQL checks: ${Output} names a stack output
+    #: (DbEndpoint, DbPort, DbName), ${VAR} an environment variable (the password never lives here).
+    database_url: str | None = None
 
 
 class Environment(_Strict):

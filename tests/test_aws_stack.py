@@ -24,8 +24,8 @@ MOTO_PARAMS = {"CreateCache": "false", "CreateKafka": "false", "CreateDbParamete
 
 def _stack(url: str, name: str, **aws) -> AwsStack:
     profile = parse_profile({"name": "staging-test", "environment": {"kind": "aws", "aws": {
-        "stack_name": name, "endpoint_url": url, "parameters": MOTO_PARAMS, **aws}},
-        "target": {"database_url": "mysql+pymysql://reader:${SC_TEST_DB_PW}@db.example/concert"}})
+        "stack_name": name, "endpoint_url": url, "parameters": MOTO_PARAMS,
+        "database_url": "mysql+pymysql://reader:${SC_TEST_DB_PW}@${DbEndpoint}:${DbPort}/${DbName}", **aws}}})
     return AwsStack(profile, poll_s=0.2, session=session())
 
 
@@ -82,7 +82,8 @@ def test_create_update_capacity_deregister_restart_teardown(moto_url, monkeypatc
     ep = stack.start()
     assert stack.status() == "CREATE_COMPLETE"
     assert ep.base_url.startswith("http://") and ".elb.amazonaws.com" in ep.base_url
-    assert ep.database_url == "mysql+pymysql://reader:s3cret@db.example/concert"
+    out = stack.outputs()
+    assert ep.database_url == f"mysql+pymysql://reader:s3cret@{out['DbEndpoint']}:3306/concert"
     for key in ("TargetGroupArn", "AutoScalingGroupName", "DbInstanceId", "DbEndpoint", "LoadBalancer"):
         assert ep.extra.get(key), key
     assert ep.extra["LoadBalancer"].startswith("app/")
