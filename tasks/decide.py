@@ -396,11 +396,12 @@ def _iso(dt: datetime | None) -> str:
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
 
 
-def judge_run(engine: Engine, run_id: str, profile: Profile, *, validator: Validator | None = None,
-              store_results: bool = True) -> Verdict:
+def judge(engine: Engine, run_id: str, profile: Profile, *, validator: Validator | None = None,
+          store_results: bool = True, store_verdict_row: bool = True) -> tuple[Verdict, RunData]:
     """Judge a stored run: derive server KPIs, run the suites, compare with history, walk the tree,
-    store checks, KPIs and the verdict row. Calling it again (`soundcheck report RUN_ID`) re-judges
-    with the current suites, bands and tree and replaces this stage's rows."""
+    store checks, KPIs (and the verdict row). Calling it again (`soundcheck report RUN_ID`) re-judges
+    with the current suites, bands and tree and replaces this stage's check and derived-KPI rows.
+    Returns the verdict and the loaded run data (the report draws its charts from it)."""
     run = load_run(engine, run_id)
     derived = {s: stage_kpis(st, run.time_scale) for s, st in run.stages.items()}
     checks = evaluate_run(run, derived, validator)
@@ -410,14 +411,20 @@ def judge_run(engine: Engine, run_id: str, profile: Profile, *, validator: Valid
                      scale=run.scale)
     verdict.extra = {"scale": run.scale, "time_scale": run.time_scale, "run_status": run.status}
     if store_results:
-        save(engine, verdict)
-    return verdict
+        save(engine, verdict, verdict_row=store_verdict_row)
+    return verdict, run
+
+
+def judge_run(engine: Engine, run_id: str, profile: Profile, *, validator: Validator | None = None,
+              store_results: bool = True) -> Verdict:
+    """`judge` without the run data: the verdict of a stored run, its rows stored."""
+    return judge(engine, run_id, profile, validator=validator, store_results=store_results)[0]
 
 
 VERDICT_SOURCES = ("gx", "coverage")
 
 
-def save(engine: Engine, verdict: Verdict) -> None:
+def save(engine: Engine, verdict: Verdict, *, verdict_row: bool = True) -> None:
     """Store checks, KPIs (bands, previous, derived values) and the verdict; idempotent per run."""
     rid = verdict.run_id
     with engine.begin() as c:
@@ -439,8 +446,9 @@ def save(engine: Engine, verdict: Verdict) -> None:
             cond = [store.kpis.c.run_id == rid, store.kpis.c.scenario == k.scenario, store.kpis.c.name == k.name,
                     store.kpis.c.phase.is_(None) if k.phase is None else store.kpis.c.phase == k.phase]
             c.execute(update(store.kpis).where(*cond).values(band=k.band, previous=k.previous))
-        c.execute(insert(store.verdicts).values(run_id=rid, created_at=store.now(), verdict=verdict.verdict.value,
-                                                body=verdict.to_json_dict()))
+        if verdict_row:
+            c.execute(insert(store.verdicts).values(run_id=rid, created_at=store.now(),
+                                                    verdict=verdict.verdict.value, body=verdict.to_json_dict()))
         c.execute(update(store.runs).where(store.runs.c.run_id == rid).values(verdict=verdict.verdict.value))
 
 

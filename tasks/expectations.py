@@ -136,6 +136,15 @@ def _fmt(template: str, values: dict[str, Any]) -> str:
 def _observed(meta: dict[str, Any], df: pd.DataFrame, kwargs: dict[str, Any], result: dict[str, Any],
               row_level: bool) -> str:
     counts = {k: result.get(k) for k in ("element_count", "unexpected_count", "missing_count", "observed_value")}
+    entry_type = meta.get("_type", "")
+    if entry_type == "expect_column_distinct_values_to_contain_set":
+        col = kwargs.get("column")
+        seen = sorted(map(str, df[col].dropna().unique())) if col in df.columns else []
+        return "present: " + (", ".join(seen) if seen else "none")
+    if entry_type.startswith("expect_table_row_count"):
+        return f"{len(df)} rows"
+    if entry_type == "expect_column_values_to_not_be_null":
+        return f"{counts['unexpected_count']} of {counts['element_count']} missing"
     template = meta.get("observed")
     rows = _rows_seen(df, kwargs)
     if template and row_level and 1 <= len(rows) <= 5 and "{unexpected_count}" not in template:
@@ -182,7 +191,8 @@ def evaluate_tables(suite: Suite, tables: dict[str, pd.DataFrame], validator: Va
             log.info("%s %s: not measured (optional), left out", suite.scenario, meta["requirement"])
             continue
         row_level = "column" in kwargs and entry["type"] != "expect_column_distinct_values_to_contain_set"
-        observed = _observed(meta, tables[meta["table"]], kwargs, res, row_level) if measured else (
+        observed = _observed({**meta, "_type": entry["type"]}, tables[meta["table"]], kwargs, res, row_level) \
+            if measured else (
             f"not measured (no {meta['table']} data)")
         check = Check(id=meta["requirement"], scenario=suite.scenario, passed=bool(r.success) and measured,
                       observed=observed, expected=meta["expected"],
