@@ -13,7 +13,7 @@
 // RACE_TARGET_FIRST up (see enteredTokens in lib/common.js) — never on the concert's queue.
 //
 // Env (besides lib/common.js): RACE_USERS (100), TC1_SEAT (1), TC2_SEAT_FIRST (101), TC3_SEAT (201),
-// TC3_VUS (50), TC3_ROUNDS (2), TC3_ROUND_GAP_MS (5000), RACE_TARGET_FIRST (9001),
+// TC3_VUS (50), TC3_ROUNDS (2), TC3_ROUND_GAP_MS (5000), TC_GAP_MS (6000), RACE_TARGET_FIRST (9001),
 // RELEASE_DELAY_MS (3000), RELEASE_AT (epoch ms, overrides the delay). Users: USER_OFFSET … +2·RACE_USERS (TC-1, then TC-2, then one TC-3 user).
 import exec from 'k6/execution';
 import { check } from 'k6';
@@ -30,7 +30,7 @@ const TC3_ROUNDS = parseInt(__ENV.TC3_ROUNDS || '2', 10);
 const TC3_GAP = parseInt(__ENV.TC3_ROUND_GAP_MS || '5000', 10);
 const TARGET_FIRST = parseInt(__ENV.RACE_TARGET_FIRST || '9001', 10);
 const DELAY = parseInt(__ENV.RELEASE_DELAY_MS || '3000', 10);
-const TC_GAP = 6000; // each case settles (lock wait 3 s) before the next is released
+const TC_GAP = parseInt(__ENV.TC_GAP_MS || '6000', 10); // each case settles (lock wait 3 s) before the next
 
 const perVu = (vus, iterations) => ({ executor: 'per-vu-iterations', vus, iterations, maxDuration: '120s' });
 

@@ -63,6 +63,13 @@ SMALL_SCENARIOS = frozenset({"race", "saga", "points"})
 
 _DURATION = b"http_req_duration,"
 _DURATION_ARR = np.frombuffer(_DURATION, dtype=np.uint8)
+#: First four bytes of every metric k6 1.x writes (http, data, iterations, vus, checks, groups, dropped
+#: iterations, websockets, grpc, browser) — a line starting otherwise is not k6 output. Campaign custom
+#: metrics start with "sc_".
+_KNOWN_PREFIXES = np.frombuffer(b"".join([b"http", b"data", b"iter", b"vus,", b"vus_", b"chec", b"grou", b"drop",
+                                          b"ws_s", b"ws_m", b"ws_p", b"ws_c", b"grpc", b"brow", b"webv"]),
+                                dtype="<u4")
+_SC = np.frombuffer(b"sc_\0", dtype="<u4")[0]
 
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -84,8 +91,12 @@ def _classify(lines: bytes, start: int, end: int) -> tuple[bytes, list[tuple[byt
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
     first = a[starts]
-    bad = int(np.count_nonzero((first < 97) | (first > 122)))
     lens = ends - starts
+    head = np.zeros(starts.size, dtype="<u4")  # first 4 bytes of each line (0-padded if shorter)
+    for k in range(4):
+        head |= np.where(lens > k, a[np.minimum(starts + k, a.size - 1)], 0).astype("<u4") << (8 * k)
+    known = np.isin(head, _KNOWN_PREFIXES) | ((head & 0x00FFFFFF) == _SC)
+    bad = int(known.size - np.count_nonzero(known))
     n = len(_DURATION)
     cand = np.flatnonzero((first == 104) & (lens > n) & (a[np.minimum(starts + 9, a.size - 1)] == 100))
     blob = b""
