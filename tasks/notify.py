@@ -279,7 +279,10 @@ def post_verdict(verdict: Verdict, cfg: Slack, *, report_location: str | None = 
     creds = credentials or resolve_credentials(cfg)
     if not creds.token and not creds.webhook_url:
         return NotifyResult("skipped", detail=f"no Slack credentials: set {cfg.token_env} or {cfg.webhook_env}")
-    message = build_message(verdict, report_location=report_location)
+    from soundcheck.redact import redact_json
+
+    # a reason or remediation may quote an error that carried a secret: the message is redacted whole
+    message = redact_json(build_message(verdict, report_location=report_location))
     result = NotifyResult("failed")
     secrets = creds.secrets()
     try:
