@@ -132,12 +132,13 @@ def provision_env(profile: Profile, run: RunContext) -> StageEnv:
     """Bring the environment up; safe to retry (a half-started stack is torn down by the provisioner)."""
     from tasks.provision import provision
 
-    handle, endpoints = provision(profile, Path(run.run_dir))
-    return StageEnv.of(endpoints, handle)
+    provisioned = provision(profile, Path(run.run_dir))
+    return StageEnv.of(provisioned.endpoints, provisioned.handle)
 
 
-@task(name="teardown", cache_policy=NO_CACHE)
+@task(name="teardown", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
 def teardown_env(env: StageEnv) -> None:
+    """Idempotent (stopping a stopped stack does nothing), so it is safe to retry."""
     from tasks.provision import teardown
 
     teardown(env.handle)

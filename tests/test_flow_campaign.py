@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 import flows.campaign  # noqa: F401 - Prefect configures its log handlers at import: not inside a capsys test
 from soundcheck import store
+from soundcheck.paths import ROOT
 from tests.slack_standin import VALID_TOKEN, SlackStandIn
 
 
@@ -80,7 +81,7 @@ def _fake_provision_module(fail: bool = False) -> types.ModuleType:
         if fail:
             raise ImportError("provisioner not importable (configuration error, not retried)")
         stack = _FakeStack()
-        return stack, stack
+        return types.SimpleNamespace(endpoints=stack, handle=stack)
 
     def teardown(handle):
         _FakeStack.torn_down.append(handle.base_url)
@@ -180,3 +181,48 @@ def test_provision_config_error_is_not_retried_and_still_gives_a_verdict(harness
     assert row["status"] == "INCOMPLETE" and "provisioner not importable" in row["reason"]
     assert row["scenario_runs"] == []
     assert _FakeStack.torn_down == []  # nothing was provisioned, nothing to tear down
+
+
+def _children_of_me() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_campaign_end_to_end_on_the_reference_service(harness, tmp_path, capsys):
+    """The real thing at small scale: local stack, k6, ingest, snapshot, KPIs, GX, decision tree, report."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.campaign import run_from_cli
+    from soundcheck.models import EXIT_CODES, Decision
+
+    before = _children_of_me()
+    prof = tmp_path / "profile.yaml"
+    base = yaml.safe_load((ROOT / "deployments" / "local.yaml").read_text())
+    base.update(store_url=f"sqlite:///{tmp_path}/store.db", output_dir=str(tmp_path / "runs"))
+    base["slack"] = {"enabled": False}
+    prof.write_text(yaml.safe_dump(base))
+    out = tmp_path / "out"
+    code = run_from_cli(profile=prof, scenarios=["race", "saga"], scale=0.02, time_scale=0.05, output=out,
+                        notify=True)
+    printed = capsys.readouterr().out
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert code == EXIT_CODES[Decision(verdict["verdict"])]
+    assert f"verdict: {verdict['verdict']}" in printed and str(out / "report.html") in printed
+    assert (out / "report.html").stat().st_size > 10_000 and (out / "headline.png").exists()
+    row = _run_row(tmp_path / "store.db")
+    assert row["status"] == "COMPLETED" and row["verdict"] == verdict["verdict"]
+    assert [(s["scenario"], s["status"]) for s in row["scenario_runs"]] == [("race", "COMPLETED"),
+                                                                          ("saga", "COMPLETED")]
+    assert {c["id"] for c in verdict["checks"]} >= {"R-RACE-1", "R-RACE-5", "R-SAGA-1", "R-SAGA-4"}
+    assert any(e["kind"] == "notify" and e["outcome"] == "skipped" for e in row["events"])
+    with get_client(sync_client=True) as client:
+        def artifacts(key: str) -> list:
+            return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+        assert any(verdict["run_id"] in (a.data or "") for a in artifacts("campaign-verdict"))
+        assert artifacts("campaign-kpis") and artifacts("campaign-report")
+    assert _children_of_me() <= before, "the campaign left processes behind"
+    failed = [f"{c['id']}: {c['observed']}" for c in verdict["checks"] if not c["passed"]]
+    assert verdict["verdict"] == "APPROVE", f"the healthy reference service must pass: {failed}"
