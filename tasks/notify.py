@@ -192,9 +192,13 @@ def _from_secret_block(env_name: str) -> str | None:
     try:
         from prefect.blocks.system import Secret
 
-        return str(Secret.load(_secret_block_name(env_name), _sync=True).get())  # type: ignore[call-arg]
+        value = str(Secret.load(_secret_block_name(env_name), _sync=True).get())  # type: ignore[call-arg]
     except Exception:  # noqa: BLE001 - a missing block just means "not configured"
         return None
+    from soundcheck.redact import register_secret
+
+    register_secret(value)  # masked in every log record from now on
+    return value
 
 
 def resolve_credentials(cfg: Slack, environ: dict[str, str] | None = None) -> Credentials:

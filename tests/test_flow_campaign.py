@@ -226,3 +226,18 @@ def test_campaign_end_to_end_on_the_reference_service(harness, tmp_path, capsys)
     assert _children_of_me() <= before, "the campaign left processes behind"
     failed = [f"{c['id']}: {c['observed']}" for c in verdict["checks"] if not c["passed"]]
     assert verdict["verdict"] == "APPROVE", f"the healthy reference service must pass: {failed}"
+
+
+def test_slack_token_from_a_prefect_secret_block(harness, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from soundcheck.profile import Slack
+    from soundcheck.redact import redact
+    from tasks.notify import resolve_credentials
+
+    token = "xoxb-from-secret-block-0001"
+    Secret(value=token).save("sc-test-block-token", overwrite=True)
+    monkeypatch.delenv("SC_TEST_BLOCK_TOKEN", raising=False)
+    creds = resolve_credentials(Slack(enabled=True, token_env="SC_TEST_BLOCK_TOKEN", webhook_env="SC_TEST_NO_HOOK"))
+    assert creds.token == token
+    assert token not in redact(f"token is {token}")
