@@ -48,3 +48,28 @@ def sut(ctx: typer.Context) -> None:
     from infra.sut.server import main
 
     main(list(ctx.args))
+
+
+@app.command()
+def history(
+    profile: Annotated[Path, typer.Option(help="Profile (YAML) whose result store to list.")] = DEFAULT_PROFILE,
+    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
+    all_profiles: Annotated[bool, typer.Option("--all", help="Runs of every profile in that store.")] = False,
+) -> None:
+    """List past runs: when, which scenarios at which scale, status and verdict."""
+    from tasks.verdict_stage import print_history
+
+    raise typer.Exit(print_history(profile, limit, all_profiles))
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="Run to re-judge (see `soundcheck history`).")],
+    profile: Annotated[Path, typer.Option(help="Profile whose bands and result store to use.")] = DEFAULT_PROFILE,
+    output: Annotated[Path | None, typer.Option(help="Folder for the new report and verdict.json. "
+                                                     "Default: the profile's output folder / RUN_ID.")] = None,
+) -> None:
+    """Re-judge a stored run with the current expectations, bands and tree (no new load); rewrite its report."""
+    from tasks.verdict_stage import rejudge
+
+    raise typer.Exit(rejudge(profile, run_id, output))

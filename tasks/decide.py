@@ -409,6 +409,7 @@ def judge(engine: Engine, run_id: str, profile: Profile, *, validator: Validator
     verdict = decide(run_id=run_id, profile=profile, started_at=_iso(run.started_at),
                      finished_at=_iso(run.finished_at), stages=stage_facts(run), checks=checks, kpis=kpis,
                      scale=run.scale)
+    verdict.profile = run.profile  # re-judging with another profile file keeps the run's own name
     verdict.extra = {"scale": run.scale, "time_scale": run.time_scale, "run_status": run.status}
     if store_results:
         save(engine, verdict, verdict_row=store_verdict_row)
