@@ -21,6 +21,11 @@ Definitions that the verdict depends on:
   UsePointCommand and CancelSeatsCommand PUBLISHED and no FAILED event), else from what the client saw.
 - wait_until_entered_s: p95 of the wait from token issue to ENTERED (users who entered).
 - tc1_release_spread_ms: max − min of the TC-1 send instants relative to the common release instant.
+- tokens_entered_at_issue / tokens_waiting_at_issue: API-1 answers by status (R-SPIKE-10: exactly the
+  capacity ENTERED).
+- point_balance_error: balance before + every answered charge − balance after (R-POINT-1: 0 exactly;
+  > 0 means lost updates).
+- requests: requests counted (per phase too), so a KPI computed on too few requests can be told apart.
 """
 
 from __future__ import annotations
@@ -170,6 +175,16 @@ def compute_kpis(engine: Engine, scenario_run_id: int, *, save: bool = True) -> 
     if offsets:
         kpis.append(KPI(name="tc1_release_spread_ms", scenario=scenario, value=max(offsets) - min(offsets),
                         unit="ms"))
+    statuses = samples.get("sc_token_status", [])
+    if statuses:
+        for st in ("ENTERED", "WAITING"):
+            kpis.append(KPI(name=f"tokens_{st.lower()}_at_issue", scenario=scenario,
+                            value=float(sum(v for _, v, tags in statuses if tags.get("status") == st)), unit="count"))
+    balances = {tags.get("phase"): v for _, v, tags in samples.get("sc_point_balance", [])}
+    if "before" in balances and "after" in balances:
+        charged = sum(v for _, v, _ in samples.get("sc_point_charged", []))
+        kpis.append(KPI(name="point_balance_error", scenario=scenario,
+                        value=balances["before"] + charged - balances["after"], unit="points"))
     kpis.append(KPI(name="dropped_iterations", scenario=scenario, value=float(run.dropped_iterations or 0),
                     unit="count"))
     kpis = [k for k in kpis if k.value is None or not math.isnan(k.value)]
