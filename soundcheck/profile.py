@@ -211,6 +211,8 @@ def parse_profile(data: Any, source: str = "profile") -> Profile:
 def _missing_urls(p: Profile) -> str | None:
     """Keys that only matter together (a source and its URL); None when the profile is complete."""
     m, env = p.metrics, p.environment
+    if env.kind == "external" and not p.target.base_url:
+        return "key 'target.base_url' is required when environment.kind is 'external'"
     if m.source == "prometheus" and not m.prometheus_url and not (env.kind == "local" and env.local.prometheus):
         return ("key 'metrics.prometheus_url' is required when metrics.source is 'prometheus' "
                 "(or set environment.local.prometheus: true)")
@@ -218,8 +220,6 @@ def _missing_urls(p: Profile) -> str | None:
         return "key 'metrics.scrape_url' is required when metrics.source is 'scrape' and there is no target.base_url"
     if m.source == "cloudwatch" and not m.cloudwatch.queries:
         return "key 'metrics.cloudwatch.queries' is required when metrics.source is 'cloudwatch'"
-    if env.kind == "external" and not p.target.base_url:
-        return "key 'target.base_url' is required when environment.kind is 'external'"
     if isinstance(m.map, str):
         from soundcheck.paths import DEPLOYMENTS
 
