@@ -1,0 +1,153 @@
+"""How a load stage ends when things go wrong: every case leaves the rows already ingested, a clear
+status and reason on the scenario run, and no k6 process behind."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import func, select
+from sut_harness import ADMIN, run_sut
+
+import tasks.load as load
+from infra.sut.redis_server import free_port
+from soundcheck import store
+from soundcheck.models import ScenarioStatus
+from soundcheck.paths import venv_bin
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(venv_bin("k6") is None, reason="k6 binary not installed")]
+RUN = "run-fail"
+
+
+@pytest.fixture(scope="module")
+def sut(tmp_path_factory):
+    with run_sut(tmp_path_factory.mktemp("sut"), seed_users=2000, seed_seats=1000) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    e = store.open_store(f"sqlite:///{tmp_path_factory.mktemp('store') / 'store.db'}")
+    store.start_run(e, RUN, "test", scale=0.01, time_scale=0.01, scenarios=[], target=None)
+    return e
+
+
+def _k6_children() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.name() == "k6"]
+
+
+def _aggregates(engine, sid: int) -> int:
+    with engine.connect() as c:
+        return c.execute(select(func.count()).select_from(store.second_aggregates)
+                         .where(store.second_aggregates.c.scenario_run_id == sid)).scalar_one()
+
+
+def _run_in_thread(engine, base: str, tmp_path: Path, **kw):
+    """Start a long soak (20 users, ~60 s) in a thread; returns (scenario run id, thread, result box)."""
+    sid = store.start_scenario(engine, RUN, "soak")
+    box: dict = {}
+
+    def target() -> None:
+        box["result"] = load.run_scenario(
+            engine, RUN, "soak", base, output_dir=tmp_path, scale=0.02, time_scale=0.033, progress=False,
+            admin_token=ADMIN["X-Admin-Token"], scenario_run_id=sid, stop_grace_s=5, **kw)
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 40
+    while _aggregates(engine, sid) < 2:
+        assert time.monotonic() < deadline, "no rows ingested while k6 ran"
+        assert th.is_alive(), box
+        time.sleep(0.2)
+    return sid, th, box
+
+
+def _finished(engine, sid: int):
+    with engine.connect() as c:
+        return c.execute(select(store.scenario_runs).where(store.scenario_runs.c.id == sid)).one()
+
+
+def test_target_down_before_start(engine, tmp_path: Path) -> None:
+    base = f"http://127.0.0.1:{free_port()}"
+    r = load.run_scenario(engine, RUN, "race", base, output_dir=tmp_path, progress=False)
+    assert r.status == ScenarioStatus.TARGET_DOWN
+    assert "down before the start" in r.reason and base in r.reason
+    assert r.k6_exit_code is None and not Path(r.csv_path).exists()
+    assert _finished(engine, r.scenario_run_id).status == "TARGET_DOWN"
+
+
+def test_k6_missing(engine, sut, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(load, "venv_bin", lambda name: None)
+    r = load.run_scenario(engine, RUN, "race", sut.base, output_dir=tmp_path, progress=False)
+    assert r.status == ScenarioStatus.K6_MISSING and "k6" in r.reason
+
+
+def test_k6_crash_mid_run_keeps_rows(engine, sut, tmp_path: Path) -> None:
+    sid, th, box = _run_in_thread(engine, sut.base, tmp_path)
+    before = _aggregates(engine, sid)
+    (k6,) = _k6_children()
+    k6.send_signal(signal.SIGKILL)
+    th.join(60)
+    r = box["result"]
+    assert r.status == ScenarioStatus.K6_CRASHED
+    assert "signal 9" in r.reason and r.k6_exit_code == -9
+    assert _aggregates(engine, sid) >= before > 0
+    row = _finished(engine, sid)
+    assert row.status == "K6_CRASHED" and row.finished_at is not None and row.reason == r.reason
+    assert not _k6_children()
+
+
+def test_abort_event_stops_k6_gracefully(engine, sut, tmp_path: Path) -> None:
+    abort = load.abort_event()
+    sid, th, box = _run_in_thread(engine, sut.base, tmp_path, abort=abort)
+    abort.reason = "aborted on harm: error rate 5.0% above the alarm level 1.0%."
+    t0 = time.monotonic()
+    abort.set()
+    th.join(60)
+    r = box["result"]
+    assert time.monotonic() - t0 < 15
+    assert r.status == ScenarioStatus.ABORTED and r.reason == abort.reason
+    assert r.k6_exit_code is not None and r.k6_exit_code >= 0  # k6 stopped itself on SIGINT, not killed
+    assert _aggregates(engine, sid) > 0 and r.ingest.requests > 0
+    assert not _k6_children()
+
+
+def test_deadline_times_out(engine, sut, tmp_path: Path) -> None:
+    r = load.run_scenario(engine, RUN, "soak", sut.base, output_dir=tmp_path, scale=0.01, time_scale=0.033,
+                          deadline_s=4, progress=False)
+    assert r.status == ScenarioStatus.TIMED_OUT and "deadline" in r.reason
+    assert r.finished_at - r.started_at < 30 and r.ingest.requests > 0
+    assert not _k6_children()
+
+
+def test_threshold_abort_is_told_apart(engine, sut, tmp_path: Path) -> None:
+    script = tmp_path / "strict.js"
+    script.write_text("""
+import http from 'k6/http';
+export const options = { vus: 2, duration: '60s',
+  thresholds: { http_req_duration: [{ threshold: 'p(95)<0.001', abortOnFail: true }] } };
+export default function () {
+  http.get(`${__ENV.BASE_URL}/api/v1/concerts/`, { tags: { endpoint: 'API-5', name: 'concerts' } });
+}
+""")
+    r = load.run_scenario(engine, RUN, "soak", sut.base, output_dir=tmp_path, script=script, progress=False)
+    assert r.status == ScenarioStatus.THRESHOLD_ABORTED and r.k6_exit_code == 99
+    assert "http_req_duration" in r.reason
+    assert r.finished_at - r.started_at < 30 and r.ingest.requests > 0
+
+
+def test_target_goes_down_mid_run(engine, tmp_path: Path) -> None:
+    with run_sut(tmp_path, seed_users=200, seed_seats=50) as sut:
+        sid, th, box = _run_in_thread(engine, sut.base, tmp_path, down_after_s=2.0)
+        sut.proc.kill()
+        sut.proc.wait(10)
+        th.join(60)
+    r = box["result"]
+    assert r.status == ScenarioStatus.TARGET_DOWN and "stopped answering during the run" in r.reason
+    assert _aggregates(engine, sid) > 0
+    assert _finished(engine, sid).status == "TARGET_DOWN"
+    assert not _k6_children()
