@@ -81,7 +81,7 @@ def run_sut(tmp: Path, db_url: str | None = None, **settings) -> Iterator[Sut]:
     db_url = db_url or f"sqlite+aiosqlite:///{tmp / f'sut-{port}.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUT_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     values = {"port": port, "redis_url": redis.url, "db_url": db_url, "admin_token": ADMIN["X-Admin-Token"],
-              "seed_users": 500, "seed_seats": 300, **settings}
+              "seed_users": 1500, "seed_seats": 300, **settings}
     for k, v in values.items():
         env["SUT_" + k.upper()] = str(v)
     log = open(tmp / f"sut-{port}.log", "wb")  # noqa: SIM115 - closed below
@@ -135,8 +135,9 @@ def client(base: str, n: int = 256) -> httpx.AsyncClient:
                              limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
 
 
-async def entered_token(c: httpx.AsyncClient, user: int, target: int = 1) -> str:
-    """A queue token for ``user`` that is ENTERED (the test raises capacity where it needs many)."""
+async def entered_token(c: httpx.AsyncClient, user: int, target: int | None = None) -> str:
+    """An ENTERED queue token for ``user``: by default on a target of its own, so capacity never binds."""
+    target = 100_000 + user if target is None else target
     r = await c.post(f"/api/v1/queues/tokens/{target}", headers=auth(user))
     assert r.status_code in (200, 201), r.text
     body = r.json()

@@ -6,7 +6,8 @@ from a Redis sequence, so the DB row (``queue_token``), the waiting sorted set a
 ``id < ?`` position query all agree on the order. TTL lives in both places: the token's Redis key
 expires (PEXPIRE) and the row carries ``expires_at``; the sweeper marks expired rows EXPIRED.
 
-Positions: ``count`` runs the plan's ``SELECT COUNT(*) … WHERE status='WAITING' AND expires_at > now AND
+Positions: API-1 answers the position the admission script computed (exact under concurrent issuance).
+API-2 uses the ``position_strategy``: ``count`` runs the plan's ``SELECT COUNT(*) … WHERE status='WAITING' AND expires_at > now AND
 id < ?`` (index ix_queue_wait); ``rank`` answers from the sorted set (ZRANK) without touching the DB.
 """
 
@@ -123,7 +124,9 @@ async def issue(svc: Services, target: int, user: int) -> tuple[int, dict]:
     body = {"token": token, "targetId": target, "userId": user, "status": status, "position": None,
             "expiresAt": iso(expires_at)}
     if status == "WAITING":
-        body["position"] = int(rank) if s.position_strategy == "rank" else await count_position(svc, target, tid)
+        # The position at admission, from the same atomic script: exact even while lower ids are still being
+        # inserted. Polls (API-2) compute it with the configured strategy.
+        body["position"] = int(rank)
     return 201, body
 
 

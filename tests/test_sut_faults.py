@@ -1,0 +1,138 @@
+"""The faults the campaign's own tests rely on, each shown to break what the plan checks; also the rank
+position strategy and token TTL expiry (two servers with non-default settings)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import httpx
+import pytest
+import redis
+from sut_harness import ADMIN, auth, client, entered_token, run_sut, together
+from test_sut_core import charge_together, reserve_and_pay, tc1, tc1_violations, until_terminal
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    """no_lock, lost_update and no_compensation at once (they touch different paths), rank positions."""
+    with run_sut(tmp_path_factory.mktemp("faults-a"), faults="no_lock,lost_update,no_compensation",
+                 outbox_interval_seconds=0.2, position_strategy="rank") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def stuck(tmp_path_factory):
+    """stuck_outbox and lock_timeout_500, a 0.3 s lock wait and a 4 s token TTL."""
+    with run_sut(tmp_path_factory.mktemp("faults-b"), faults="stuck_outbox,lock_timeout_500",
+                 lock_wait_seconds=0.3, queue_ttl_seconds=4, queue_sweep_seconds=0.2) as s:
+        yield s
+
+
+def test_no_lock_double_sale_is_caught_by_tc1(broken):
+    rs = asyncio.run(tc1(broken.base, 1, range(1, 101)))
+    rows = broken.sql("SELECT COUNT(*) FROM reservation WHERE show_id=101 AND seat_id=1")[0][0]
+    assert tc1_violations(rs, rows), "the double sale went unnoticed"
+    assert rows > 1
+
+
+def test_lost_update_loses_charges(broken):
+    rs, balance = asyncio.run(charge_together(broken.base, 450, 200, 1_000))
+    assert Counter(r.status_code for r in rs) == {200: 200}
+    assert balance < 1_000_000 + 200_000
+
+
+def test_no_compensation_leaves_seats_held(broken):
+    httpx.post(broken.base + "/admin/seed", json={"users": 1, "userStart": 401, "balance": 10_000}, headers=ADMIN)
+
+    async def run():
+        async with client(broken.base) as c:
+            res, pay = await reserve_and_pay(c, 401, [20, 21], 150_000)
+            final, _ = await until_terminal(c, 401, pay["paymentId"])
+            return res, pay, final
+
+    res, pay, final = asyncio.run(run())
+    assert final["status"] == "FAILED"
+    assert set(broken.sql("SELECT status FROM seat WHERE id IN (20, 21)")) == {("HELD",)}
+    assert broken.sql("SELECT event_type FROM payment_outbox WHERE aggregate_id = ?",
+                      pay["paymentId"]) == [("UsePointCommand",)]
+
+
+def test_rank_strategy_positions(broken):
+    target = 3
+
+    async def run():
+        async with client(broken.base) as c:
+            issued = await together(200, lambda i: c.post(f"/api/v1/queues/tokens/{target}",
+                                                          headers=auth(1001 + i)))
+            polled = await together(200, lambda i: c.post("/api/v1/queues/enter",
+                                                          headers={"Queue-Token": issued[i].json()["token"]}))
+            return issued, polled
+
+    issued, polled = asyncio.run(run())
+    assert Counter(r.json()["status"] for r in issued) == {"ENTERED": 50, "WAITING": 150}
+    assert sorted(r.json()["position"] for r in polled if r.json()["status"] == "WAITING") == list(range(1, 151))
+    # rank and the plan's count agree: position n is the n-th WAITING id
+    waiting = sorted((r.json()["position"], r.json()["token"]) for r in polled if r.json()["status"] == "WAITING")
+    ids = [broken.sql("SELECT id FROM queue_token WHERE token = ?", tok)[0][0] for _pos, tok in waiting[:3]]
+    assert ids == sorted(ids)
+
+
+def test_lock_timeout_500(stuck):
+    r = redis.Redis.from_url(stuck.redis_url)
+    r.set("sut:lock:seat:101:5", "someone-else", px=20_000)
+
+    async def run():
+        async with client(stuck.base) as c:
+            token = await entered_token(c, 5)
+            return await c.post("/api/v1/reservations/101", json={"seatIds": [5]}, headers={
+                **auth(5), "Queue-Token": token, "Idempotency-Key": "lt-500"})
+
+    resp = asyncio.run(run())
+    r.close()
+    assert resp.status_code == 500
+
+
+def test_stuck_outbox_leaves_payments_pending(stuck):
+    async def run():
+        async with client(stuck.base) as c:
+            _res, pay = await reserve_and_pay(c, 8, [1, 2], 150_000)
+            await asyncio.sleep(1.5)
+            return pay, (await c.get(f"/api/v1/payments/{pay['paymentId']}", headers=auth(8))).json()
+
+    pay, later = asyncio.run(run())
+    assert later["status"] == "PENDING"
+    assert stuck.sql("SELECT status FROM payment_outbox WHERE aggregate_id = ?", pay["paymentId"]) == [("PENDING",)]
+    metrics = httpx.get(stuck.base + "/metrics").text
+    assert "sut_outbox_pending 1.0" in metrics
+    age = float(next(line.split()[1] for line in metrics.splitlines()
+                     if line.startswith("sut_outbox_oldest_age_seconds ")))
+    assert age >= 1.0
+
+
+def test_token_ttl_expiry(stuck):
+    """R-SPIKE-9: the token's Redis key TTL matches the setting, and both stores expire it on time."""
+    r = redis.Redis.from_url(stuck.redis_url)
+    target = 77
+
+    async def issue():
+        async with client(stuck.base) as c:
+            return [(await c.post(f"/api/v1/queues/tokens/{target}", headers=auth(u))).json() for u in (60, 61)]
+
+    tokens = asyncio.run(issue())
+    ttl_ms = r.pttl(f"sut:qt:{tokens[0]['token']}")
+    assert 3000 < ttl_ms <= 4000
+    time.sleep(4.6)
+
+    async def poll():
+        async with client(stuck.base) as c:
+            return [(await c.post("/api/v1/queues/enter", headers={"Queue-Token": t["token"]})).json() for t in tokens]
+
+    after = asyncio.run(poll())
+    assert [a["status"] for a in after] == ["EXPIRED", "EXPIRED"]
+    assert not r.exists(f"sut:qt:{tokens[0]['token']}")
+    assert r.zcard(f"sut:q:{target}:active") == 0
+    rows = stuck.sql("SELECT status FROM queue_token WHERE target_id = ?", target)
+    assert rows == [("EXPIRED",), ("EXPIRED",)]
+    r.close()
