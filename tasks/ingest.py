@@ -210,7 +210,7 @@ class K6CsvIngest:
 
     def __init__(self, engine: Engine, scenario_run_id: int, scenario: str, path: str | Path, *,
                  keep_requests: bool | None = None, on_second: OnSecond | None = None, lag_s: int = 3,
-                 chunk_bytes: int = 16 << 20) -> None:
+                 chunk_bytes: int = 4 << 20) -> None:
         self.engine = engine
         self.scenario_run_id = scenario_run_id
         self.scenario = scenario
