@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import httpx
 import yaml
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, insert
 
@@ -555,7 +556,7 @@ def backfill(profile: Profile, endpoints: Endpoints | None, engine: Engine, run_
 
 
 # ---------------------------------------------------------------------------------------------------- Prefect
-@task(name="collect-server-metrics-once", retries=2, retry_delay_seconds=2)
+@task(name="collect-server-metrics-once", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def collect_once_task(profile: Profile, endpoints: Endpoints | None, store_url: str, run_id: str,
                       scenario_run_id: int | None = None) -> int:
     from soundcheck.store import open_store
@@ -565,7 +566,7 @@ def collect_once_task(profile: Profile, endpoints: Endpoints | None, store_url: 
     return write_samples(engine, run_id, samples, scenario_run_id)
 
 
-@task(name="backfill-server-metrics", retries=3, retry_delay_seconds=10)
+@task(name="backfill-server-metrics", retries=3, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def backfill_task(profile: Profile, endpoints: Endpoints | None, store_url: str, run_id: str, start: float,
                   end: float, scenario_run_id: int | None = None) -> int:
     from soundcheck.store import open_store
