@@ -269,10 +269,10 @@ class K6CsvIngest:
                 self._process(data, cut + 1)
                 self._pos += cut + 1
                 consumed += cut + 1
+                self._flush(final=False)  # per chunk: a backlog never piles up in memory
                 if len(data) < self.chunk_bytes:
                     break
             self.summary.bytes_read += consumed
-            self._flush(final=False)
             return consumed
 
     def finish(self) -> IngestSummary:
