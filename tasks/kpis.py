@@ -208,8 +208,9 @@ def save_kpis(engine: Engine, run_id: str, scenario: str, kpis: list[KPI]) -> No
 
 try:  # thin Prefect wrapper
     from prefect import task
+    from prefect.cache_policies import NO_CACHE
 
-    @task(name="compute-kpis")
+    @task(name="compute-kpis", cache_policy=NO_CACHE)
     def compute_kpis_task(engine: Engine, scenario_run_id: int) -> list[KPI]:
         return compute_kpis(engine, scenario_run_id)
 except ImportError:  # pragma: no cover

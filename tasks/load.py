@@ -381,8 +381,10 @@ def abort_event() -> threading.Event:
 
 try:  # thin Prefect wrapper; the plain function above is what tests call
     from prefect import task
+    from prefect.cache_policies import NO_CACHE
 
-    @task(name="load-scenario", retries=0)
+    # never retried, never cached: a second attempt would load a different system
+    @task(name="load-scenario", retries=0, cache_policy=NO_CACHE)
     def run_scenario_task(engine: Engine, run_id: str, scenario: str, base_url: str, **kw: Any) -> ScenarioResult:
         return run_scenario(engine, run_id, scenario, base_url, **kw)
 except ImportError:  # pragma: no cover

@@ -106,8 +106,9 @@ def snapshot(engine: Engine, scenario_run_id: int, database_url: str, since: dt.
 
 try:  # thin Prefect wrapper
     from prefect import task
+    from prefect.cache_policies import NO_CACHE
 
-    @task(name="db-snapshot", retries=2, retry_delay_seconds=2)
+    @task(name="db-snapshot", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
     def snapshot_task(engine: Engine, scenario_run_id: int, database_url: str, since: dt.datetime) -> dict[str, int]:
         return snapshot(engine, scenario_run_id, database_url, since)
 except ImportError:  # pragma: no cover
