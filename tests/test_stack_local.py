@@ -220,3 +220,24 @@ def test_no_stack_process_survives_this_module():
     mine = [p for p in psutil.Process(os.getpid()).children(recursive=True)
             if "infra.sut" in " ".join(p.cmdline()) or "redis-server" in " ".join(p.cmdline())]
     assert mine == []
+
+
+def test_provision_and_teardown_by_environment_kind(tmp_path, monkeypatch):
+    from tasks.provision import Provisioned, provision, teardown
+
+    monkeypatch.setenv("SC_TEST_ADMIN", "tok")
+    ext = provision(parse_profile({"name": "e", "environment": {"kind": "external"},
+                                   "target": {"base_url": "http://127.0.0.1:9/", "admin_token_env": "SC_TEST_ADMIN"}}),
+                    tmp_path)
+    assert ext.handle is None and ext.endpoints.metrics_url == "http://127.0.0.1:9/metrics"
+    assert ext.endpoints.admin_token == "tok"
+    teardown(ext)  # nothing to stop
+
+    local = provision(_profile(), tmp_path / "run")
+    try:
+        assert isinstance(local, Provisioned) and isinstance(local.handle, LocalStack)
+        assert httpx.get(local.endpoints.base_url + "/health", timeout=5).status_code == 200
+        pids = _stack_pids(local.handle)
+    finally:
+        teardown(local)
+    assert _all_gone(pids) == []
