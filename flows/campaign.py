@@ -261,6 +261,7 @@ def campaign(
     log.info("run %s: profile %s, scenarios %s, scale %s, time scale %s, output %s", run.run_id, prof.name,
              ",".join(prof.scenarios), prof.scale, prof.time_scale, run.run_dir)
 
+    _prewarm_verdict_stage()
     env: StageEnv | None = None
     failure: BaseException | None = None
     verdict: Verdict | None = None
@@ -290,6 +291,16 @@ def campaign(
             raise failure
         raise CampaignIncomplete(verdict.extra["reason"], verdict, str(verdict_path)) from failure
     return verdict.to_json_dict() | {"verdict_path": str(verdict_path)}
+
+
+def _prewarm_verdict_stage() -> None:
+    """Import Great Expectations in the background while the stack starts, not after the load."""
+    try:
+        from tasks.expectations import prewarm
+
+        prewarm()
+    except ImportError:
+        pass
 
 
 def _record(run: RunContext, kind: str, outcome: str, detail: str) -> None:
