@@ -15,8 +15,11 @@ Conventions read from the load stage (tolerant of both camelCase and snake_case 
   with INSUFFICIENT, the `sc_saga*` k6 samples tagged `reason: INSUFFICIENT_POINTS`, the API-4 requests
   whose name mentions "compens" or "insufficient" (tag `paymentId` / `payment_id`), and
   `details["compensation_payment_ids"]`; the concurrent ones are the other `sc_saga*` samples, the
-  requests named "concurrent", and `details["concurrent_payment_ids"]`.
-- points: `details["expected_balances"]` ({user id: balance}), or `details["initial_balance"]` plus
+  requests named "concurrent", and `details["concurrent_payment_ids"]`; failing those, every other
+  payment of the stage's snapshot (the snapshot holds the rows created during the stage).
+- points: the `sc_point_balance{phase: before|after}` and `sc_point_charged` samples of points.js
+  (expected = before + Σ charged, actual = after), or `details["expected_balances"]` ({user id: balance}),
+  or `details["initial_balance"]` plus
   the amounts (`tags.amount`) of the charges answered 200; actual balances from `details["final_balances"]`,
   the `sc_final_balance` k6 samples (tag `userId`), or the snapshot of the user table (`users` / `user` /
   `user_point` / `point`; column `balance` / `point` / `points`).
@@ -111,6 +114,8 @@ def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
         locks = int(g["error_code"].map(_is_lock_timeout).sum())
         ok_tags = g.loc[status == 200, "tags"]
         rids = {str(r) for r in ok_tags.map(lambda t: _tag(t, "reservationId", "reservation_id")) if r is not None}
+        if tc == "tc3":
+            rids |= tc3_reservation_ids(st)
         seat = next((s for s in g["tags"].map(lambda t: _tag(t, "seat_id", "seatId", "seat")) if s is not None),
                     None)
         if isinstance(seat, list | tuple):
@@ -126,9 +131,20 @@ def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
                      "lock_timeouts": locks, "lock_timeout_rate": locks / n if n else 0.0,
                      "reservation_ids": len(rids), "seat_id": seat, "db_rows": db_rows})
     answers = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
-    requests = req[["endpoint", "name", "status", "error_code"]].copy() if not req.empty else pd.DataFrame(
+    requests = req.loc[req["endpoint"] != "ADMIN", ["endpoint", "name", "status", "error_code"]].copy() \
+        if not req.empty else pd.DataFrame(
         columns=["endpoint", "name", "status", "error_code"])
     return {"answers": answers, "requests": requests, "seats": active_seats(reservations)}
+
+
+def tc3_reservation_ids(st: StageData) -> set[str]:
+    """reservationIds of the 200 answers of TC-3, from the scenario's `sc_tc3_reservation` samples."""
+    k6 = st.k6
+    if k6.empty:
+        return set()
+    hit = k6[k6["metric"] == "sc_tc3_reservation"]
+    return {str(_tag(t, "reservationId")) for t in hit["tags"]
+            if str(_tag(t, "status")) == "200" and _tag(t, "reservationId")}
 
 
 def active_seats(reservations: pd.DataFrame) -> pd.DataFrame:
@@ -207,6 +223,8 @@ def saga_tables(st: StageData) -> dict[str, pd.DataFrame]:
     seats, outbox = st.snapshot("seat"), st.snapshot("payment_outbox")
     comp_ids = _payment_ids(st, "compens|insufficient", "compensation_payment_ids")
     conc_ids = _payment_ids(st, "concurrent", "concurrent_payment_ids")
+    if not conc_ids and not payments.empty:  # the snapshot holds this stage's payments only
+        conc_ids = [str(i) for i in payments["id"] if str(i) not in comp_ids]
     rows = []
     for pid in comp_ids:
         pay = payments[payments["id"].astype(str) == pid].iloc[0] if not payments.empty and (
@@ -257,6 +275,16 @@ def points_tables(st: StageData) -> dict[str, pd.DataFrame]:
             expected[user] = expected.get(user, float(base)) + float(_num(_tag(r["tags"], "amount")) or 0)
     actual: dict[str, float] = {str(k): float(v) for k, v in (st.details.get("final_balances") or {}).items()}
     k6 = st.k6
+    if not expected and not k6.empty and (k6["metric"] == "sc_point_balance").any():
+        # points.js: the balance read before and after (tag phase), and the amount of every accepted charge
+        bal = k6[k6["metric"] == "sc_point_balance"]
+        before = [v for v, t in zip(bal["value"], bal["tags"], strict=True) if _tag(t, "phase") == "before"]
+        after = [v for v, t in zip(bal["value"], bal["tags"], strict=True) if _tag(t, "phase") == "after"]
+        if before:
+            user = str(st.details.get("user_id", "charged user"))
+            expected[user] = float(before[0]) + float(k6.loc[k6["metric"] == "sc_point_charged", "value"].sum())
+            if after:
+                actual[user] = float(after[-1])
     if not k6.empty:  # the balance the script read back through the API after the charges
         for _, r in k6[k6["metric"].isin(["sc_final_balance", "sc_balance"])].iterrows():
             actual[str(_tag(r["tags"], "userId", "user_id") or st.details.get("user_id", ""))] = float(r["value"])

@@ -106,6 +106,24 @@ def test_a_5xx_in_the_race_blocks(engine, validator):
     assert v.verdict == Decision.BLOCK and "R-RACE-4" in failed(v)
 
 
+def test_lock_timeouts_above_5_percent_block(engine, validator):
+    v = judge(engine, validator, ("race",), race={"lock_rate": 0.08})
+    assert v.verdict == Decision.BLOCK and failed(v) == {"R-RACE-6"}
+
+
+def test_two_reservation_ids_in_tc3_block(engine, validator):
+    from sqlalchemy import insert
+
+    from soundcheck import store
+
+    rid = build_run(engine, "run-1", ("race",))
+    with engine.begin() as c:
+        c.execute(insert(store.k6_samples).values(scenario_run_id=1, ts=1.0, metric="sc_tc3_reservation", value=1.0,
+                                                  tags={"status": "200", "reservationId": "r-other"}))
+    v = judge_run(engine, rid, PROFILE, validator=validator)
+    assert v.verdict == Decision.BLOCK and "R-RACE-3" in failed(v)
+
+
 def test_lost_point_update_blocks(engine, validator):
     v = judge(engine, validator, ("points",), points={"final": 19_000})
     assert v.verdict == Decision.BLOCK and failed(v) == {"R-POINT-1"}

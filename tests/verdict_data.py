@@ -85,21 +85,25 @@ SERVER_OK = {"db_pool_size": 5, "db_pool_in_use": 2, "db_pool_waiting": 0, "db_p
              "outbox_oldest_age_s": 0}
 
 
-def race(engine: Engine, run_id: str, *, tc1_200: int = 1, tc1_rows: int = 1, s5xx: int = 0, **stage: Any) -> int:
+def race(engine: Engine, run_id: str, *, tc1_200: int = 1, tc1_rows: int = 1, s5xx: int = 0, lock_rate: float = 0.0,
+         **stage: Any) -> int:
     sid = _stage(engine, run_id, "race", **stage)
     reqs = [{"endpoint": "API-3", "name": "tc1", "status": 200 if i < tc1_200 else 409, "tags": {"seat_id": 1}}
             for i in range(100)]
     reqs += [{"endpoint": "API-3", "name": "tc2", "status": 500 if i < s5xx else 200, "tags": {"seat_id": 10 + i}}
              for i in range(100)]
-    reqs += [{"endpoint": "API-3", "name": "tc3", "status": 200, "tags": {"seat_id": 300, "reservationId": "r-tc3"}}
-             for _ in range(100)]
+    reqs += [{"endpoint": "API-3", "name": "tc3", "status": 200, "tags": {"tc": "tc3"}} for _ in range(100)]
     _requests(engine, sid, reqs)
     rows = [{"id": 1000 + i, "show_id": 101, "seat_id": 1, "status": "HELD"} for i in range(tc1_rows)]
     rows += [{"id": 2000 + i, "show_id": 101, "seat_id": 10 + i, "status": "HELD"} for i in range(100)]
     rows += [{"id": 3000, "show_id": 101, "seat_id": 300, "status": "HELD"}]
     _snap(engine, sid, "reservation", rows)
+    with engine.begin() as c:  # race.js: one sc_tc3_reservation per TC-3 answer, tagged with its reservationId
+        c.execute(insert(store.k6_samples), [{"scenario_run_id": sid, "ts": float(T0), "metric": "sc_tc3_reservation",
+                                              "value": 1.0, "tags": {"status": "200", "reservationId": "r-tc3"}}
+                                             for _ in range(100)])
     _seconds(engine, sid, ["API-3"], 2, rps=150)
-    _kpis(engine, run_id, "race", {"error_rate": s5xx / 300, "lock_timeout_rate": 0.0, "p95_ms": 900.0})
+    _kpis(engine, run_id, "race", {"error_rate": s5xx / 300, "lock_timeout_rate": lock_rate, "p95_ms": 900.0})
     return sid
 
 
@@ -125,7 +129,7 @@ def saga(engine: Engine, run_id: str, *, compensated: bool = True, lag: float = 
     with engine.begin() as c:
         c.execute(insert(store.k6_samples), [
             {"scenario_run_id": sid, "ts": float(T0 + 5), "metric": "sc_saga_time_s", "value": 5.0,
-             "tags": {"paymentId": str(2 + i), "status": "COMPLETED"}} for i in range(5)])
+             "tags": {"case": "concurrent", "status": "COMPLETED", "reason": ""}} for i in range(5)])
     _requests(engine, sid, [{"endpoint": "API-4", "name": "pay", "status": 200} for _ in range(6)])
     _seconds(engine, sid, ["API-4", "API-PAY-GET"], 10, rps=5)
     _server(engine, run_id, sid, 10, {**SERVER_OK, "consumer_lag_messages": lag})
@@ -135,11 +139,14 @@ def saga(engine: Engine, run_id: str, *, compensated: bool = True, lag: float = 
 
 
 def points(engine: Engine, run_id: str, *, final: float = 20_000, **stage: Any) -> int:
-    sid = _stage(engine, run_id, "points", details={"expected_balances": {"7": 20_000}}, **stage)
+    """points.js: balance before and after (sc_point_balance{phase}), Σ accepted charges (sc_point_charged)."""
+    sid = _stage(engine, run_id, "points", **stage)
     _requests(engine, sid, [{"endpoint": "API-6", "name": "charge", "status": 200} for _ in range(10)])
+    samples = [("sc_point_balance", 10_000, {"phase": "before"}), ("sc_point_balance", final, {"phase": "after"})]
+    samples += [("sc_point_charged", 1_000, {}) for _ in range(10)]
     with engine.begin() as c:
-        c.execute(insert(store.k6_samples), [{"scenario_run_id": sid, "ts": float(T0 + 1), "metric": "sc_final_balance",
-                                              "value": final, "tags": {"userId": "7"}}])
+        c.execute(insert(store.k6_samples), [{"scenario_run_id": sid, "ts": float(T0 + 1), "metric": m, "value": v,
+                                              "tags": t} for m, v, t in samples])
     _seconds(engine, sid, ["API-6"], 1, rps=10)
     _kpis(engine, run_id, "points", {"error_rate": 0.0})
     return sid
