@@ -102,11 +102,12 @@ def test_manual_run_from_the_ui_path(prefect_server, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    # The default local profile (the worker starts the reference service), results kept in tmp_path.
     profile = tmp_path / "profile.yaml"
-    profile.write_text(yaml.safe_dump({
-        "name": "prefect-server-test", "scenarios": ["race"], "scale": 0.1, "time_scale": 0.05,
-        "store_url": f"sqlite:///{tmp_path}/store.db", "output_dir": str(tmp_path / "runs"),
-    }))
+    data = yaml.safe_load((ROOT / "deployments" / "local.yaml").read_text())
+    data.update(name="prefect-server-test", store_url=f"sqlite:///{tmp_path}/store.db",
+                output_dir=str(tmp_path / "runs"))
+    profile.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
     with temporary_settings({PREFECT_API_URL: prefect_server["api"]}), get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("campaign/nightly")
@@ -121,8 +122,8 @@ def test_manual_run_from_the_ui_path(prefect_server, tmp_path):
 
         # What the UI's Run button does: create a flow run from the deployment with the form's values.
         run = client.create_flow_run_from_deployment(
-            manual.id, parameters={"profile": str(profile), "scenarios": ["race"], "notify": False,
-                                   "output": str(out)})
+            manual.id, parameters={"profile": str(profile), "scenarios": ["points"], "scale": 0.02,
+                                   "time_scale": 0.05, "notify": False, "output": str(out)})
         t_run = time.monotonic()
         worker = subprocess.run([*PREFECT, "worker", "start", "--pool", "soundcheck", "--run-once",
                                  "--type", "process"], env=env, cwd=ROOT, capture_output=True, text=True,
@@ -147,6 +148,9 @@ def test_manual_run_from_the_ui_path(prefect_server, tmp_path):
     _cli(["deployment", "schedule", "pause", "campaign/nightly", sched_id], env)
     with temporary_settings({PREFECT_API_URL: prefect_server["api"]}), get_client(sync_client=True) as client:
         assert not client.read_deployment_by_name("campaign/nightly").schedules[0].active
-    if body["verdict"] == "INCONCLUSIVE":
-        assert fr.state.is_failed() or body.get("remediations"), "an inconclusive run says why"
+    if fr.state.is_failed():  # the failure contract: an INCONCLUSIVE verdict that says why
+        assert body["verdict"] == "INCONCLUSIVE" and body["remediations"][0]["code"] == "fix_test_environment"
+    else:
+        assert fr.state.is_completed() and body["extra"]["run_status"] == "COMPLETED"
+        assert (out / "report.html").exists()
     Path(tmp_path / "worker.log").write_text(worker.stdout + worker.stderr)
