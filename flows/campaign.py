@@ -18,18 +18,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select
 
-from flows.stages import STAGES, RunContext, StageEnv
+from flows.stages import STAGES, RunContext, StageAborted, StageEnv
 from soundcheck import store
 from soundcheck.models import EXIT_CODES, EXIT_USAGE, Decision, Remediation, Verdict
 from soundcheck.paths import DEFAULT_PROFILE, ROOT
 from soundcheck.profile import Profile, ProfileError, load_profile, parse_profile
+
+#: The scenario names as a type, so the Prefect UI's run form offers them as choices.
+ScenarioName = Literal["spike", "race", "saga", "soak", "points"]
 
 
 class CampaignIncomplete(RuntimeError):
@@ -231,7 +234,7 @@ def _report_path(verdict: Verdict, run: RunContext) -> Path | None:
 @flow(name="campaign", log_prints=True)
 def campaign(
     profile: str = "deployments/local.yaml",
-    scenarios: list[str] | None = None,
+    scenarios: list[ScenarioName] | None = None,
     scale: float | None = None,
     time_scale: float | None = None,
     target: str | None = None,
@@ -273,8 +276,11 @@ def campaign(
             verdict = judge(prof, run)
         except BaseException as exc:  # noqa: BLE001 - record why, then re-raise below (Ctrl-C included)
             failure = exc
-            log.error("campaign failed: %s", _reason(exc))
-            verdict = incomplete_verdict(run, _reason(exc))
+            why = "interrupted (Ctrl-C or a stop request)" if isinstance(exc, KeyboardInterrupt) else _reason(exc)
+            log.error("campaign failed: %s", why)
+            verdict = incomplete_verdict(run, why)
+            if isinstance(exc, StageAborted):  # stopped on harm (R-SAFE): the run stays ABORTED, not INCOMPLETE
+                verdict.extra["status"] = "ABORTED"
         verdict_path = publish(verdict, run)
         if notify:
             _notify(verdict, prof, run)
@@ -344,9 +350,13 @@ def run_from_cli(profile: Path | str | None = None, scenarios: list[str] | None 
     except ProfileError as e:
         errors.print(f"[red]error:[/red] {e}")
         return EXIT_USAGE
-    state = campaign(profile=str(resolve_profile_path(profile)), scenarios=scenarios, scale=scale,
-                     time_scale=time_scale, target=target, notify=notify,
-                     output=str(output) if output else None, return_state=True)
+    try:
+        state = campaign(profile=str(resolve_profile_path(profile)), scenarios=scenarios, scale=scale,
+                         time_scale=time_scale, target=target, notify=notify,
+                         output=str(output) if output else None, return_state=True)
+    except KeyboardInterrupt:
+        errors.print("interrupted: the run is kept, marked INCOMPLETE (see `soundcheck history`).")
+        return EXIT_CODES[Decision.INCONCLUSIVE]
     result = state.result(raise_on_failure=False)
     if isinstance(result, ProfileError):
         errors.print(f"[red]error:[/red] {result}")
