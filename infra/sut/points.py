@@ -27,7 +27,7 @@ async def charge(svc: Services, user: int, amount: int) -> dict:
             await conn.rollback()
             await asyncio.sleep(0.01)  # a 10 ms read-to-write window: other charges read the same balance
             new = row.balance + amount
-            async with conn.begin():
+            async with svc.db.transaction(conn):
                 await conn.execute(update(point_wallet).where(point_wallet.c.user_id == user).values(
                     balance=new, updated_at=now))
                 await conn.execute(point_history.insert().values(user_id=user, delta=amount, kind="CHARGE",

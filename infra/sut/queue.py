@@ -7,8 +7,9 @@ from a Redis sequence, so the DB row (``queue_token``), the waiting sorted set a
 expires (PEXPIRE) and the row carries ``expires_at``; the sweeper marks expired rows EXPIRED.
 
 Positions: API-1 answers the position the admission script computed (exact under concurrent issuance).
-API-2 uses the ``position_strategy``: ``count`` runs the plan's ``SELECT COUNT(*) … WHERE status='WAITING' AND expires_at > now AND
-id < ?`` (index ix_queue_wait); ``rank`` answers from the sorted set (ZRANK) without touching the DB.
+API-2 uses the ``position_strategy``: ``count`` runs the plan's ``SELECT COUNT(*) … WHERE status='WAITING'
+AND expires_at > now AND id < ?`` (index ix_queue_wait); ``rank`` answers from the sorted set (ZRANK)
+without touching the DB.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ async def _take(svc: Services, user: int, show_id: int, seats: list[int], key: s
         expires = now + dt.timedelta(minutes=svc.settings.hold_minutes)
         amount = sum(r.price for r in rows)
         await conn.rollback()  # end the read's implicit transaction; the write gets its own
-        async with conn.begin():
+        async with svc.db.transaction(conn):
             cond = [seat.c.id.in_(seats)] + ([seat.c.status == "AVAILABLE"] if guarded else [])
             res = await conn.execute(update(seat).where(*cond).values(
                 status="HELD", reservation_id=rid, held_until=expires, updated_at=now))
