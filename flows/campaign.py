@@ -281,7 +281,14 @@ def campaign(
             verdict = incomplete_verdict(run, why)
             if isinstance(exc, StageAborted):  # stopped on harm (R-SAFE): the run stays ABORTED, not INCOMPLETE
                 verdict.extra["status"] = "ABORTED"
-        verdict_path = publish(verdict, run)
+        verdict_path: Path | None = None
+        try:
+            verdict_path = publish(verdict, run)
+        except Exception as exc:  # noqa: BLE001 - no disk, store gone: Slack still gets the verdict
+            log.error("could not write or store the verdict: %s", _reason(exc))
+            failure = failure or exc
+            if verdict.verdict != Decision.INCONCLUSIVE or not verdict.extra.get("reason"):
+                verdict.extra["reason"] = f"the verdict could not be written: {_reason(exc)}"
         if notify:
             _notify(verdict, prof, run)
     finally:
@@ -295,7 +302,8 @@ def campaign(
     if failure is not None:
         if not isinstance(failure, Exception):
             raise failure
-        raise CampaignIncomplete(verdict.extra["reason"], verdict, str(verdict_path)) from failure
+        reason = verdict.extra.get("reason") or _reason(failure)
+        raise CampaignIncomplete(reason, verdict, str(verdict_path) if verdict_path else None) from failure
     return verdict.to_json_dict() | {"verdict_path": str(verdict_path)}
 
 
@@ -318,19 +326,23 @@ def _record(run: RunContext, kind: str, outcome: str, detail: str) -> None:
 
 
 def _notify(verdict: Verdict, profile: Profile, run: RunContext) -> None:
+    """Slack never fails the campaign: even a store that cannot take the notify event is only logged."""
     from tasks.notify import notify_slack
 
-    if not profile.slack.enabled:
-        _record(run, "notify", "skipped", f"Slack is not enabled in profile {profile.name}")
-        return
-    report = _report_path(verdict, run)
-    chart = Path(run.run_dir) / "headline.png"
-    engine = store.open_store(run.store_url)
     try:
-        notify_slack(verdict, profile.slack, engine, report_location=str(report) if report else verdict.report,
-                     chart_path=str(chart) if chart.exists() else None)
-    finally:
-        engine.dispose()
+        if not profile.slack.enabled:
+            _record(run, "notify", "skipped", f"Slack is not enabled in profile {profile.name}")
+            return
+        report = _report_path(verdict, run)
+        chart = Path(run.run_dir) / "headline.png"
+        engine = store.open_store(run.store_url)
+        try:
+            notify_slack(verdict, profile.slack, engine, report_location=str(report) if report else verdict.report,
+                         chart_path=str(chart) if chart.exists() else None)
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().error("notify step failed: %s", _reason(exc))
 
 
 # ---------------------------------------------------------------- CLI
@@ -362,27 +374,27 @@ def run_from_cli(profile: Path | str | None = None, scenarios: list[str] | None 
         errors.print(f"[red]error:[/red] {result}")
         return EXIT_USAGE
     if isinstance(result, CampaignIncomplete):
-        verdict, path = result.verdict, Path(result.verdict_path or "verdict.json")
-        body = verdict.to_json_dict()
+        body, written = result.verdict.to_json_dict(), result.verdict_path
     elif isinstance(result, dict):
-        body, path = result, Path(result["verdict_path"])
-        verdict = Verdict.model_validate({k: v for k, v in result.items() if k != "verdict_path"} | {"kpis": []})
+        body, written = result, result["verdict_path"]
     else:
         why = _reason(result) if isinstance(result, BaseException) else result
         errors.print(f"[red]error:[/red] the campaign crashed: {why}")
         return EXIT_CODES[Decision.INCONCLUSIVE]
     decision = Decision(body["verdict"])
     colour = {"APPROVE": "green", "APPROVE_WITH_TUNING": "yellow", "BLOCK": "red"}.get(decision.value, "white")
-    console.print(f"\n[bold {colour}]verdict: {decision.value}[/] (run {verdict.run_id})")
-    for c in body.get("checks", []):
-        if not c["passed"]:
-            console.print(f"  failed {c['id']} ({c['scenario']}): observed {c['observed']}; expected {c['expected']}")
+    console.print(f"\n[bold {colour}]verdict: {decision.value}[/] (run {body['run_id']})")
+    failed = [c for c in body.get("checks", []) if not c["passed"]]
+    for c in failed[:10]:
+        console.print(f"  failed {c['id']} ({c['scenario']}): observed {c['observed']}; expected {c['expected']}")
+    if len(failed) > 10:
+        console.print(f"  … and {len(failed) - 10} more failed checks in the report")
     for r in body.get("remediations", []):
         console.print(f"  remediation {r['code']}: {r['reason']}")
     report = body.get("report")
-    if report and not Path(report).is_absolute():
-        report = str(path.parent / report)
+    if report and written and not Path(report).is_absolute():
+        report = str(Path(written).parent / report)
     console.print(f"report: {report or 'none'}")
-    console.print(f"verdict.json: {path}")
+    console.print(f"verdict.json: {written or 'not written (see the error above)'}")
     sys.stdout.flush()
     return EXIT_CODES[decision]
