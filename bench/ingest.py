@@ -102,10 +102,11 @@ def phase_stream(a: argparse.Namespace) -> dict:
         written = 0
         while True:
             due = min(size, int((time.perf_counter() - t0 + step) * rate))
-            if due > written:
-                fo.write(fi.read(due - written))
-                fo.flush()
-                written = due
+            while due > written:  # in pieces of at most 4 MB, like k6's periodic CSV flushes
+                piece = fi.read(min(due - written, 4 << 20))
+                fo.write(piece)
+                written += len(piece)
+            fo.flush()
             if written >= size:
                 break
             time.sleep(step)
