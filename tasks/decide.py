@@ -281,15 +281,15 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
 
     # KPIs in bands
     on_target: dict[str, list[str]] = {}
+    not_judged: dict[str, list[str]] = {}
     for k in kpis:
         j: Judgement = band(k.name, k.value, bands=table, scale=scale, scenario=k.scenario)
         k.band = j.band
         if j.band is None:
             continue
         if k.scenario in unjudged:
-            trace.append(TraceStep(subject=_subject(k), branch=Decision.INCONCLUSIVE,
-                                   why=f"not judged: the {k.scenario} stage could not measure "
-                                       f"({_fmt_value(k)} would be {j.band})"))
+            not_judged.setdefault(k.scenario, []).append(
+                f"{k.name}{'/' + k.phase if k.phase else ''} {_fmt_value(k)} (would be {j.band})")
             k.band = None
             continue
         rule = rule_for(k.name, j.band)
@@ -309,6 +309,9 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
         remedy(rule.remediation, f"{k.name} {_fmt_value(k)} in {k.scenario}"
                + (f" ({k.phase})" if k.phase else "") + f" ({j.band} band)")
         branches.append(rule.branch)
+    for scenario, items in not_judged.items():
+        trace.append(TraceStep(subject=f"kpis {scenario}", branch=Decision.INCONCLUSIVE,
+                               why=f"not judged, the {scenario} stage could not measure: " + ", ".join(items)))
     for scenario, items in on_target.items():
         trace.append(TraceStep(subject=f"kpis {scenario}", branch=Decision.APPROVE,
                                why="on target: " + ", ".join(items)))
