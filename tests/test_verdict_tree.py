@@ -235,3 +235,80 @@ def test_verdict_rows_are_stored_and_rejudging_replaces_checks(engine, validator
         run_verdict = c.execute(select(store.runs.c.verdict)).scalar()
     assert n_checks == len(v.checks)
     assert verdicts == ["APPROVE", "APPROVE"] and run_verdict == "APPROVE"
+
+
+# ---- every rule of the tree, one by one, through the engine (no GX: facts given directly) ----------
+
+from soundcheck.models import KPI  # noqa: E402
+from tasks.decide import MEASUREMENT_RULES, TREE, StageFacts, decide  # noqa: E402
+
+#: (rule id, scenario, KPI name, value, unit, remediation expected)
+KPI_CASES = [
+    ("action_db_cpu", "spike", "db_cpu_percent", 95, "%", "upgrade_db_instance"),
+    ("action_error_rate", "soak", "error_rate", 0.02, "ratio", "fix_code_and_retest"),
+    ("action_compensation", "saga", "compensation_success", 0.9, "ratio", "shorten_outbox_interval"),
+    ("action_saga_time", "saga", "saga_time_s", 25, "s", "shorten_outbox_interval"),
+    ("action_pool", "spike", "db_pool_use", 1.0, "ratio", "raise_db_pool"),
+    ("action_lag", "saga", "consumer_lag", 800, "messages", "add_kafka_partitions"),
+    ("action_outbox", "saga", "outbox_oldest_age_s", 45, "s", "shorten_outbox_interval"),
+    ("action_redis", "spike", "redis_memory_bytes", 2 * 1024**3, "bytes", "reduce_redis_memory"),
+    ("action_timeouts", "spike", "unanswered_rate", 0.02, "ratio", "adjust_alb_idle_timeout"),
+    ("action_p95_queue", "spike", "p95_ms.API-1", 2500, "ms", "use_rank_positions"),
+    ("action_p95_poll", "spike", "p95_ms.API-2", 2500, "ms", "use_rank_positions"),
+    ("action_p95", "soak", "p95_ms.API-5", 2500, "ms", "cache_concert_list"),
+    ("action_throughput", "spike", "throughput_rps", 500, "req/s", "scale_out_app_servers"),
+    ("action_heap", "soak", "heap_use", 0.95, "ratio", "fix_code_and_retest"),
+    ("action_other", "spike", "wait_until_entered_s", 900, "s", None),
+    ("allowed_pool", "spike", "db_pool_use", 0.8, "ratio", "raise_db_pool"),
+    ("allowed_p95_queue", "spike", "p95_ms.API-1", 1500, "ms", "use_rank_positions"),
+    ("allowed_p95_poll", "spike", "p95_ms.API-2", 1500, "ms", "use_rank_positions"),
+    ("allowed_p95", "soak", "p95_ms", 1500, "ms", "cache_concert_list"),
+    ("allowed_lag", "saga", "consumer_lag", 300, "messages", "raise_consumer_concurrency"),
+    ("allowed_db_cpu", "soak", "db_cpu_percent", 85, "%", "add_read_replica"),
+    ("allowed_compensation", "saga", "compensation_success", 0.995, "ratio", "shorten_outbox_interval"),
+    ("allowed_saga_time", "saga", "saga_time_s", 15, "s", "shorten_outbox_interval"),
+    ("allowed_outbox", "saga", "outbox_oldest_age_s", 15, "s", "shorten_outbox_interval"),
+    ("allowed_redis", "soak", "redis_memory_bytes", 700 * 1024**2, "bytes", "reduce_redis_memory"),
+    ("allowed_timeouts", "soak", "unanswered_rate", 0.003, "ratio", "adjust_alb_idle_timeout"),
+    ("allowed_throughput", "soak", "throughput_rps", 900, "req/s", "scale_out_app_servers"),
+    ("allowed_other", "spike", "wait_until_entered_s", 300, "s", None),
+    ("target", "spike", "p95_ms", 200, "ms", None),
+]
+#: a band for a KPI the plan does not band, so the catch-all rules are reachable
+EXTRA = parse_profile({"name": "test", "bands": {"wait_until_entered_s": {"target": 120, "allowed": 600}}})
+REQUIRED = {"spike": ["p95_ms", "error_rate", "throughput_rps", "db_pool_use", "db_pool_timeouts"],
+            "soak": ["p95_ms", "error_rate", "throughput_rps", "db_pool_use", "db_pool_timeouts", "memory_growth"],
+            "saga": ["saga_time_s", "consumer_lag"]}
+
+
+def _facts(scenario, name, value, unit):
+    """Every required KPI of the stage on target (neutral values), the tested one replaced."""
+    neutral = {"p95_ms": 100.0, "error_rate": 0.0, "throughput_rps": 1500.0, "db_pool_use": 0.3,
+               "db_pool_timeouts": 0.0, "memory_growth": 0.0, "saga_time_s": 5.0, "consumer_lag": 3.0}
+    ks = [KPI(name=n, scenario=scenario, value=neutral[n], unit="") for n in REQUIRED[scenario] if n != name]
+    return ks + [KPI(name=name, scenario=scenario, value=float(value), unit=unit)]
+
+
+@pytest.mark.parametrize(("rule_id", "scenario", "name", "value", "unit", "code"), KPI_CASES,
+                         ids=[c[0] for c in KPI_CASES])
+def test_each_kpi_rule(rule_id, scenario, name, value, unit, code):
+    rule = next(r for r in TREE if r.id == rule_id)
+    v = decide(run_id="r", profile=EXTRA, started_at="", finished_at="", checks=[],
+               stages=[StageFacts(scenario, "COMPLETED", 0.2, 0)], kpis=_facts(scenario, name, value, unit))
+    assert v.verdict == rule.branch, [t.why for t in v.trace]
+    assert [r.code for r in v.remediations] == ([code] if code else [])
+    if rule.branch != Decision.APPROVE:
+        step = next(t for t in v.trace if t.subject == f"kpi {name}/{scenario}")
+        assert rule.why in step.why
+
+
+def test_every_rule_has_a_case():
+    assert {r.id for r in TREE} == {c[0] for c in KPI_CASES}
+    covered = {"not_run", "stage_status", "k6_saturated", "dropped_iterations", "coverage", "missing_metric",
+               "no_stages"}
+    assert set(MEASUREMENT_RULES) == covered
+
+
+def test_nothing_measured_is_inconclusive():
+    v = decide(run_id="r", profile=PROFILE, started_at="", finished_at="", stages=[], checks=[], kpis=[])
+    assert v.verdict == Decision.INCONCLUSIVE and [r.code for r in v.remediations] == ["fix_test_environment"]
