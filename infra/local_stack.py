@@ -175,6 +175,10 @@ class LocalStack:
         self.stop()
 
     @property
+    def base_url(self) -> str | None:
+        return self.endpoints.base_url if self.endpoints else None
+
+    @property
     def sut_pid(self) -> int | None:
         child = self.procs.children.get("sut")
         return child.popen.pid if child else None

@@ -89,17 +89,28 @@ def _leader_alive(pgid: int, create_time: float) -> bool:
         return False
 
 
-def _read_state(path: Path) -> list[dict]:
+def _read_state(path: Path) -> dict:
     try:
-        return list(json.loads(path.read_text()).get("groups", []))
+        return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
-        return []
+        return {}
+
+
+class StackInUse(RuntimeError):
+    """The state file belongs to a stack whose owner is still running."""
 
 
 def reap_stale(state_file: Path) -> list[str]:
-    """Kill the groups an earlier, crashed stack recorded in `state_file`; returns their names."""
+    """Kill the groups an earlier, crashed stack recorded in `state_file`; returns their names.
+
+    Refuses (StackInUse) when the recorded owner is still alive: that stack is running, not stale.
+    """
+    state = _read_state(state_file)
+    owner = state.get("owner_pid")
+    if owner and _leader_alive(int(owner), float(state.get("owner_create_time", 0))):
+        raise StackInUse(f"{state_file.parent} is in use by a running stack (pid {owner}); stop it first")
     reaped = []
-    for g in _read_state(state_file):
+    for g in state.get("groups", []):
         # A group whose leader is gone can still hold members (uvicorn workers); a group whose leader
         # is a different process now (pid reused) is not ours.
         leader_is_ours = _leader_alive(g["pgid"], g["create_time"])

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from infra.local_stack import LocalStack
-from infra.processes import ProcessSet, port_open, reap_stale
+from infra.processes import ProcessSet, StackInUse, port_open, reap_stale
 from soundcheck.paths import ROOT
 from soundcheck.profile import parse_profile
 
@@ -148,7 +148,11 @@ def test_reap_stale_kills_groups_a_crashed_stack_recorded(tmp_path):
     time.sleep(0.2)
     members = [child.pgid] + [p.pid for p in psutil.Process(child.pgid).children(recursive=True)]
     assert len(members) >= 2
+    with pytest.raises(StackInUse):  # its owner (this process) is alive: not stale
+        reap_stale(state)
     ps.children.clear()  # the owner "crashed": it forgot its children, the state file remains
+    data = json.loads(state.read_text())
+    state.write_text(json.dumps({**data, "owner_pid": 999_999_999}))  # an owner that no longer exists
     assert reap_stale(state) == ["sleeper"]
     child.popen.wait(5)
     assert _all_gone(members) == []
@@ -161,12 +165,10 @@ def test_prometheus_absent_is_skipped_with_a_clear_message(tmp_path, monkeypatch
     real = shutil.which
     monkeypatch.setattr("infra.local_stack.shutil.which", lambda n: None if n == "prometheus" else real(n))
     stack = LocalStack(_profile(prometheus=True), tmp_path / "run")
-    try:
-        ep = stack.start()
-        assert ep.prometheus_url is None
-        assert "no `prometheus` binary is on PATH" in (stack.prometheus_skipped or "")
-    finally:
-        stack.stop()
+    stack.port = 9  # the Prometheus step only needs the service's port
+    assert stack._start_prometheus() is None
+    assert "no `prometheus` binary is on PATH" in (stack.prometheus_skipped or "")
+    assert "prometheus" not in stack.procs.children
 
 
 @pytest.mark.skipif(not (_reachable(3306) and _reachable(6379)), reason="MariaDB or Redis not reachable on loopback")
@@ -241,3 +243,12 @@ def test_provision_and_teardown_by_environment_kind(tmp_path, monkeypatch):
     finally:
         teardown(local)
     assert _all_gone(pids) == []
+
+
+def test_a_failed_start_tears_down_what_it_started(tmp_path):
+    stack = LocalStack(_profile(settings={"faults": "no_such_fault"}), tmp_path / "run")
+    with pytest.raises(RuntimeError, match="reference service exited during start-up(.|\n)*no_such_fault"):
+        stack.start()
+    assert stack.procs.children == {} and stack.endpoints is None
+    assert not (tmp_path / "run" / "stack" / "processes.json").exists()
+    assert "redis-server" not in " ".join(" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True))
