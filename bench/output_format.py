@@ -83,8 +83,9 @@ def parse_csv(path: Path) -> int:
     from tasks.ingest import K6CsvIngest
 
     e = store.open_store(f"sqlite:///{path.parent / 'fmt.db'}")
-    store.start_run(e, "fmt", "bench", scale=1, time_scale=1, scenarios=["soak"], target=None)
-    sid = store.start_scenario(e, "fmt", "soak")
+    run_id = store.new_run_id()
+    store.start_run(e, run_id, "bench", scale=1, time_scale=1, scenarios=["soak"], target=None)
+    sid = store.start_scenario(e, run_id, "soak")
     return K6CsvIngest(e, sid, "soak", path).finish().requests
 
 
