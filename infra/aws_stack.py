@@ -276,6 +276,13 @@ class AwsStack:
                 raise TimeoutError(f"instance {gone} not replaced after {timeout_s:.0f} s")
             time.sleep(self.poll_s)
 
+    def apply_remediation(self, code: str) -> dict[str, str]:
+        """Infrastructure remediations: ``upgrade_db_instance`` (db.r5.large → db.r5.xlarge) is a stack
+        update; application settings (pool, cache, consumers, outbox) belong to the service's deployment."""
+        if code != "upgrade_db_instance":
+            raise ValueError(f"remediation {code!r} is not a stack change on AWS (only upgrade_db_instance is)")
+        return self.deploy({"DbInstanceClass": "db.r5.xlarge"})
+
     # -- whole lifecycle ------------------------------------------------------------------------------
     def start(self, parameters: dict[str, str] | None = None) -> Endpoints:
         self.deploy(parameters)

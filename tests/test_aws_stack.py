@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from botocore.stub import Stubber
+import pytest
+from botocore.stub import ANY, Stubber
 from moto_fixture import moto_url, session  # noqa: F401 - fixture
 
 from infra.aws_stack import AwsStack, cloudwatch_dimensions, load_template, template_body
@@ -141,6 +142,27 @@ def test_instance_refresh_request_and_wait():
                           {"AutoScalingGroupName": "grp", "InstanceRefreshIds": ["r-1"]})
         assert stack.restart() == "instance refresh r-1 successful"
         stub.assert_no_pending_responses()
+
+
+def test_upgrade_db_instance_is_a_stack_update_of_the_instance_class():
+    """moto fails serialising an RDS instance-class update made through CloudFormation (500), so the
+    update request is checked with botocore's Stubber."""
+    stack = AwsStack(parse_profile({"name": "x"}).environment.aws, poll_s=0.0, session=session())
+    stacks = lambda status: {"Stacks": [{"StackName": "soundcheck-staging", "StackStatus": status,  # noqa: E731
+                                         "CreationTime": "2026-11-26T00:00:00Z", "Outputs": []}]}
+    with Stubber(stack.cfn) as stub:
+        stub.add_response("describe_stacks", stacks("CREATE_COMPLETE"), {"StackName": "soundcheck-staging"})
+        stub.add_response("update_stack", {"StackId": "arn:stack"}, {
+            "StackName": "soundcheck-staging", "TemplateBody": ANY, "Tags": ANY,
+            "Parameters": [{"ParameterKey": "DbInstanceClass", "ParameterValue": "db.r5.xlarge"},
+                           {"ParameterKey": "DesiredCapacity", "ParameterValue": "2"}]})
+        stub.add_response("describe_stacks", stacks("UPDATE_IN_PROGRESS"), {"StackName": "soundcheck-staging"})
+        stub.add_response("describe_stacks", stacks("UPDATE_COMPLETE"), {"StackName": "soundcheck-staging"})
+        stub.add_response("describe_stacks", stacks("UPDATE_COMPLETE"), {"StackName": "soundcheck-staging"})
+        stack.apply_remediation("upgrade_db_instance")
+        stub.assert_no_pending_responses()
+    with pytest.raises(ValueError, match="not a stack change"):
+        stack.apply_remediation("raise_db_pool")
 
 
 def test_cloudwatch_dimensions_from_arns():

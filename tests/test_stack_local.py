@@ -99,7 +99,7 @@ def test_embedded_defaults_from_nothing_then_remediation_then_clean_teardown(tmp
         pids = _stack_pids(stack)
         assert len(pids) >= 4  # redis, uvicorn master, 2 workers
 
-        # remediation: pool 5 -> 10 and the concert cache on; only the service restarts, data kept
+        # remediation: pool 5 -> 10 (and the concert cache on); only the service restarts, data kept
         old_sut = stack.sut_pid
         ep2 = stack.apply_settings({"db_pool_size": 10, "concert_cache": True})
         assert ep2.base_url == ep.base_url and stack.sut_pid != old_sut
@@ -110,6 +110,12 @@ def test_embedded_defaults_from_nothing_then_remediation_then_clean_teardown(tmp
         pids += _stack_pids(stack)
         with pytest.raises(ValueError, match="unknown reference-service setting 'db_pool'"):
             stack.apply_settings({"db_pool": 7})
+        applied = []
+        stack.apply_settings = lambda changes, reset_data=False: applied.append(changes)  # no third restart
+        stack.apply_remediation("shorten_outbox_interval")
+        assert applied == [{"outbox_interval_seconds": 2.0}]
+        with pytest.raises(ValueError, match="'upgrade_db_instance' is not a reference-service setting"):
+            stack.apply_remediation("upgrade_db_instance")
     finally:
         stack.stop()
     assert _all_gone(pids) == []
