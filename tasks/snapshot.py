@@ -36,6 +36,8 @@ def sync_readonly_url(url: str) -> tuple[str, dict[str, Any]]:
     """A synchronous driver URL for `url` and connect args that make the session read-only."""
     u = make_url(url)
     u = u.set(drivername=_SYNC_DRIVERS.get(u.drivername, u.drivername))
+    if u.get_backend_name() == "sqlite" and u.database and u.database.startswith("file:"):
+        return f"sqlite:///{u.database}?mode=ro&uri=true", {}  # already a URI (the local stack's read-only URL)
     if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
         return f"sqlite:///file:{u.database}?mode=ro&uri=true", {}
     return u.render_as_string(hide_password=False), {}
