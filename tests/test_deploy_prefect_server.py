@@ -92,6 +92,7 @@ def test_deployments_file_shape():
         assert d["entrypoint"] == "flows/campaign.py:campaign" and d["work_pool"]["name"] == "soundcheck"
 
 
+@pytest.mark.slow
 def test_manual_run_from_the_ui_path(prefect_server, tmp_path):
     env = prefect_server["env"]
     t0 = time.monotonic()

@@ -189,6 +189,7 @@ def _children_of_me() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
+@pytest.mark.slow
 def test_campaign_end_to_end_on_the_reference_service(harness, tmp_path, capsys):
     """The real thing at small scale: local stack, k6, ingest, snapshot, KPIs, GX, decision tree, report."""
     from prefect.client.orchestration import get_client
