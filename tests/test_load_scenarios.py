@@ -54,7 +54,7 @@ def _rows(engine, table, sid):
 
 
 def test_race_tc1_tc2_tc3_full_100_users(engine, sut, tmp_path: Path) -> None:
-    r = _run(engine, sut, "race", tmp_path, TC_GAP_MS="4500", TC3_ROUND_GAP_MS="3500")
+    r = _run(engine, sut, "race", tmp_path, TC_GAP_MS="3500", TC3_ROUND_GAP_MS="2500", RELEASE_DELAY_MS="2000")
     assert r.status == ScenarioStatus.COMPLETED, r.reason
     assert r.k6_exit_code == 0 and r.dropped_iterations == 0 and r.k6_cpu_share is not None
     reqs = _rows(engine, store.requests, r.scenario_run_id)
