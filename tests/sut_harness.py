@@ -60,7 +60,8 @@ class Sut:
         """Run one of the plan's SQL checks, unchanged, against the service's database."""
         from sqlalchemy import create_engine, text
 
-        sync_url = self.db_url.replace("+aiosqlite", "").replace("+aiomysql", "+pymysql")
+        sync_url = (self.db_url.replace("+aiosqlite", "").replace("+aiomysql", "+pymysql")
+                    .replace("+asyncpg", "+psycopg"))
         engine = create_engine(sync_url)
         try:
             with engine.connect() as conn:

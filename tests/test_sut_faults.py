@@ -1,5 +1,6 @@
 """The faults the campaign's own tests rely on, each shown to break what the plan checks; also the rank
-position strategy and token TTL expiry (two servers with non-default settings)."""
+position strategy, the concert-list cache, hold expiry and token TTL expiry (two servers with
+non-default settings)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,18 @@ from test_sut_core import charge_together, reserve_and_pay, tc1, tc1_violations,
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory):
     """no_lock, lost_update and no_compensation at once (they touch different paths), rank positions."""
-    with run_sut(tmp_path_factory.mktemp("faults-a"), faults="no_lock,lost_update,no_compensation",
-                 outbox_interval_seconds=0.2, position_strategy="rank") as s:
+    with run_sut(tmp_path_factory.mktemp("faults-a"), faults="no_lock,lost_update,no_compensation,leak",
+                 leak_bytes=262_144, outbox_interval_seconds=0.2, position_strategy="rank", concert_cache=1,
+                 concert_cache_ttl_seconds=60) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def stuck(tmp_path_factory):
-    """stuck_outbox and lock_timeout_500, a 0.3 s lock wait and a 4 s token TTL."""
+    """stuck_outbox and lock_timeout_500, a 0.3 s lock wait, a 4 s token TTL and 3 s holds."""
     with run_sut(tmp_path_factory.mktemp("faults-b"), faults="stuck_outbox,lock_timeout_500",
-                 lock_wait_seconds=0.3, queue_ttl_seconds=4, queue_sweep_seconds=0.2) as s:
+                 lock_wait_seconds=0.3, queue_ttl_seconds=4, queue_sweep_seconds=0.2, hold_minutes=0.05,
+                 hold_sweep_seconds=0.2) as s:
         yield s
 
 
@@ -136,3 +139,53 @@ def test_token_ttl_expiry(stuck):
     rows = stuck.sql("SELECT status FROM queue_token WHERE target_id = ?", target)
     assert rows == [("EXPIRED",), ("EXPIRED",)]
     r.close()
+
+
+def _gauge(text: str, name: str) -> float:
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_leak_fault_grows_memory(broken):
+    before = _gauge(httpx.get(broken.base + "/metrics").text, "sut_process_resident_memory_bytes")
+    with httpx.Client(base_url=broken.base) as c:
+        for _ in range(200):
+            c.get("/health")
+        time.sleep(1.2)  # the per-process gauges refresh every second
+        after = _gauge(c.get("/metrics").text, "sut_process_resident_memory_bytes")
+    assert after - before > 30 * 2**20  # 200 requests × 256 KiB kept
+
+
+def test_concert_list_is_cached(broken):
+    async def run():
+        async with client(broken.base) as c:
+            first = (await c.get("/api/v1/concerts/")).json()
+            token = await entered_token(c, 480)
+            r = await c.post("/api/v1/reservations/101", json={"seatIds": [60]},
+                             headers={**auth(480), "Queue-Token": token, "Idempotency-Key": "cache-1"})
+            assert r.status_code == 200
+            return first, (await c.get("/api/v1/concerts/")).json()
+
+    first, second = asyncio.run(run())
+    assert first == second  # served from Redis although a seat was just taken
+    r = redis.Redis.from_url(broken.redis_url)
+    assert r.pttl("sut:cache:concerts") > 50_000
+    r.close()
+
+
+def test_expired_hold_frees_its_seats(stuck):
+    async def run():
+        async with client(stuck.base) as c:
+            token = await entered_token(c, 90)
+            r = await c.post("/api/v1/reservations/101", json={"seatIds": [50, 51]},
+                             headers={**auth(90), "Queue-Token": token, "Idempotency-Key": "hold-1"})
+            return r.json()
+
+    res = asyncio.run(run())
+    assert set(stuck.sql("SELECT status FROM seat WHERE id IN (50, 51)")) == {("HELD",)}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if set(stuck.sql("SELECT status FROM seat WHERE id IN (50, 51)")) == {("AVAILABLE",)}:
+            break
+        time.sleep(0.2)
+    assert set(stuck.sql("SELECT status FROM seat WHERE id IN (50, 51)")) == {("AVAILABLE",)}
+    assert set(stuck.sql("SELECT status FROM reservation WHERE id = ?", res["reservationId"])) == {("EXPIRED",)}

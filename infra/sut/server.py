@@ -63,7 +63,8 @@ def serve(settings: Settings) -> None:
               f"redis={settings.redis_url} workers={settings.workers} seed={seeded}", file=sys.stderr, flush=True)
         uvicorn.run("infra.sut.app:create_app", factory=True, host=settings.host, port=settings.port,
                     workers=settings.workers, log_level=settings.log_level, access_log=False,
-                    timeout_graceful_shutdown=5, backlog=4096, limit_concurrency=None)
+                    timeout_graceful_shutdown=5, backlog=4096, limit_concurrency=None,
+                    timeout_keep_alive=settings.http_keep_alive_seconds)
     finally:
         if embedded:
             embedded.stop()

@@ -71,6 +71,8 @@ class Settings:
     seed_seats: int = _s(1000, "Seats of the seeded show (seat ids 1..N).")
     seed_seat_price: int = _s(75_000, "Price of each seeded seat (seats [1, 2] cost 150,000).")
     metrics_interval_seconds: float = _s(1.0, "Refresh interval of per-process gauges (RSS, pool).")
+    http_keep_alive_seconds: float = _s(75.0, "Idle keep-alive timeout of client connections (longer than the "
+                                              "clients' and an ALB's 60 s, so a reused connection is never cut).")
     log_level: str = _s("warning", "uvicorn log level.")
 
     @property
