@@ -129,7 +129,7 @@ def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
         rows.append({"tc": tc, "n": n, "n_200": n200, "n_409": n409, "n_5xx": int((status >= 500).sum()),
                      "n_unanswered": int((status == 0).sum()), "n_other": n - n200 - n409, "n_non_200": n - n200,
                      "lock_timeouts": locks, "lock_timeout_rate": locks / n if n else 0.0,
-                     "reservation_ids": len(rids), "seat_id": seat, "db_rows": db_rows})
+                     "reservation_ids": len(rids), "seat_id": None if seat is None else str(seat), "db_rows": db_rows})
     answers = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
     requests = req.loc[req["endpoint"] != "ADMIN", ["endpoint", "name", "status", "error_code"]].copy() \
         if not req.empty else pd.DataFrame(
