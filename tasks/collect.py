@@ -519,7 +519,11 @@ def build_collectors(profile: Profile, endpoints: Endpoints | None = None) -> li
             f"{endpoints.base_url.rstrip('/')}/metrics" if endpoints else None)
         if not url:
             raise ValueError("metrics.scrape_url is needed: no target endpoints to derive it from")
-        out.append(ScrapeCollector(url, metric_map))
+        from soundcheck.allowlist import guarded_client
+
+        # The scrape goes to the target: the same allowlist as the load (refused before connecting).
+        client = guarded_client(profile.target.allowlist, timeout=5.0, trust_env=False)
+        out.append(ScrapeCollector(url, metric_map, client=client))
     elif m.source == "prometheus":
         url = m.prometheus_url or (endpoints.prometheus_url if endpoints else None)
         if not url:
