@@ -1,0 +1,179 @@
+"""The fault matrix: would the campaign catch what it exists for? (issue 7, item 5)
+
+For each fault of the reference service and each tuning case, run a small-scale campaign on the local
+stack (loopback only) and compare the verdict, the failing requirement ids and the remediation codes
+with what the plan says they must be; the healthy service must APPROVE several runs in a row.
+Prints a Markdown table for the README (`--markdown PATH` also writes it).
+
+    uv run python bench/fault_matrix.py                   # every case
+    uv run python bench/fault_matrix.py --case no_lock    # one case
+    uv run python bench/fault_matrix.py --healthy-runs 3
+
+Each case runs only the scenarios that exercise it (a full five-scenario campaign per case would take
+an hour on this machine); `tests/test_fault_matrix.py` runs the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str  # fault | tuning | healthy
+    scenarios: tuple[str, ...]
+    settings: dict[str, Any] = field(default_factory=dict)  # reference-service settings (infra/sut)
+    verdicts: tuple[str, ...] = ("BLOCK",)  # acceptable verdicts
+    must_fail: tuple[str, ...] = ()  # requirement ids that must be among the failed checks
+    remediations: tuple[str, ...] = ()  # codes that must be among the remediations
+    why: str = ""
+    scale: float = 0.05
+    time_scale: float = 0.05
+
+
+CASES: list[Case] = [
+    Case("no_lock", "fault", ("race",), {"faults": "no_lock"}, ("BLOCK",), ("R-RACE-1",),
+         ("fix_code_and_retest",), "seat lock skipped: the same seat sold more than once"),
+    Case("lost_update", "fault", ("points",), {"faults": "lost_update"}, ("BLOCK",), ("R-POINT-1",),
+         ("fix_code_and_retest",), "read-modify-write point charges lose updates"),
+    Case("no_compensation", "fault", ("saga",), {"faults": "no_compensation"}, ("BLOCK",), ("R-SAGA-2",),
+         ("fix_code_and_retest",), "insufficient points: seats never released (no CancelSeatsCommand)"),
+    Case("stuck_outbox", "fault", ("saga",), {"faults": "stuck_outbox"}, ("BLOCK",), ("R-SAGA-7",),
+         ("shorten_outbox_interval",), "the outbox publisher never publishes: sagas never finish"),
+    Case("leak", "fault", ("soak",), {"faults": "leak", "leak_bytes": 1_048_576}, ("BLOCK",), ("R-SOAK-1",),
+         ("fix_code_and_retest",), "every request keeps memory: memory grows over the soak", time_scale=0.03),
+    Case("lock_timeout_500", "fault", ("race",), {"faults": "lock_timeout_500", "lock_wait_seconds": 0.05},
+         ("BLOCK",), ("R-RACE-4",), ("fix_code_and_retest",), "a seat-lock timeout answered 500 instead of 409"),
+    Case("pool_too_small", "tuning", ("spike",), {"db_pool_size": 1}, ("APPROVE_WITH_TUNING", "BLOCK"), (),
+         ("raise_db_pool",), "DB pool of 1 for the spike: pool use near or at exhaustion"),
+    Case("slow_concert_list", "tuning", ("soak",), {"concert_list_delay_ms": 1300}, ("APPROVE_WITH_TUNING",), (),
+         ("cache_concert_list",), "the concert list takes ~1.3 s: p95 in the allowed band", time_scale=0.03),
+    Case("low_consumer_concurrency", "tuning", ("saga",), {"consumer_concurrency": 1, "consumer_block_ms": 1000},
+         ("APPROVE_WITH_TUNING", "BLOCK"), (), ("raise_consumer_concurrency",),
+         "one consumer per group: the payment backlog grows"),
+]
+
+HEALTHY = Case("healthy", "healthy", ("race", "saga", "points", "spike", "soak"), {}, ("APPROVE",), (), (),
+               "the reference service as shipped", scale=0.02, time_scale=0.03)
+
+
+@dataclass
+class Outcome:
+    case: Case
+    exit_code: int | None
+    verdict: str | None
+    failed: list[str]
+    remediations: list[str]
+    seconds: float
+    error: str | None = None
+    run: int = 1
+
+    @property
+    def ok(self) -> bool:
+        c = self.case
+        return (self.error is None and self.verdict in c.verdicts and set(c.must_fail) <= set(self.failed)
+                and set(c.remediations) <= set(self.remediations))
+
+
+def profile_for(case: Case, workdir: Path) -> Path:
+    """The shipped local profile with the case's reference-service settings, results under `workdir`."""
+    data = yaml.safe_load((ROOT / "deployments" / "local.yaml").read_text())
+    data["name"] = f"matrix-{case.name}"
+    data["environment"]["local"]["settings"] = {**data["environment"]["local"].get("settings", {}), **case.settings}
+    data["environment"]["local"]["seed_users"] = 12000 if "spike" in case.scenarios else 2500
+    data["scenarios"] = list(case.scenarios)
+    data["scale"], data["time_scale"] = case.scale, case.time_scale
+    data["store_url"] = f"sqlite:///{workdir / 'store.db'}"
+    data["output_dir"] = str(workdir / "runs")
+    data["slack"] = {"enabled": False}
+    p = workdir / f"{case.name}.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+def run_case(case: Case, workdir: Path, run: int = 1) -> Outcome:
+    """One campaign, in-process (the caller provides the Prefect server or lets Prefect start one)."""
+    from flows.campaign import run_from_cli
+
+    d = workdir / f"{case.name}-{run}"
+    d.mkdir(parents=True, exist_ok=True)
+    out = d / "out"
+    t0 = time.monotonic()
+    try:
+        code = run_from_cli(profile=profile_for(case, d), output=out, notify=False)
+    except Exception as e:  # noqa: BLE001 - a crashed case is a row in the table, not the end of the matrix
+        return Outcome(case, None, None, [], [], time.monotonic() - t0, f"{type(e).__name__}: {e}", run)
+    secs = time.monotonic() - t0
+    vpath = out / "verdict.json"
+    if not vpath.exists():
+        return Outcome(case, code, None, [], [], secs, "no verdict.json", run)
+    v = json.loads(vpath.read_text())
+    failed = sorted({c["id"] for c in v.get("checks", []) if not c["passed"]})
+    rems = sorted({r["code"] for r in v.get("remediations", [])})
+    return Outcome(case, code, v["verdict"], failed, rems, secs, None, run)
+
+
+def markdown(rows: list[Outcome]) -> str:
+    head = ["| case | kind | scenarios | settings | verdict (exit) | failing checks | remediations | expected | ok |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    lines = []
+    for o in rows:
+        c = o.case
+        settings = ", ".join(f"{k}={v}" for k, v in c.settings.items()) or "defaults"
+        expected = "/".join(c.verdicts) + (f"; {', '.join(c.must_fail)}" if c.must_fail else "") + \
+            (f"; {', '.join(c.remediations)}" if c.remediations else "")
+        got = f"{o.verdict or o.error} ({o.exit_code})"
+        name = c.name if c.kind != "healthy" else f"healthy run {o.run}"
+        lines.append(f"| {name} | {c.kind} | {', '.join(c.scenarios)} | {settings} | {got} | "
+                     f"{', '.join(o.failed) or '–'} | {', '.join(o.remediations) or '–'} | {expected} | "
+                     f"{'✅' if o.ok else '❌'} |")
+    return "\n".join(head + lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="Run the fault matrix and print it as a Markdown table.")
+    ap.add_argument("--case", action="append", help="run only these cases (repeatable); 'healthy' for the healthy runs")
+    ap.add_argument("--healthy-runs", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/soundcheck-fault-matrix"))
+    ap.add_argument("--markdown", type=Path, help="also write the table here")
+    args = ap.parse_args()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    chosen = [c for c in CASES if not args.case or c.name in args.case]
+    healthy = args.healthy_runs if (not args.case or "healthy" in args.case) else 0
+    rows: list[Outcome] = []
+    with prefect_test_harness(server_startup_timeout=120):  # one temporary Prefect server for every case
+        for c in chosen:
+            o = run_case(c, args.workdir)
+            rows.append(o)
+            print(f"{c.name}: {o.verdict} exit {o.exit_code} failed={o.failed} remediations={o.remediations} "
+                  f"{o.seconds:.0f}s {'OK' if o.ok else 'MISMATCH'}{' ' + o.error if o.error else ''}", flush=True)
+        for i in range(healthy):
+            o = run_case(HEALTHY, args.workdir, run=i + 1)
+            rows.append(o)
+            print(f"healthy {i + 1}: {o.verdict} exit {o.exit_code} failed={o.failed} remediations={o.remediations} "
+                  f"{o.seconds:.0f}s {'OK' if o.ok else 'MISMATCH'}", flush=True)
+    table = markdown(rows)
+    print()
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return 0 if all(o.ok for o in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
