@@ -127,6 +127,27 @@ def k6_command(k6: str, script: Path, csv_path: Path, summary_path: Path,
             *k6_guard_args(allowlist), str(script)]
 
 
+def go_duration_s(text: str) -> float:
+    """Seconds of a Go duration string as k6 prints it ("34m30s", "1h0m0s", "500ms")."""
+    import re
+
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)", text))
+
+
+def planned_duration_s(k6: str, script: Path, env: dict[str, str]) -> float | None:
+    """The script's longest possible run (k6 inspect: scenarios incl. graceful stops), None if unknown."""
+    import json
+
+    try:
+        out = subprocess.run([k6, "inspect", "--include-system-env-vars", "--execution-requirements", str(script)],
+                             env=env, capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        return go_duration_s(json.loads(out).get("totalDuration") or "") or None
+    except (subprocess.SubprocessError, OSError, ValueError):
+        return None
+
+
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
@@ -217,7 +238,8 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
                  scenario_run_id: int | None = None) -> ScenarioResult:
     """Run one scenario's k6 script against `base_url`, streaming its output into the store.
 
-    `deadline_s`: wall-clock seconds after which k6 is stopped (TIMED_OUT). `abort`: set it to stop the
+    `deadline_s`: wall-clock seconds after which k6 is stopped (TIMED_OUT); default: the script's planned
+    duration (`k6 inspect`) + 300 s, so even a hung k6 is bounded. `abort`: set it to stop the
     load at once (ABORTED; the reason is `abort.reason` if the setter attached one). `on_second`: the
     ingest's live hook (see tasks.ingest). `env`: extra variables for the script (override defaults).
     """
@@ -263,6 +285,12 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
                              extra=env)}
     cmd = k6_command(k6, script_path, csv_path, summary_path, allowlist)
     details["command"] = [c for c in cmd]
+    if deadline_s is None:
+        # k6 stops itself; this bound is for a k6 that hangs: its plan + set-up/teardown time + a margin
+        planned = planned_duration_s(k6, script_path, k6_env)
+        if planned is not None:
+            deadline_s = planned + 300.0
+            details["planned_duration_s"] = planned
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     cpu_t0 = time.process_time()
     proc: subprocess.Popen | None = None
