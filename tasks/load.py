@@ -335,6 +335,7 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
                         _stop(proc, stop_grace_s)
                         continue
                 time.sleep(0.5)
+            ing_thread.stop()  # k6 has exited: read the rest so the last line shows the whole run
             prog.update({"elapsed": time.time() - t_start, "vus": ingest.live.vus, "rps": ingest.live.rps,
                          "p95_ms": ingest.live.p95_ms, "errors": ingest.live.errors,
                          "requests_total": ingest.live.requests_total, "errors_total": ingest.live.errors_total},
