@@ -65,7 +65,8 @@ export function setup() {
 }
 
 function fire(data, index, seat, name, releaseAt, key) {
-  const req = reserveRequest(data.users[index], data.tokens[index], [seat], key || uuid(), name, { tc: name });
+  const req = reserveRequest(data.users[index], data.tokens[index], [seat], key || uuid(), name,
+    { tc: name, seat: String(seat) });
   warmUp();
   sleepUntil(releaseAt);
   const sentAt = Date.now();

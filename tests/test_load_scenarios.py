@@ -62,6 +62,7 @@ def test_race_tc1_tc2_tc3_full_100_users(engine, sut, tmp_path: Path) -> None:
     assert by[("tc1", 200)] == 1 and by[("tc1", 409)] == 99  # R-RACE-1
     assert by[("tc2", 200)] == 100  # R-RACE-2
     assert by[("tc3", 200)] == 100  # R-RACE-3: every answer 200 …
+    assert {q.tags["seat"] for q in reqs if q.name == "tc1"} == {"1"}
     ids = {s.tags["reservationId"] for s in _rows(engine, store.k6_samples, r.scenario_run_id)
            if s.metric == "sc_tc3_reservation"}
     assert len(ids) == 1 and "" not in ids  # … with the same reservationId

@@ -127,7 +127,7 @@ export function sendReserve(req) {
   const code = res.status >= 400 ? errorCode(res) : null;
   // LOCK_TIMEOUT is a 409 by contract; a lock timeout answered 5xx is the R-RACE-4 defect and counts too.
   if (code === 'LOCK_TIMEOUT' || (res.status >= 500 && /lock/i.test(String(res.body)))) {
-    lockTimeouts.add(1, { status: String(res.status) });
+    lockTimeouts.add(1, Object.assign({ status: String(res.status) }, req.params.tags)); // endpoint, name, tc, seat
   }
   return { res, body: json(res), code };
 }
