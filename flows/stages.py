@@ -68,6 +68,23 @@ def _admin_token(profile: Profile, env: StageEnv) -> str | None:
             or os.environ.get(profile.target.admin_token_env) or None)
 
 
+#: A seat no other scenario's defaults touch (tasks.load.SEAT_DEFAULTS: spike 1–2, TC-2 101–200, TC-3 201,
+#: saga from 301, soak 601–1000).
+RACE_TC1_SEAT_BESIDE_SPIKE = "3"
+
+
+def scenario_overrides(name: str, scenarios: list[str]) -> dict[str, str]:
+    """Script variables that keep this campaign's scenarios off each other's data.
+
+    The plan puts both the spike's reservations and race TC-1 on seat 1 of show 101. In one campaign
+    the service is not reset between stages, so whichever ran first would leave the seat HELD or SOLD
+    and the other would measure nothing but 409s. The spike keeps the plan's seats [1, 2]; TC-1 moves.
+    """
+    if name == "race" and "spike" in scenarios:
+        return {"TC1_SEAT": RACE_TC1_SEAT_BESIDE_SPIKE}
+    return {}
+
+
 def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> str:
     """The stage recipe as a plain function; returns the scenario run's status (models.ScenarioStatus)."""
     from tasks.collect import backfill_task, start_sampler
@@ -93,7 +110,8 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
             # Never retried: a second attempt would load a different system (seats sold, queues full).
             result = run_scenario(
                 engine, run.run_id, name, env.base_url, output_dir=run.run_dir, scale=profile.scale,
-                time_scale=profile.time_scale, admin_token=_admin_token(profile, env), abort=abort,
+                time_scale=profile.time_scale, env=scenario_overrides(name, profile.scenarios),
+                admin_token=_admin_token(profile, env), abort=abort,
                 on_second=watcher.on_second, allowlist=profile.target.allowlist,
                 stop_grace_s=profile.k6.stop_grace_s, max_cpu_share=profile.k6.max_cpu_share,
                 scenario_run_id=scenario_run_id)
