@@ -96,3 +96,31 @@ def test_mariadb_when_reachable(tmp_path: Path) -> None:
         with e.begin() as c:
             c.execute(text("DROP DATABASE load_snapshot_test"))
         e.dispose()
+
+
+def _postgres() -> str | None:
+    try:
+        import psycopg
+
+        conn = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=2,
+                               autocommit=True)
+    except Exception:  # noqa: BLE001 - unreachable: skip
+        return None
+    conn.execute("DROP DATABASE IF EXISTS load_snapshot_test")
+    conn.execute("CREATE DATABASE load_snapshot_test")
+    conn.close()
+    return "postgresql+psycopg://postgres@127.0.0.1:5432/load_snapshot_test"
+
+
+def test_postgres_when_reachable(tmp_path: Path) -> None:
+    url = _postgres()
+    if url is None:
+        pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432")
+    _fill(url)
+    try:
+        _check(tmp_path, url.replace("+psycopg", "+asyncpg"))
+    finally:
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS load_snapshot_test WITH (FORCE)")
