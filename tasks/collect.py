@@ -210,7 +210,7 @@ class ScrapeCollector:
     def _rates(self, e: Expr, ts: float, matched: list[tuple[dict[str, str], float]]):
         out = []
         for labels, value in matched:
-            key = (e.name, tuple(sorted(labels.items())))
+            key = (repr(e), tuple(sorted(labels.items())))  # per expression: two KPIs may rate one counter
             prev = self._previous.get(key)
             self._previous[key] = (ts, value)
             if prev is None or ts <= prev[0]:

@@ -56,7 +56,8 @@ def test_spring_boot_map_on_micrometer_names():
 
 
 def test_rate_and_counter_reset_and_labels_without_aggregation():
-    m = {"cpu_percent": "sum(rate(cpu_seconds_total[30s])) * 100", "per_pool": 'pool_in_use{pool=~"a|b"}'}
+    m = {"cpu_percent": "sum(rate(cpu_seconds_total[30s])) * 100", "per_pool": 'pool_in_use{pool=~"a|b"}',
+         "cpu_s": "sum(increase(cpu_seconds_total[30s]))"}
     texts = ["cpu_seconds_total 10\npool_in_use{pool=\"a\"} 1\npool_in_use{pool=\"c\"} 9\n",
              "cpu_seconds_total 10.5\npool_in_use{pool=\"a\"} 2\npool_in_use{pool=\"b\"} 3\n",
              "cpu_seconds_total 0.2\n"]
@@ -67,9 +68,11 @@ def test_rate_and_counter_reset_and_labels_without_aggregation():
     second = {(s.kpi, (s.labels or {}).get("pool")): s.value for s in c.collect()}
     assert second[("per_pool", "a")] == 2.0 and second[("per_pool", "b")] == 3.0
     assert second[("cpu_percent", None)] == pytest.approx(50.0, rel=0.05)
+    assert second[("cpu_s", None)] == pytest.approx(0.5)  # the same counter, a second expression
     c._previous = {k: (ts - 1.0, v) for k, (ts, v) in c._previous.items()}
     third = {s.kpi: s.value for s in c.collect()}  # the counter restarted from 0: its value is the increase
     assert third["cpu_percent"] == pytest.approx(20.0, rel=0.05)
+    assert third["cpu_s"] == pytest.approx(0.2)
 
 
 def test_histogram_quantile_over_bucket_increases():
