@@ -103,8 +103,12 @@ def base_name(kpi: str) -> str:
     return kpi.split(".", 1)[0]
 
 
+#: Spike phases where a rate KPI is not judged: users are still arriving or already leaving.
+UNBANDED_RATE_PHASES = frozenset({"ramp_up", "ramp_down"})
+
+
 def band(kpi: str, value: float | None, *, bands: dict[str, Band] | None = None, scale: float = 1.0,
-         scenario: str | None = None) -> Judgement:
+         scenario: str | None = None, phase: str | None = None) -> Judgement:
     """Place one KPI value in its band. `scale` is the campaign's `--scale` (rate KPIs only)."""
     table = bands if bands is not None else DEFAULT_BANDS
     name = kpi if kpi in table else base_name(kpi)
@@ -114,6 +118,8 @@ def band(kpi: str, value: float | None, *, bands: dict[str, Band] | None = None,
     allowed_in = BAND_SCENARIOS.get(base_name(name))
     if scenario is not None and allowed_in is not None and scenario not in allowed_in:
         return Judgement(kpi, value, None, note=f"not banded in {scenario}")
+    if name in RATE_KPIS and phase in UNBANDED_RATE_PHASES:
+        return Judgement(kpi, value, None, note=f"not banded in {phase}")
     target, allowed, note = b.target, b.allowed, ""
     if name in RATE_KPIS and scale != 1.0:
         target, allowed = target * scale, allowed * scale

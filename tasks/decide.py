@@ -74,9 +74,14 @@ class Rule:
     kpi: str | None = None
     band: str | None = None
     remediation: str | None = None
+    exact: bool = False  # match the KPI name only, not its per-endpoint family members
 
     def matches(self, name: str, where: str | None) -> bool:
-        return (self.kpi is None or self.kpi in (name, base_name(name))) and self.band == where
+        if self.band != where:
+            return False
+        if self.kpi is None or self.kpi == name:
+            return True
+        return not self.exact and self.kpi == base_name(name)
 
 
 #: Measurement branches (INCONCLUSIVE), by what was observed about the stage.
@@ -123,7 +128,9 @@ TREE: list[Rule] = [
          "adjust_alb_idle_timeout"),
     Rule("action_p95_queue", Decision.BLOCK, "queue latency", "p95_ms.API-1", "action", "use_rank_positions"),
     Rule("action_p95_poll", Decision.BLOCK, "queue latency", "p95_ms.API-2", "action", "use_rank_positions"),
-    Rule("action_p95", Decision.BLOCK, "response time in the action band", "p95_ms", "action", "cache_concert_list"),
+    Rule("action_p95_concerts", Decision.BLOCK, "concert list slow", "p95_ms.API-5", "action", "cache_concert_list"),
+    Rule("action_p95", Decision.BLOCK, "response time in the action band", "p95_ms", "action", "cache_concert_list",
+         exact=True),
     Rule("action_throughput", Decision.BLOCK, "throughput in the action band", "throughput_rps", "action",
          "scale_out_app_servers"),
     Rule("action_heap", Decision.BLOCK, "heap above the alarm line", "heap_use", "action", "fix_code_and_retest"),
@@ -134,8 +141,10 @@ TREE: list[Rule] = [
          "use_rank_positions"),
     Rule("allowed_p95_poll", Decision.APPROVE_WITH_TUNING, "queue latency", "p95_ms.API-2", "allowed",
          "use_rank_positions"),
-    Rule("allowed_p95", Decision.APPROVE_WITH_TUNING, "response time near 1.5 s", "p95_ms", "allowed",
+    Rule("allowed_p95_concerts", Decision.APPROVE_WITH_TUNING, "concert list near 1.5 s", "p95_ms.API-5", "allowed",
          "cache_concert_list"),
+    Rule("allowed_p95", Decision.APPROVE_WITH_TUNING, "response time near 1.5 s", "p95_ms", "allowed",
+         "cache_concert_list", exact=True),
     Rule("allowed_lag", Decision.APPROVE_WITH_TUNING, "consumer lag near 300", "consumer_lag", "allowed",
          "raise_consumer_concurrency"),
     Rule("allowed_db_cpu", Decision.APPROVE_WITH_TUNING, "DB CPU above the scale-out line", "db_cpu_percent",
@@ -283,7 +292,7 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
     on_target: dict[str, list[str]] = {}
     not_judged: dict[str, list[str]] = {}
     for k in kpis:
-        j: Judgement = band(k.name, k.value, bands=table, scale=scale, scenario=k.scenario)
+        j: Judgement = band(k.name, k.value, bands=table, scale=scale, scenario=k.scenario, phase=k.phase)
         k.band = j.band
         if j.band is None:
             continue

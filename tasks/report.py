@@ -87,7 +87,7 @@ BAND_ORDER = {"action": 0, "allowed": 1, "target": 2}
 def _kpi_rows(kpis: list[KPI], scale: float, profile_bands: dict[str, Any]) -> str:
     rows = []
     for k in sorted(kpis, key=lambda k: (BAND_ORDER.get(k.band or "", 3), k.scenario, k.name, k.phase or "")):
-        j = band(k.name, k.value, bands=profile_bands, scale=scale, scenario=k.scenario)
+        j = band(k.name, k.value, bands=profile_bands, scale=scale, scenario=k.scenario, phase=k.phase)
         delta = format_delta(Delta(k.previous, k.delta_pct, k.regression))
         prev = "" if k.previous is None else escape(fmt_number(k.previous, k.unit))
         src = BAND_SOURCES.get(k.name.split(".")[0], "")

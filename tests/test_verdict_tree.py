@@ -255,13 +255,16 @@ KPI_CASES = [
     ("action_timeouts", "spike", "unanswered_rate", 0.02, "ratio", "adjust_alb_idle_timeout"),
     ("action_p95_queue", "spike", "p95_ms.API-1", 2500, "ms", "use_rank_positions"),
     ("action_p95_poll", "spike", "p95_ms.API-2", 2500, "ms", "use_rank_positions"),
-    ("action_p95", "soak", "p95_ms.API-5", 2500, "ms", "cache_concert_list"),
+    ("action_p95_concerts", "soak", "p95_ms.API-5", 2500, "ms", "cache_concert_list"),
+    ("action_p95", "soak", "p95_ms", 2500, "ms", "cache_concert_list"),
     ("action_throughput", "spike", "throughput_rps", 500, "req/s", "scale_out_app_servers"),
     ("action_heap", "soak", "heap_use", 0.95, "ratio", "fix_code_and_retest"),
     ("action_other", "spike", "wait_until_entered_s", 900, "s", None),
+    ("action_other", "spike", "p95_ms.API-3", 2500, "ms", None),  # reservation latency: no plan remedy of its own
     ("allowed_pool", "spike", "db_pool_use", 0.8, "ratio", "raise_db_pool"),
     ("allowed_p95_queue", "spike", "p95_ms.API-1", 1500, "ms", "use_rank_positions"),
     ("allowed_p95_poll", "spike", "p95_ms.API-2", 1500, "ms", "use_rank_positions"),
+    ("allowed_p95_concerts", "soak", "p95_ms.API-5", 1500, "ms", "cache_concert_list"),
     ("allowed_p95", "soak", "p95_ms", 1500, "ms", "cache_concert_list"),
     ("allowed_lag", "saga", "consumer_lag", 300, "messages", "raise_consumer_concurrency"),
     ("allowed_db_cpu", "soak", "db_cpu_percent", 85, "%", "add_read_replica"),
@@ -290,7 +293,7 @@ def _facts(scenario, name, value, unit):
 
 
 @pytest.mark.parametrize(("rule_id", "scenario", "name", "value", "unit", "code"), KPI_CASES,
-                         ids=[c[0] for c in KPI_CASES])
+                         ids=[f"{c[0]}-{c[2]}" for c in KPI_CASES])
 def test_each_kpi_rule(rule_id, scenario, name, value, unit, code):
     rule = next(r for r in TREE if r.id == rule_id)
     v = decide(run_id="r", profile=EXTRA, started_at="", finished_at="", checks=[],
@@ -307,6 +310,16 @@ def test_every_rule_has_a_case():
     covered = {"not_run", "stage_status", "k6_saturated", "dropped_iterations", "coverage", "missing_metric",
                "no_stages"}
     assert set(MEASUREMENT_RULES) == covered
+
+
+def test_ramp_phases_do_not_judge_throughput():
+    ks = _facts("spike", "throughput_rps", 1500, "req/s") + [
+        KPI(name="throughput_rps", scenario="spike", value=5.0, unit="req/s", phase="ramp_up"),
+        KPI(name="throughput_rps", scenario="spike", value=5.0, unit="req/s", phase="plateau")]
+    v = decide(run_id="r", profile=PROFILE, started_at="", finished_at="", checks=[],
+               stages=[StageFacts("spike", "COMPLETED", 0.2, 0)], kpis=ks)
+    assert [k.band for k in ks if k.name == "throughput_rps"] == ["target", None, "action"]
+    assert v.verdict == Decision.BLOCK
 
 
 def test_nothing_measured_is_inconclusive():
