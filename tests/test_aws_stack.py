@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,8 @@ from moto_fixture import moto_url, session  # noqa: F401 - fixture
 
 from infra.aws_stack import AwsStack, cloudwatch_dimensions, load_template, template_body
 from soundcheck.paths import ROOT
-from soundcheck.profile import parse_profile
+from soundcheck.profile import CloudWatchQuery, parse_profile
+from tasks.collect import CloudWatchCollector
 
 MOTO_PARAMS = {"CreateCache": "false", "CreateKafka": "false", "CreateDbParameterGroup": "false"}
 
@@ -89,6 +92,19 @@ def test_create_update_capacity_deregister_restart_teardown(moto_url, monkeypatc
         assert ep.extra.get(key), key
     assert ep.extra["LoadBalancer"].startswith("app/")
     assert len(stack.wait_healthy(2, timeout_s=10)) == 2
+
+    # the outputs feed the CloudWatch collector's dimensions (RDS CPU of this stack's instance)
+    cw = session().client("cloudwatch", endpoint_url=moto_url)
+    minute = (int(time.time()) // 60) * 60 - 120
+    cw.put_metric_data(Namespace="AWS/RDS", MetricData=[{
+        "MetricName": "CPUUtilization",
+        "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": ep.extra["DbInstanceId"]}],
+        "Timestamp": datetime.fromtimestamp(minute, UTC), "Value": 93.0}])
+    q = CloudWatchQuery(namespace="AWS/RDS", metric="CPUUtilization",
+                        dimensions={"DBInstanceIdentifier": "${DbInstanceId}"}, stat="Maximum")
+    c = CloudWatchCollector({"db_cpu_percent": q}, region="ap-northeast-2", placeholders=ep.extra, client=cw)
+    assert [(s.kpi, s.ts, s.value) for s in c.collect_range(minute - 300, minute + 120)] == [
+        ("db_cpu_percent", minute, 93.0)]
 
     # update in place: one more instance, and the group follows
     stack.deploy({"DesiredCapacity": "3"})
