@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
 
 import httpx
 import pytest
@@ -137,6 +138,11 @@ def test_redelivered_command_changes_nothing(tmp_path):
 
 def test_metrics_are_merged_across_worker_processes(tmp_path):
     with run_sut(tmp_path, workers=2, seed_users=100) as sut:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # /health answers once the first worker is up; wait for both
+            if re.search(r"^sut_db_pool_size 10\.0", httpx.get(sut.base + "/metrics").text, re.M):
+                break
+            time.sleep(0.2)
         with httpx.Client(base_url=sut.base) as c:
             for _ in range(40):
                 assert c.get("/api/v1/concerts/").status_code == 200
