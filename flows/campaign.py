@@ -280,7 +280,8 @@ def campaign(
             log.error("campaign failed: %s", why)
             verdict = incomplete_verdict(run, why)
             if isinstance(exc, StageAborted):  # stopped on harm (R-SAFE): the run stays ABORTED, not INCOMPLETE
-                verdict.extra["status"] = "ABORTED"
+                verdict = _judge_aborted(prof, run, verdict)
+                verdict.extra.update(status="ABORTED", reason=why)
         verdict_path: Path | None = None
         try:
             verdict_path = publish(verdict, run)
@@ -305,6 +306,22 @@ def campaign(
         reason = verdict.extra.get("reason") or _reason(failure)
         raise CampaignIncomplete(reason, verdict, str(verdict_path) if verdict_path else None) from failure
     return verdict.to_json_dict() | {"verdict_path": str(verdict_path)}
+
+
+def _judge_aborted(prof: Profile, run: RunContext, fallback: Verdict) -> Verdict:
+    """Judge what a run stopped on harm measured: a defect seen before the stop (a lock timeout answered
+    500, a seat sold twice) still BLOCKs; the verdict stage never approves an aborted stage or a scenario
+    that did not run, so anything else is INCONCLUSIVE."""
+    try:
+        v = judge(prof, run)
+    except Exception as exc:  # noqa: BLE001 - the fallback (INCONCLUSIVE) still goes out
+        get_run_logger().error("could not judge the aborted run: %s", _reason(exc))
+        return fallback
+    if v.verdict == Decision.APPROVE:  # cannot happen by the tree; never let an aborted run approve
+        return fallback
+    if not any(r.code == "fix_test_environment" for r in v.remediations):
+        v.remediations += fallback.remediations
+    return v
 
 
 def _prewarm_verdict_stage() -> None:
