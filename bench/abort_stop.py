@@ -120,7 +120,16 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=50, help="requests per second (constant arrival rate)")
     ap.add_argument("--harm-after-s", type=float, default=8.0)
     ap.add_argument("--max-s", type=float, default=40.0)
+    ap.add_argument("--ingest-lag-s", type=int, default=None,
+                    help="hold-back of each second in the ingest before it is written and shown to the watcher "
+                         "(default: the ingest's own, 5 s)")
     args = ap.parse_args()
+    if args.ingest_lag_s is not None:
+        import functools
+
+        import tasks.load
+
+        tasks.load.K6CsvIngest = functools.partial(tasks.load.K6CsvIngest, lag_s=args.ingest_lag_s)
     bands = Abort(window_s=5, min_requests=50)
     rows = []
     for i in range(args.trials):
