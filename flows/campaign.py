@@ -185,7 +185,7 @@ def write_verdict(verdict: Verdict, run: RunContext) -> Path:
 
 
 def summary_markdown(verdict: Verdict, verdict_path: Path) -> str:
-    from soundcheck.redact import redacted_json_dumps
+    from soundcheck.redact import redact, redacted_json_dumps
 
     failed = [c for c in verdict.checks if not c.passed]
     lines = [f"# soundcheck {verdict.verdict.value}", "",
@@ -198,9 +198,9 @@ def summary_markdown(verdict: Verdict, verdict_path: Path) -> str:
     if verdict.remediations:
         lines += ["", "## Remediations", ""]
         lines += [f"- **{r.code}**: {r.reason} — {r.detail}" for r in verdict.remediations]
-    lines += ["", f"Report: `{verdict.report or 'none'}` · verdict.json: `{verdict_path}`", "",
-              "```json", redacted_json_dumps(verdict.to_json_dict(), indent=1, ensure_ascii=False), "```"]
-    return "\n".join(lines)
+    lines += ["", f"Report: `{verdict.report or 'none'}` · verdict.json: `{verdict_path}`", ""]
+    return "\n".join([redact("\n".join(lines)), "```json",
+                      redacted_json_dumps(verdict.to_json_dict(), indent=1, ensure_ascii=False), "```"])
 
 
 @task(name="publish", cache_policy=NO_CACHE)
