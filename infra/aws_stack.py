@@ -103,6 +103,7 @@ class AwsStack:
         self.cfn = self.session.client("cloudformation", **kw)
         self.asg = self.session.client("autoscaling", **kw)
         self.elb = self.session.client("elbv2", **kw)
+        self.kafka = self.session.client("kafka", **kw)
         self._outputs: dict[str, str] | None = None
         self.admin_token: str | None = None
 
@@ -179,9 +180,20 @@ class AwsStack:
         db = None
         if self.database_url_template:
             db = os.path.expandvars(Template(self.database_url_template).safe_substitute(out))
+        extra = {**out, **cloudwatch_dimensions(out)}
+        brokers = self.kafka_bootstrap_brokers()
+        if brokers:
+            extra["KafkaBootstrapBrokers"] = brokers
         return Endpoints(base_url=out["BaseUrl"], database_url=db, metrics_url=None, redis_url=redis,
-                         prometheus_url=None, admin_token=self.admin_token,
-                         extra={**out, **cloudwatch_dimensions(out)})
+                         prometheus_url=None, admin_token=self.admin_token, extra=extra)
+
+    def kafka_bootstrap_brokers(self) -> str | None:
+        """MSK's bootstrap brokers (not a CloudFormation attribute): kafka:GetBootstrapBrokers, TLS first."""
+        arn = self.outputs().get("KafkaClusterArn")
+        if not arn:
+            return None
+        resp = self.kafka.get_bootstrap_brokers(ClusterArn=arn)
+        return resp.get("BootstrapBrokerStringTls") or resp.get("BootstrapBrokerString")
 
     @property
     def base_url(self) -> str | None:

@@ -181,6 +181,16 @@ def test_upgrade_db_instance_is_a_stack_update_of_the_instance_class():
         stack.apply_remediation("raise_db_pool")
 
 
+def test_kafka_bootstrap_brokers_join_the_endpoints():
+    """moto has no GetBootstrapBrokers (nor MSK in CloudFormation): checked with botocore's Stubber."""
+    stack = AwsStack(parse_profile({"name": "x"}).environment.aws, session=session())
+    stack._outputs = {"BaseUrl": "http://internal-alb", "KafkaClusterArn": "arn:aws:kafka:r:1:cluster/k/1"}
+    with Stubber(stack.kafka) as stub:
+        stub.add_response("get_bootstrap_brokers", {"BootstrapBrokerStringTls": "b-1:9094,b-2:9094,b-3:9094"},
+                          {"ClusterArn": "arn:aws:kafka:r:1:cluster/k/1"})
+        assert stack.endpoints().extra["KafkaBootstrapBrokers"] == "b-1:9094,b-2:9094,b-3:9094"
+
+
 def test_cloudwatch_dimensions_from_arns():
     dims = cloudwatch_dimensions({
         "LoadBalancerArn": "arn:aws:elasticloadbalancing:r:1:loadbalancer/app/my-alb/50dc6c495c0c9188",
