@@ -64,7 +64,7 @@ CASES: list[Case] = [
          ("cache_concert_list",), "the concert list takes ~1.3 s: p95 in the allowed band", time_scale=0.03),
     Case("low_consumer_concurrency", "tuning", ("saga",), {"consumer_concurrency": 1, "consumer_block_ms": 1000},
          ("APPROVE_WITH_TUNING", "BLOCK"), (), ("raise_consumer_concurrency",),
-         "one consumer per group: the payment backlog grows"),
+         "one consumer per group: the backlog of the plan's 100 concurrent payments grows", scale=1.0),
 ]
 
 HEALTHY = Case("healthy", "healthy", ("race", "saga", "points", "spike", "soak"), {}, ("APPROVE",), (), (),

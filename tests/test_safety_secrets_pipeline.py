@@ -90,6 +90,7 @@ def test_load_notify_and_verdict_leak_no_secret(fake_secrets, captured_logs, tmp
     assert "the admin call failed with token ***" in captured_logs.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("tasks.provision") is None,
                     reason="the campaign's provisioner (tasks/provision.py) is not in the tree yet")
 def test_whole_campaign_leaks_no_secret(fake_secrets, captured_logs, tmp_path):
