@@ -344,3 +344,32 @@ def test_health_metrics_and_admin(sut):
     assert httpx.get(sut.base + "/admin/settings", headers=ADMIN).json()["db_pool_size"] == 5
     concerts = httpx.get(sut.base + "/api/v1/concerts/").json()
     assert concerts[0]["concertId"] == 1 and concerts[0]["shows"][0]["showId"] == 101
+
+
+def test_cleanup_deletes_what_a_test_created(sut):
+    """§6.2 (runs last in this module: it clears the queue keys): rows created after ``since`` go, the
+    points they moved come back, the seats they took are free again, earlier rows stay."""
+    import datetime as dt
+
+    before = sut.sql("SELECT COUNT(*) FROM reservation")[0][0]
+    time.sleep(0.05)
+    since = dt.datetime.now(dt.UTC).isoformat()
+
+    async def run():
+        async with client(sut.base) as c:
+            await c.post("/api/v1/users/me/points/charges", json={"amount": 5_000}, headers=auth(460))
+            token = await entered_token(c, 460)
+            r = await c.post("/api/v1/reservations/101", json={"seatIds": [70]},
+                             headers={**auth(460), "Queue-Token": token, "Idempotency-Key": "cleanup-1"})
+            assert r.status_code == 200
+            return r.json()
+
+    res = asyncio.run(run())
+    assert sut.sql("SELECT balance FROM point_wallet WHERE user_id = ?", 460) == [(1_005_000,)]
+    out = httpx.post(sut.base + "/admin/cleanup", json={"since": since}, headers=ADMIN)
+    assert out.status_code == 200, out.text
+    assert sut.sql("SELECT COUNT(*) FROM reservation WHERE id = ?", res["reservationId"]) == [(0,)]
+    assert sut.sql("SELECT COUNT(*) FROM reservation")[0][0] == before
+    assert sut.sql("SELECT status FROM seat WHERE id = ?", 70) == [("AVAILABLE",)]
+    assert sut.sql("SELECT balance FROM point_wallet WHERE user_id = ?", 460) == [(1_000_000,)]
+    assert sut.sql("SELECT COUNT(*) FROM queue_token WHERE user_id = ?", 460) == [(0,)]

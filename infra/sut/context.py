@@ -22,6 +22,15 @@ class Services:
     leak: list[bytes] = field(default_factory=list)
     token_writer: object | None = None  # queue.TokenWriter on SQLite (group commit)
 
+    scripts: dict = field(default_factory=dict)
+
+    async def run_script(self, text: str, keys: list, args: list):
+        """EVALSHA with the script loaded once (EVAL would ship and hash the whole body on every call)."""
+        script = self.scripts.get(text)
+        if script is None:
+            script = self.scripts[text] = self.redis.register_script(text)
+        return await script(keys=keys, args=args)
+
     def key(self, *parts) -> str:
         return self.settings.redis_prefix + ":".join(str(p) for p in parts)
 

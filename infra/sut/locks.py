@@ -94,7 +94,7 @@ class SeatLocks:
         try:
             if self.held:
                 held, self.held = self.held, []
-                await self.svc.redis.eval(RELEASE, len(held), *held, self.owner)
+                await self.svc.run_script(RELEASE, held, [self.owner])
         finally:
             for key in self.local_held:
                 _local[key][0].release()

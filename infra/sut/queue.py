@@ -148,10 +148,10 @@ async def issue(svc: Services, target: int, user: int) -> tuple[int, dict]:
     exp_epoch = now + s.queue_ttl_seconds
     expires_at = dt.datetime.fromtimestamp(exp_epoch, dt.UTC).replace(tzinfo=None)
     active, waiting, wexp = _keys(svc, target)
-    res = await svc.redis.eval(
-        ADMIT, 7, active, waiting, wexp, svc.key("qt", token), svc.key("qu", target, user), svc.key("q", "seq"),
-        svc.key("q", "targets"),
-        s.queue_capacity, exp_epoch, int(s.queue_ttl_seconds * 1000), target, user, token, exp_epoch)
+    res = await svc.run_script(ADMIT, [active, waiting, wexp, svc.key("qt", token), svc.key("qu", target, user),
+                                       svc.key("q", "seq"), svc.key("q", "targets")],
+                               [s.queue_capacity, exp_epoch, int(s.queue_ttl_seconds * 1000), target, user, token,
+                                exp_epoch])
     if res[0] == "DUP":
         return 200, await status_of(svc, res[1])
     status, tid, rank = res[0], int(res[1]), res[2]
@@ -167,7 +167,7 @@ async def issue(svc: Services, target: int, user: int) -> tuple[int, dict]:
                 await conn.execute(queue_token.insert().values(**row))
     except IntegrityError:
         # (target, user) already has a row whose Redis keys are gone (expired or finished): answer it.
-        await svc.redis.eval(UNDO, 5, active, waiting, wexp, svc.key("qt", token), svc.key("qu", target, user), tid)
+        await svc.run_script(UNDO, [active, waiting, wexp, svc.key("qt", token), svc.key("qu", target, user)], [tid])
         async with svc.db.connect() as conn:
             row = (await conn.execute(select(queue_token.c.token).where(
                 queue_token.c.target_id == target, queue_token.c.user_id == user))).first()
@@ -175,7 +175,7 @@ async def issue(svc: Services, target: int, user: int) -> tuple[int, dict]:
             raise
         return 200, await status_of(svc, row.token)
     except BaseException:
-        await svc.redis.eval(UNDO, 5, active, waiting, wexp, svc.key("qt", token), svc.key("qu", target, user), tid)
+        await svc.run_script(UNDO, [active, waiting, wexp, svc.key("qt", token), svc.key("qu", target, user)], [tid])
         raise
     body = {"token": token, "targetId": target, "userId": user, "status": status, "position": None,
             "expiresAt": iso(expires_at)}
@@ -197,7 +197,7 @@ async def count_position(svc: Services, target: int, tid: int) -> int:
 
 async def lookup(svc: Services, token: str) -> dict | None:
     """The token's live state from Redis: status, id, target, user (None once its key expired)."""
-    res = await svc.redis.eval(POLL, 1, svc.key("qt", token), svc.settings.redis_prefix)
+    res = await svc.run_script(POLL, [svc.key("qt", token)], [svc.settings.redis_prefix])
     if not res:
         return None
     return {"status": res[0], "id": int(res[1]), "target": int(res[2]), "user": int(res[3]),
@@ -229,7 +229,7 @@ async def status_of(svc: Services, token: str) -> dict:
 async def promote(svc: Services, target: int) -> list[int]:
     """Drop expired tokens from the active/waiting sets and fill free places in arrival order."""
     active, waiting, wexp = _keys(svc, target)
-    ids = await svc.redis.eval(PROMOTE, 3, active, waiting, wexp, time.time(), svc.settings.queue_capacity)
+    ids = await svc.run_script(PROMOTE, [active, waiting, wexp], [time.time(), svc.settings.queue_capacity])
     promoted = [int(i) for i in ids or []]
     if promoted:
         now = utcnow()

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import mysql
 
 
 def utcnow() -> dt.datetime:
@@ -33,10 +34,13 @@ def utcnow() -> dt.datetime:
 
 metadata = MetaData()
 ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
+# Microseconds everywhere: MySQL's plain DATETIME keeps whole seconds, which would make the plan's
+# "ORDER BY created_at" ambiguous and the §6.2 cleanup ("created after the start") coarse.
+TS = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def _created():
-    return Column("created_at", DateTime, nullable=False, default=utcnow, index=True)
+    return Column("created_at", TS, nullable=False, default=utcnow, index=True)
 
 
 concert = Table(
@@ -50,7 +54,7 @@ concert_show = Table(  # "show" is a reserved word in MySQL
     "concert_show", metadata,
     Column("id", ID, primary_key=True, autoincrement=False),
     Column("concert_id", ID, ForeignKey("concert.id"), nullable=False),
-    Column("starts_at", DateTime, nullable=False),
+    Column("starts_at", TS, nullable=False),
     _created(),
 )
 
@@ -62,8 +66,8 @@ seat = Table(
     Column("price", Integer, nullable=False),
     Column("status", String(16), nullable=False, default="AVAILABLE"),  # AVAILABLE | HELD | SOLD
     Column("reservation_id", String(36)),
-    Column("held_until", DateTime),
-    Column("updated_at", DateTime, nullable=False, default=utcnow),
+    Column("held_until", TS),
+    Column("updated_at", TS, nullable=False, default=utcnow),
     _created(),
     UniqueConstraint("show_id", "seat_no", name="uq_seat_show_no"),
     Index("ix_seat_show_status", "show_id", "status"),
@@ -80,8 +84,8 @@ reservation = Table(
     Column("status", String(20), nullable=False),  # HELD | PAYMENT_PENDING | CONFIRMED | CANCELLED | EXPIRED
     Column("amount", Integer, nullable=False),
     Column("idempotency_key", String(128)),
-    Column("expires_at", DateTime, nullable=False),
-    Column("updated_at", DateTime, nullable=False, default=utcnow),
+    Column("expires_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False, default=utcnow),
     _created(),
     UniqueConstraint("id", "seat_id", name="uq_reservation_seat"),
     Index("ix_reservation_show_seat", "show_id", "seat_id"),
@@ -92,7 +96,7 @@ point_wallet = Table(
     "point_wallet", metadata,
     Column("user_id", ID, primary_key=True, autoincrement=False),
     Column("balance", BigInteger, nullable=False),
-    Column("updated_at", DateTime, nullable=False, default=utcnow),
+    Column("updated_at", TS, nullable=False, default=utcnow),
     _created(),
 )
 
@@ -115,8 +119,8 @@ payment = Table(
     Column("status", String(16), nullable=False),  # PENDING | PROCESSING | COMPLETED | FAILED
     Column("failure_reason", String(64)),
     Column("idempotency_key", String(128)),
-    Column("updated_at", DateTime, nullable=False, default=utcnow),
-    Column("completed_at", DateTime),
+    Column("updated_at", TS, nullable=False, default=utcnow),
+    Column("completed_at", TS),
     _created(),
 )
 
@@ -129,9 +133,9 @@ payment_outbox = Table(
     Column("payload", Text, nullable=False),
     Column("status", String(16), nullable=False),  # PENDING | PUBLISHED | FAILED
     Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", DateTime, nullable=False, default=utcnow),
+    Column("next_attempt_at", TS, nullable=False, default=utcnow),
     Column("last_error", String(255)),
-    Column("published_at", DateTime),
+    Column("published_at", TS),
     _created(),
     Index("ix_outbox_pending", "status", "next_attempt_at", "id"),
 )
@@ -143,9 +147,9 @@ queue_token = Table(
     Column("user_id", ID, nullable=False),
     Column("token", String(36), nullable=False, unique=True),
     Column("status", String(16), nullable=False),  # WAITING | ENTERED | DONE | EXPIRED
-    Column("expires_at", DateTime, nullable=False),
-    Column("entered_at", DateTime),
-    Column("updated_at", DateTime, nullable=False, default=utcnow),
+    Column("expires_at", TS, nullable=False),
+    Column("entered_at", TS),
+    Column("updated_at", TS, nullable=False, default=utcnow),
     _created(),
     UniqueConstraint("target_id", "user_id", name="uq_queue_target_user"),
     Index("ix_queue_wait", "target_id", "status", "expires_at", "id"),
