@@ -23,6 +23,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from sqlalchemy import select
 
 from flows.stages import STAGES, RunContext, StageAborted, StageEnv
@@ -276,7 +277,8 @@ def campaign(
             verdict = judge(prof, run)
         except BaseException as exc:  # noqa: BLE001 - record why, then re-raise below (Ctrl-C included)
             failure = exc
-            why = "interrupted (Ctrl-C or a stop request)" if isinstance(exc, KeyboardInterrupt) else _reason(exc)
+            stopped = isinstance(exc, KeyboardInterrupt | TerminationSignal)  # Ctrl-C, kill, cancel in the UI
+            why = "interrupted (Ctrl-C, a termination signal or a cancel)" if stopped else _reason(exc)
             log.error("campaign failed: %s", why)
             verdict = incomplete_verdict(run, why)
             if isinstance(exc, StageAborted):  # stopped on harm (R-SAFE): the run stays ABORTED, not INCOMPLETE
