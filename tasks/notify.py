@@ -47,6 +47,8 @@ PERMANENT_ERRORS = frozenset({
     "channel_not_found", "not_in_channel", "is_archived", "missing_scope", "invalid_blocks",
     "invalid_payload", "no_service", "no_team", "team_disabled", "action_prohibited",
 })
+#: First retry delay; doubled per attempt (1 s, 2 s): Slack's 5xx and rate limits clear within seconds.
+DEFAULT_BACKOFF_S = 1.0
 MAX_KPI_LINES = 14
 MAX_LIST_LINES = 8
 
@@ -278,8 +280,9 @@ def _with_retries(fn: Any, *, attempts: int, backoff_s: float, result: NotifyRes
 
 def post_verdict(verdict: Verdict, cfg: Slack, *, report_location: str | None = None,
                  chart_path: str | Path | None = None, credentials: Credentials | None = None,
-                 attempts: int = 3, backoff_s: float = 1.0, timeout_s: int = 10) -> NotifyResult:
+                 attempts: int = 3, backoff_s: float | None = None, timeout_s: int = 10) -> NotifyResult:
     """Send the verdict; never raises. Bot token wins over webhook when both are set."""
+    backoff_s = DEFAULT_BACKOFF_S if backoff_s is None else backoff_s
     creds = credentials or resolve_credentials(cfg)
     if not creds.token and not creds.webhook_url:
         return NotifyResult("skipped", detail=f"no Slack credentials: set {cfg.token_env} or {cfg.webhook_env}")

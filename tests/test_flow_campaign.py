@@ -158,6 +158,7 @@ def test_failure_part_way_is_inspectable_and_torn_down(harness, tmp_path, failin
 def test_slack_down_never_changes_the_verdict(harness, tmp_path, failing_race, monkeypatch):
     from flows.campaign import run_from_cli
 
+    monkeypatch.setattr("tasks.notify.DEFAULT_BACKOFF_S", 0.05)
     with SlackStandIn() as slack:
         slack.fail("chat.postMessage", times=10, status=503)
         monkeypatch.setenv("SC_TEST_SLACK_TOKEN", VALID_TOKEN)
