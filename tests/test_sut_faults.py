@@ -189,3 +189,23 @@ def test_expired_hold_frees_its_seats(stuck):
         time.sleep(0.2)
     assert set(stuck.sql("SELECT status FROM seat WHERE id IN (50, 51)")) == {("AVAILABLE",)}
     assert set(stuck.sql("SELECT status FROM reservation WHERE id = ?", res["reservationId"])) == {("EXPIRED",)}
+
+
+def test_admin_reset_restores_the_start_state(stuck):
+    """Runs last on this server: everything wiped, the default seed applied again, Redis keys cleared."""
+    assert httpx.post(stuck.base + "/admin/reset", headers={"X-Admin-Token": "wrong"}).status_code == 401
+    r = httpx.post(stuck.base + "/admin/reset", headers=ADMIN, timeout=60)
+    assert r.status_code == 200, r.text
+    assert stuck.sql("SELECT COUNT(*) FROM reservation") == [(0,)]
+    assert stuck.sql("SELECT COUNT(*) FROM payment_outbox") == [(0,)]
+    assert stuck.sql("SELECT COUNT(*) FROM seat WHERE status <> 'AVAILABLE'") == [(0,)]
+    assert stuck.sql("SELECT COUNT(*), MIN(balance), MAX(balance) FROM point_wallet") == [(1500, 1_000_000, 1_000_000)]
+    rc = redis.Redis.from_url(stuck.redis_url)
+    assert not list(rc.scan_iter("sut:q:*"))
+    rc.close()
+
+    async def again():
+        async with client(stuck.base) as c:
+            return (await c.post("/api/v1/queues/tokens/1", headers=auth(3))).status_code
+
+    assert asyncio.run(again()) == 201
