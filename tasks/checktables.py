@@ -303,14 +303,25 @@ def points_tables(st: StageData) -> dict[str, pd.DataFrame]:
 
 # -------------------------------------------------------------------------------------- spike / soak
 
-def timeline(seconds: pd.DataFrame) -> pd.DataFrame:
-    """One row per second from the first to the last second with data; a second no request
-    completed in has count 0 (a gap in the measurement)."""
+def timeline(seconds: pd.DataFrame, k6: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per second from the first to the last second with data. `recorded` counts what was
+    measured in that second: responses, plus k6's own per-second `vus` samples when they were ingested.
+    A second with neither is a hole in the measurement; a second where k6 was running but no response
+    completed is quiet, not missing (100 users polling every 3 s in lockstep leave two such seconds in three)."""
+    cols = ["second", "count", "s5xx", "failed", "k6_samples", "recorded"]
     if seconds.empty:
-        return pd.DataFrame(columns=["second", "count", "s5xx", "failed"])
+        return pd.DataFrame(columns=cols)
     g = seconds.groupby("second")[["count", "s5xx", "failed"]].sum()
     full = range(int(g.index.min()), int(g.index.max()) + 1)
-    return g.reindex(full, fill_value=0).rename_axis("second").reset_index()
+    out = g.reindex(full, fill_value=0).rename_axis("second").reset_index()
+    alive = pd.Series(0, index=out.index)
+    if k6 is not None and not k6.empty:
+        vus = k6.loc[k6["metric"] == "vus", "ts"]
+        if not vus.empty:
+            alive = out["second"].map(vus.astype(float).floordiv(1).astype(int).value_counts()).fillna(0).astype(int)
+    out["k6_samples"] = alive
+    out["recorded"] = out["count"] + alive
+    return out[cols]
 
 
 def endpoint_totals(seconds: pd.DataFrame) -> pd.DataFrame:
@@ -343,7 +354,7 @@ def load_tables(st: StageData, kpis: pd.DataFrame) -> dict[str, pd.DataFrame]:
     sec = st.seconds
     by_second = sec[["second", "endpoint", "count", "p99_ms"]].copy() if not sec.empty else pd.DataFrame(
         columns=["second", "endpoint", "count", "p99_ms"])
-    out = {"timeline": timeline(sec), "endpoints": endpoint_totals(sec), "seconds": by_second, "kpis": kpis}
+    out = {"timeline": timeline(sec, st.k6), "endpoints": endpoint_totals(sec), "seconds": by_second, "kpis": kpis}
     if st.scenario == "spike":
         reservations = st.snapshot("reservation")
         out["seats"] = active_seats(reservations)

@@ -264,6 +264,7 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
             branches.append(r.branch)
             continue
         if cr.kind == "criterion" and c.scenario in unjudged:
+            c.observed += " — not judged: the stage could not measure"
             trace.append(TraceStep(subject=f"check {c.id}", branch=Decision.INCONCLUSIVE,
                                    why=f"not judged: the {c.scenario} stage could not measure ({c.observed})"))
             continue

@@ -176,6 +176,11 @@ def test_could_not_measure_is_inconclusive(engine, validator, stage, needle):
     assert any(needle in t.why for t in v.trace if t.branch == Decision.INCONCLUSIVE)
 
 
+def test_a_quiet_second_while_k6_runs_is_not_missing(engine, validator):
+    v = judge(engine, validator, ("spike",), spike={"gap": 7, "vus": True})
+    assert v.verdict == Decision.APPROVE, [t.why for t in v.trace]
+
+
 def test_saturated_k6_does_not_band_its_latencies(engine, validator):
     v = judge(engine, validator, ("spike",), spike={"k6_cpu_share": 0.95, "kpis": {"p95_ms": 5000.0}})
     assert v.verdict == Decision.INCONCLUSIVE

@@ -153,9 +153,14 @@ def points(engine: Engine, run_id: str, *, final: float = 20_000, **stage: Any) 
 
 
 def spike(engine: Engine, run_id: str, *, kpis: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
-          gap: int | None = None, double_sold: bool = False, seconds: int = 30, **stage: Any) -> int:
+          gap: int | None = None, double_sold: bool = False, seconds: int = 30, vus: bool = False,
+          **stage: Any) -> int:
     sid = _stage(engine, run_id, "spike", seconds=seconds, **stage)
     _seconds(engine, sid, ["API-1", "API-2", "API-3", "API-4"], seconds, gap=gap)
+    if vus:  # k6's own per-second VU samples
+        with engine.begin() as c:
+            c.execute(insert(store.k6_samples), [{"scenario_run_id": sid, "ts": T0 + i + 0.5, "metric": "vus",
+                                                  "value": 100.0, "tags": {}} for i in range(seconds)])
     _server(engine, run_id, sid, seconds, {**SERVER_OK, **(server or {})})
     _snap(engine, sid, "reservation", [{"id": 1, "show_id": 101, "seat_id": 1, "status": "CONFIRMED"},
                                        {"id": 2, "show_id": 101, "seat_id": 2, "status": "CONFIRMED"}]
