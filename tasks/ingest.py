@@ -62,64 +62,99 @@ SYSTEM_TAGS = "status,method,name,scenario,error_code,expected_response"
 SMALL_SCENARIOS = frozenset({"race", "saga", "points"})
 
 _DURATION = b"http_req_duration,"
-_DURATION_ARR = np.frombuffer(_DURATION, dtype=np.uint8)
 #: First four bytes of every metric k6 1.x writes (http, data, iterations, vus, checks, groups, dropped
 #: iterations, websockets, grpc, browser) — a line starting otherwise is not k6 output. Campaign custom
-#: metrics start with "sc_".
-_KNOWN_PREFIXES = np.frombuffer(b"".join([b"http", b"data", b"iter", b"vus,", b"vus_", b"chec", b"grou", b"drop",
-                                          b"ws_s", b"ws_m", b"ws_p", b"ws_c", b"grpc", b"brow", b"webv"]),
-                                dtype="<u4")
-_SC = np.frombuffer(b"sc_\0", dtype="<u4")[0]
+#: metrics start with "sc_". As little-endian integers, sorted for a vectorised lookup.
+_KNOWN_PREFIXES = np.array(sorted(int.from_bytes(p, "little") for p in (
+    b"http", b"data", b"iter", b"vus,", b"vus_", b"chec", b"grou", b"drop", b"ws_s", b"ws_m", b"ws_p", b"ws_c",
+    b"grpc", b"brow", b"webv")), dtype=np.uint64)
+_SC = np.uint64(int.from_bytes(b"sc_", "little"))
+_HTTP_REQ = np.uint64(int.from_bytes(b"http_req", "little"))  # bytes 0-7 of every http_req* row
+_DURATIO = np.uint64(int.from_bytes(b"_duratio", "little"))  # bytes 8-15 of http_req_duration
+_N_COMMA = np.uint16(int.from_bytes(b"n,", "little"))  # bytes 16-17
+_LOW4, _LOW3, _LOW1 = np.uint64(0xFFFFFFFF), np.uint64(0xFFFFFF), np.uint64(0xFF)
+_DATA = np.uint64(int.from_bytes(b"data", "little"))
+#: No k6 CSV row is shorter than this (metric name, comma, timestamp, …): shorter lines are malformed.
+_MIN_LINE = 8
 
 QUANTILES = (0.5, 0.95, 0.99)
 
 
-def _classify(lines: bytes, start: int, end: int) -> tuple[bytes, list[tuple[bytes, bytes]], list[bytes], list[bytes],
-                                                            int]:
+def _classify(lines: bytes | bytearray, start: int, end: int) -> tuple[bytes, list[tuple[bytes, bytes]], list[bytes],
+                                                                        list[bytes], int]:
     """Cut the rows we read out of a chunk of whole lines, without parsing the rest.
 
-    Vectorised over the line starts (numpy, releases the GIL): ``http_req_duration`` rows (returned
-    as one blob, metric name cut, newline kept), ``sc_*`` rows as (name, rest), ``vus`` and
-    ``dropped_iterations`` rows (rest), and the number of lines that cannot be k6 CSV rows at all
-    (empty, or not starting with a lowercase metric name).
+    Vectorised over the line starts (numpy, releases the GIL): one pass finds the line ends, then the
+    first 8 bytes of every line are gathered at once through an unaligned 8-byte view of the buffer
+    (no per-byte passes per line) and looked up. Returns ``http_req_duration`` rows (one blob, metric
+    name cut, newline kept), ``sc_*`` rows as (name, rest), ``vus`` and ``dropped_iterations`` rows
+    (rest), and the number of lines that cannot be k6 CSV rows at all (shorter than any row, or not
+    starting with a known metric name).
     """
-    a = np.frombuffer(lines, dtype=np.uint8, count=end - start, offset=start)
+    n = end - start
+    a = np.frombuffer(lines, dtype=np.uint8, count=n, offset=start)
     ends = np.flatnonzero(a == 10)
     if ends.size == 0:
         return b"", [], [], [], 0
     starts = np.empty_like(ends)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
-    first = a[starts]
     lens = ends - starts
-    head = np.zeros(starts.size, dtype="<u4")  # first 4 bytes of each line (0-padded if shorter)
-    for k in range(4):
-        head |= np.where(lens > k, a[np.minimum(starts + k, a.size - 1)], 0).astype("<u4") << (8 * k)
-    known = np.isin(head, _KNOWN_PREFIXES) | ((head & 0x00FFFFFF) == _SC)
+    if n < 2 * _MIN_LINE:  # too short for the 8-byte view: every line in it is malformed or handled slowly
+        return _classify_slow(bytes(lines[start:end]))
+    v8 = np.ndarray((n - 7,), dtype="<u8", buffer=lines, offset=start, strides=(1,))
+    v2 = np.ndarray((n - 1,), dtype="<u2", buffer=lines, offset=start, strides=(1,))
+    head = v8[np.minimum(starts, n - 8)]  # a line in the last 8 bytes is shorter than _MIN_LINE: masked below
+    head4 = head & _LOW4
+    at = np.minimum(np.searchsorted(_KNOWN_PREFIXES, head4), _KNOWN_PREFIXES.size - 1)
+    known = ((_KNOWN_PREFIXES[at] == head4) | ((head & _LOW3) == _SC)) & (lens >= _MIN_LINE)
     bad = int(known.size - np.count_nonzero(known))
-    n = len(_DURATION)
-    cand = np.flatnonzero((first == 104) & (lens > n) & (a[np.minimum(starts + 9, a.size - 1)] == 100))
     blob = b""
+    cand = np.flatnonzero((head == _HTTP_REQ) & (lens > len(_DURATION)))
     if cand.size:
         cs = starts[cand]
-        ok = (a[cs[:, None] + np.arange(n)] == _DURATION_ARR).all(axis=1)
-        s0, e0 = (cs[ok] + (n + start)).tolist(), (ends[cand[ok]] + (1 + start)).tolist()
+        ok = (v8[cs + 8] == _DURATIO) & (v2[cs + 16] == _N_COMMA)
+        s0 = (cs[ok] + (len(_DURATION) + start)).tolist()
+        e0 = (ends[cand[ok]] + (1 + start)).tolist()
         blob = b"".join([lines[i:j] for i, j in zip(s0, e0, strict=True)])
     custom: list[tuple[bytes, bytes]] = []
     vus: list[bytes] = []
     dropped: list[bytes] = []
-    second = a[np.minimum(starts + 1, a.size - 1)]
-    for i in np.flatnonzero(((first == 115) & (second == 99)) | ((first == 118) & (second == 117))
-                            | ((first == 100) & (second == 114))).tolist():
-        line = lines[start + starts[i]:start + ends[i]]
-        name, _, rest = line.partition(b",")
-        if name.startswith(b"sc_"):
-            custom.append((name, rest))
-        elif name == b"vus":
-            vus.append(rest)
-        elif name == b"dropped_iterations":
-            dropped.append(rest)
+    first = head & _LOW1
+    rare = known & ((first == 115) | (first == 118) | (first == 100)) & (head4 != _DATA)  # s…, v…, d… but data_*
+    for i in np.flatnonzero(rare).tolist():
+        _route(bytes(lines[start + starts[i]:start + ends[i]]), custom, vus, dropped)
     return blob, custom, vus, dropped, bad
+
+
+def _route(line: bytes, custom: list[tuple[bytes, bytes]], vus: list[bytes], dropped: list[bytes]) -> None:
+    name, _, rest = line.partition(b",")
+    if name.startswith(b"sc_"):
+        custom.append((name, rest))
+    elif name == b"vus":
+        vus.append(rest)
+    elif name == b"dropped_iterations":
+        dropped.append(rest)
+
+
+def _classify_slow(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], list[bytes], list[bytes], int]:
+    """`_classify` line by line, for a few bytes (a last partial line, a tiny file)."""
+    known = tuple(int(p).to_bytes(4, "little") for p in _KNOWN_PREFIXES) + (b"sc_",)
+    durations: list[bytes] = []
+    custom: list[tuple[bytes, bytes]] = []
+    vus: list[bytes] = []
+    dropped: list[bytes] = []
+    bad = 0
+    for line in text.split(b"\n")[:-1]:
+        if len(line) < _MIN_LINE or not line.startswith(known):
+            bad += 1
+        elif line.startswith(_DURATION):
+            durations.append(line[len(_DURATION):] + b"\n")
+        else:
+            _route(line, custom, vus, dropped)
+    return b"".join(durations), custom, vus, dropped, bad
+
+
 UNTAGGED = "UNTAGGED"
 
 
@@ -222,6 +257,7 @@ class K6CsvIngest:
         self.summary = IngestSummary()
         self.live = LiveStats()
         self._fh: io.BufferedReader | None = None
+        self._buf: bytearray | None = None
         self._pos = 0
         self._wanted = {"timestamp", "metric_value", "status", "extra_tags"} | (
             {"name", "error_code", "scenario", "method"} if self.keep_requests else set())
@@ -253,24 +289,27 @@ class K6CsvIngest:
                 return 0
             assert self._fh is not None
             consumed = 0
+            if self._buf is None:
+                self._buf = bytearray(self.chunk_bytes)  # reused: no fresh allocation (page faults) per chunk
+            buf = self._buf
             while True:
                 self._fh.seek(self._pos)
-                data = self._fh.read(self.chunk_bytes)
-                if not data:
+                size = self._fh.readinto(buf)
+                if not size:
                     break
-                cut = data.rfind(b"\n")
+                cut = buf.rfind(b"\n", 0, size)
                 if cut < 0:
-                    if len(data) < self.chunk_bytes:
+                    if size < self.chunk_bytes:
                         break  # an incomplete line: wait for the rest
                     self.summary.ingest_errors += 1  # a "line" longer than a chunk is not k6 output
-                    self._pos += len(data)
-                    consumed += len(data)
+                    self._pos += size
+                    consumed += size
                     continue
-                self._process(data, cut + 1)
+                self._process(buf, cut + 1)
                 self._pos += cut + 1
                 consumed += cut + 1
                 self._flush(final=False)  # per chunk: a backlog never piles up in memory
-                if len(data) < self.chunk_bytes:
+                if size < self.chunk_bytes:
                     break
             self.summary.bytes_read += consumed
             return consumed
@@ -295,7 +334,7 @@ class K6CsvIngest:
             return self.summary
 
     # -- parsing ---------------------------------------------------------------------------------
-    def _process(self, lines: bytes, end: int) -> None:
+    def _process(self, lines: bytes | bytearray, end: int) -> None:
         """Handle the whole lines in lines[:end]."""
         start = 0
         if self._columns is None:
