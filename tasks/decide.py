@@ -177,6 +177,9 @@ TARGET_STOPPED = {"ABORTED", "THRESHOLD_ABORTED"}
 ORDER = [Decision.BLOCK, Decision.INCONCLUSIVE, Decision.APPROVE_WITH_TUNING, Decision.APPROVE]
 
 
+NOT_JUDGED = " — not judged: the stage could not measure"
+
+
 def rule_for(name: str, where: str | None) -> Rule | None:
     return next((r for r in TREE if r.matches(name, where)), None)
 
@@ -264,9 +267,10 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
             branches.append(r.branch)
             continue
         if cr.kind == "criterion" and c.scenario in unjudged:
-            c.observed += " — not judged: the stage could not measure"
             trace.append(TraceStep(subject=f"check {c.id}", branch=Decision.INCONCLUSIVE,
                                    why=f"not judged: the {c.scenario} stage could not measure ({c.observed})"))
+            if not c.observed.endswith(NOT_JUDGED):
+                c.observed += NOT_JUDGED
             continue
         r = CHECK_RULES.get(cr.kind, CHECK_RULES["correctness"])
         code = r.remediation if cr.kind == "correctness" else (cr.remediation or r.remediation)

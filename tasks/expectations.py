@@ -231,13 +231,16 @@ def evaluate_run(run: Any, derived: dict[str, list[Any]], validator: Validator |
     """Every stage of a run (`tasks.rundata.RunData`) through its suite; `derived` are the verdict
     stage's own KPIs per scenario (`tasks.serverkpis.stage_kpis`)."""
     from tasks.checktables import kpi_table, tables_for
+    from tasks.serverkpis import UNITS
 
     validator = validator or Validator()
     out: list[CheckResult] = []
+    # derived KPIs stored by an earlier judgement of this run are recomputed, not read back
+    load_kpis = run.kpis[~run.kpis["name"].isin(list(UNITS))] if not run.kpis.empty else run.kpis
     for scenario, st in run.stages.items():
         if not (EXPECTATIONS / f"{scenario}.json").exists():
             continue
-        tables = tables_for(st, kpi_table(run.kpis, derived.get(scenario, []), scenario))
+        tables = tables_for(st, kpi_table(load_kpis, derived.get(scenario, []), scenario))
         out.extend(evaluate_stage(scenario, tables, validator))
     return out
 

@@ -65,6 +65,22 @@ def test_allowed_band_approves_with_tuning(engine, validator, server, code, deta
     assert detail in rem.detail
 
 
+def test_one_full_pool_instant_is_not_sustained_use(engine, validator):
+    v = judge(engine, validator, ("spike",), spike={"server": {"db_pool_in_use": lambda i: 5 if i == 10 else 2}})
+    assert v.verdict == Decision.APPROVE, [t.why for t in v.trace]
+    kp = {k.name: k for k in v.kpis if k.scenario == "spike" and k.phase is None}
+    assert kp["db_pool_use"].value == pytest.approx(0.4) and kp["db_pool_use_max"].value == 1.0
+    assert kp["db_pool_use_max"].band is None
+
+
+def test_rejudging_reads_the_same(engine, validator):
+    first = judge(engine, validator, ("soak",), soak={"k6_cpu_share": 0.95, "server": {"gc_pause_max_s": 0.5}})
+    again = judge_run(engine, first.run_id, PROFILE, validator=validator)
+    assert [c.model_dump() for c in again.checks] == [c.model_dump() for c in first.checks]
+    gc = next(c for c in again.checks if c.id == "R-SOAK-3")
+    assert gc.observed.count("500 ms") == 1 and gc.observed.endswith("not judged: the stage could not measure")
+
+
 def test_p95_near_1_5_s_caches_the_concert_list(engine, validator):
     v = judge(engine, validator, ("soak",), soak={"kpis": {"p95_ms": 1500.0}})
     assert v.verdict == Decision.APPROVE_WITH_TUNING
