@@ -122,12 +122,24 @@ def kpi_line(kpi: KPI) -> str:
     return " · ".join(parts)
 
 
+#: The plan's R-GATE KPIs, in the order its table gives them, and the scenarios in the order readers care.
+HEADLINE_KPIS = ("p95_ms", "throughput_rps", "error_rate", "db_pool_use", "consumer_lag", "saga_time_s",
+                 "compensation_success")
+SCENARIO_ORDER = ("spike", "soak", "saga", "race", "points")
+
+
 def _headline_kpis(kpis: list[KPI]) -> list[KPI]:
-    """Banded KPIs first (worst band first), then regressions; the rest live in the report."""
-    order = {"action": 0, "allowed": 1, "target": 2}
-    banded = sorted((k for k in kpis if k.band), key=lambda k: (order.get(k.band or "", 3), k.scenario, k.name))
-    rest = [k for k in kpis if not k.band and k.regression]
-    return banded + rest
+    """What needs attention first (action, then allowed band, then regressions), then the plan's gate KPIs
+    on target; everything else (per endpoint, per phase, server details) lives in the report."""
+    def where(k: KPI) -> tuple[int, int, str]:
+        name_rank = HEADLINE_KPIS.index(k.name) if k.name in HEADLINE_KPIS else len(HEADLINE_KPIS)
+        scen_rank = SCENARIO_ORDER.index(k.scenario) if k.scenario in SCENARIO_ORDER else len(SCENARIO_ORDER)
+        return scen_rank, name_rank, k.phase or ""
+
+    attention = [k for k in kpis if k.band in ("action", "allowed") or k.regression]
+    attention.sort(key=lambda k: (0 if k.band == "action" else 1 if k.band == "allowed" else 2, *where(k)))
+    rest = [k for k in kpis if k not in attention and k.band and k.name in HEADLINE_KPIS and not k.phase]
+    return attention + sorted(rest, key=where)
 
 
 def _section(text: str) -> dict[str, Any]:

@@ -158,3 +158,20 @@ def test_no_credentials_skips(monkeypatch):
     assert resolve_credentials(cfg, environ={"SC_TEST_NO_TOKEN": "xoxb-1"}).token == "xoxb-1"
     res = post_verdict(_verdict(), cfg, credentials=Credentials())
     assert res.outcome == "skipped" and "SC_TEST_NO_TOKEN" in res.detail
+
+
+def test_headline_kpis_put_what_needs_attention_first():
+    kpis = [KPI(name="consumer_lag", scenario="points", value=0, unit="messages", band="target"),
+            KPI(name="p95_ms", scenario="spike", value=300, unit="ms", band="target"),
+            KPI(name="p95_ms.API-1", scenario="spike", value=300, unit="ms", band="target"),
+            KPI(name="p95_ms", scenario="spike", value=300, unit="ms", band="target", phase="plateau"),
+            KPI(name="db_pool_use", scenario="soak", value=0.8, unit="ratio", band="allowed"),
+            KPI(name="error_rate", scenario="race", value=0.02, unit="ratio", band="action"),
+            KPI(name="throughput_rps", scenario="soak", value=900, unit="req/s", band="target", previous=1000,
+                regression=True)]
+    v = _verdict().model_copy(update={"kpis": kpis})
+    text = build_message(v)["attachments"][0]["blocks"][0]["text"]["text"]
+    lines = text.splitlines()[1:]
+    assert [ln.split("*")[1] for ln in lines] == ["error_rate", "db_pool_use", "throughput_rps", "p95_ms",
+                                                  "consumer_lag"]
+    assert "regression" in lines[2] and "plateau" not in text and "API-1" not in text
