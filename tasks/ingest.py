@@ -73,7 +73,7 @@ _HTTP_REQ = np.uint64(int.from_bytes(b"http_req", "little"))  # bytes 0-7 of eve
 _DURATIO = np.uint64(int.from_bytes(b"_duratio", "little"))  # bytes 8-15 of http_req_duration
 _N_COMMA = np.uint16(int.from_bytes(b"n,", "little"))  # bytes 16-17
 _LOW4, _LOW3, _LOW1 = np.uint64(0xFFFFFFFF), np.uint64(0xFFFFFF), np.uint64(0xFF)
-_DATA = np.uint64(int.from_bytes(b"data", "little"))
+_HTTP, _DATA, _ITER = (np.uint64(int.from_bytes(p, "little")) for p in (b"http", b"data", b"iter"))
 #: No k6 CSV row is shorter than this (metric name, comma, timestamp, …): shorter lines are malformed.
 _MIN_LINE = 8
 
@@ -85,11 +85,11 @@ def _classify(lines: bytes | bytearray, start: int, end: int) -> tuple[bytes, li
     """Cut the rows we read out of a chunk of whole lines, without parsing the rest.
 
     Vectorised over the line starts (numpy, releases the GIL): one pass finds the line ends, then the
-    first 8 bytes of every line are gathered at once through an unaligned 8-byte view of the buffer
-    (no per-byte passes per line) and looked up. Returns ``http_req_duration`` rows (one blob, metric
-    name cut, newline kept), ``sc_*`` rows as (name, rest), ``vus`` and ``dropped_iterations`` rows
-    (rest), and the number of lines that cannot be k6 CSV rows at all (shorter than any row, or not
-    starting with a known metric name).
+    first 16 bytes of every line are gathered at once through an unaligned 16-byte view of the buffer
+    (no per-byte passes per line) and compared as two integers. Returns ``http_req_duration`` rows
+    (one blob, metric name cut, newline kept), ``sc_*`` rows as (name, rest), ``vus`` and
+    ``dropped_iterations`` rows (rest), and the number of lines that cannot be k6 CSV rows at all
+    (shorter than any row, or not starting with a known metric name).
     """
     n = end - start
     a = np.frombuffer(lines, dtype=np.uint8, count=n, offset=start)
@@ -100,20 +100,31 @@ def _classify(lines: bytes | bytearray, start: int, end: int) -> tuple[bytes, li
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
     lens = ends - starts
-    if n < 2 * _MIN_LINE:  # too short for the 8-byte view: every line in it is malformed or handled slowly
+    if n < 2 * _MIN_LINE:  # too short for the 16-byte view: every line in it is malformed or handled slowly
         return _classify_slow(bytes(lines[start:end]))
-    v8 = np.ndarray((n - 7,), dtype="<u8", buffer=lines, offset=start, strides=(1,))
-    v2 = np.ndarray((n - 1,), dtype="<u2", buffer=lines, offset=start, strides=(1,))
-    head = v8[np.minimum(starts, n - 8)]  # a line in the last 8 bytes is shorter than _MIN_LINE: masked below
+    # the first 16 bytes of every line in one gather (bytes past a line's end are masked by its length)
+    head16 = np.empty((starts.size, 2), dtype="<u8")
+    inner = int(np.searchsorted(starts, n - 15))  # lines starting in the last 15 bytes are padded by hand
+    v16 = np.ndarray((n - 15,), dtype="V16", buffer=lines, offset=start, strides=(1,))
+    head16[:inner] = v16[starts[:inner]].view("<u8").reshape(-1, 2)
+    for i in range(inner, starts.size):
+        s0_ = start + int(starts[i])
+        head16[i] = np.frombuffer(bytes(lines[s0_:start + n]).ljust(16, b"\0")[:16], dtype="<u8")
+    head, head2 = head16[:, 0], head16[:, 1]
     head4 = head & _LOW4
-    at = np.minimum(np.searchsorted(_KNOWN_PREFIXES, head4), _KNOWN_PREFIXES.size - 1)
-    known = ((_KNOWN_PREFIXES[at] == head4) | ((head & _LOW3) == _SC)) & (lens >= _MIN_LINE)
+    known = (head4 == _HTTP) | (head4 == _DATA) | (head4 == _ITER)  # nearly every row; the rest looked up
+    rest_ = np.flatnonzero(~known)
+    if rest_.size:
+        h4 = head4[rest_]
+        known[rest_] = np.isin(h4, _KNOWN_PREFIXES) | ((head[rest_] & _LOW3) == _SC)
+    known &= lens >= _MIN_LINE
     bad = int(known.size - np.count_nonzero(known))
     blob = b""
-    cand = np.flatnonzero((head == _HTTP_REQ) & (lens > len(_DURATION)))
+    cand = np.flatnonzero((head == _HTTP_REQ) & (head2 == _DURATIO) & (lens > len(_DURATION)))
     if cand.size:
         cs = starts[cand]
-        ok = (v8[cs + 8] == _DURATIO) & (v2[cs + 16] == _N_COMMA)
+        v2 = np.ndarray((n - 1,), dtype="<u2", buffer=lines, offset=start, strides=(1,))
+        ok = v2[cs + 16] == _N_COMMA
         s0 = (cs[ok] + (len(_DURATION) + start)).tolist()
         e0 = (ends[cand[ok]] + (1 + start)).tolist()
         blob = b"".join([lines[i:j] for i, j in zip(s0, e0, strict=True)])

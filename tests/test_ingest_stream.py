@@ -190,3 +190,28 @@ def test_small_scenarios_keep_every_request_and_custom_samples(engine, tmp_path:
     assert sum(r.value for r in samples["dropped_iterations"]) == 3
     agg = _rows(engine, store.second_aggregates, sid)
     assert len(agg) == 1 and agg[0].count == 3 and agg[0].failed == 1 and agg[0].s4xx == 1
+
+
+def test_vectorised_line_classifier_matches_line_by_line() -> None:
+    """The numpy classifier (16-byte gathers, hand-padded tail) agrees with the plain line-by-line one,
+    wherever a chunk starts and ends, on k6 rows mixed with short and malformed lines."""
+    from tasks.ingest import _classify, _classify_slow
+
+    syn = k6synth.requests_for(50, 2, START, seed=11)
+    body = "".join(k6synth.lines(syn)).split("\n", 1)[1]
+    extra = ["", "x", "vus,1", "http", "http_req_duration", "sc_x,1,2,,,,,s,,,", "sc_",
+             "dropped_iterations,1,2,,,,,,,,", "http_req_durationX,1,2,,,,,,,,", "garbage line that is long enough",
+             "vus,17956600000,3.000000,,,,,,,,"]
+    rng = np.random.default_rng(5)
+    lines = body.splitlines(keepends=True)
+    for e in extra:
+        lines.insert(int(rng.integers(0, len(lines))), e + "\n")
+    lines += [e + "\n" for e in extra] + ["vus,1,2\n", "sc_a,1,2\n"]  # short lines at the very end of a chunk
+    text = "".join(lines).encode()
+    for start in (0, 1, 7, 15, 16, 17, 100):
+        for end in (len(text), len(text) - 1, len(text) - 17, start + 16, start + 40):
+            cut = text.rfind(b"\n", start, end) + 1
+            if cut <= start:
+                continue
+            buf = bytearray(text) + bytearray(b"Z" * 32)  # stale bytes after the end must not matter
+            assert _classify(buf, start, cut) == _classify_slow(text[start:cut]), (start, end)
