@@ -172,7 +172,7 @@ def write_verdict(verdict: Verdict, run: RunContext) -> Path:
     engine = store.open_store(run.store_url)
     try:
         with engine.begin() as c:
-            # The verdict stage stores its own verdict row; a run that never reached it gets one here.
+            # The campaign stores the run's verdict row (the verdict stage leaves it to us; once per run).
             if c.execute(select(store.verdicts.c.id).where(store.verdicts.c.run_id == run.run_id)).first() is None:
                 c.execute(store.verdicts.insert().values(run_id=run.run_id, created_at=store.now(),
                                                          verdict=verdict.verdict.value,
