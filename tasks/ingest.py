@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 from pyarrow import csv as pacsv
 from sqlalchemy import Engine, insert, update
 
-from soundcheck import store
+from soundcheck import sketch, store
 from soundcheck.sketch import Histogram
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ _HTTP, _DATA, _ITER = (np.uint64(int.from_bytes(p, "little")) for p in (b"http",
 _MIN_LINE = 8
 
 QUANTILES = (0.5, 0.95, 0.99)
+#: Open (second, endpoint) accumulators (~10 KB each) above which a poll writes finished seconds before
+#: reading its next chunk; otherwise it writes them once at its end (fewer, larger transactions).
+_FLUSH_ACCS = 64
 
 
 def _classify(lines: bytes | bytearray, start: int, end: int) -> tuple[bytes, list[tuple[bytes, bytes]], list[bytes],
@@ -116,7 +119,8 @@ def _classify(lines: bytes | bytearray, start: int, end: int) -> tuple[bytes, li
     rest_ = np.flatnonzero(~known)
     if rest_.size:
         h4 = head4[rest_]
-        known[rest_] = np.isin(h4, _KNOWN_PREFIXES) | ((head[rest_] & _LOW3) == _SC)
+        at = np.minimum(np.searchsorted(_KNOWN_PREFIXES, h4), _KNOWN_PREFIXES.size - 1)
+        known[rest_] = (_KNOWN_PREFIXES[at] == h4) | ((head[rest_] & _LOW3) == _SC)
     known &= lens >= _MIN_LINE
     bad = int(known.size - np.count_nonzero(known))
     blob = b""
@@ -319,9 +323,12 @@ class K6CsvIngest:
                 self._process(buf, cut + 1)
                 self._pos += cut + 1
                 consumed += cut + 1
-                self._flush(final=False)  # per chunk: a backlog never piles up in memory
+                if len(self._acc) > _FLUSH_ACCS:
+                    self._flush(final=False)  # within a poll too: a backlog never piles up in memory
                 if size < self.chunk_bytes:
                     break
+            if consumed:
+                self._flush(final=False)
             self.summary.bytes_read += consumed
             return consumed
 
@@ -467,16 +474,20 @@ class K6CsvIngest:
         bounds = np.flatnonzero(np.diff(gsorted)) + 1
         starts = np.concatenate(([0], bounds))
         ends = np.concatenate((bounds, [len(gsorted)]))
-        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-            idx = order[a:b]
-            g = int(gsorted[a])
+        # every group's histogram in one pass, and every group's status codes in one count
+        hists = sketch.grouped(values[order], starts)
+        ngroup = np.repeat(np.arange(starts.size), ends - starts)
+        combo, counts = np.unique(ngroup * 4096 + np.clip(status[order], 0, 4095), return_counts=True)
+        codes_of: list[dict[int, int]] = [{} for _ in range(starts.size)]
+        for cb, n in zip(combo.tolist(), counts.tolist(), strict=True):
+            codes_of[cb // 4096][cb % 4096] = n
+        for i, g in enumerate(gsorted[starts].tolist()):
             key = (g // 1024, ep_names[g % 1024])
             acc = self._acc.get(key)
             if acc is None:
                 acc = self._acc[key] = _Acc()
-            acc.hist.add_values(values[idx])
-            codes, counts = np.unique(status[idx], return_counts=True)
-            for c, n in zip(codes.tolist(), counts.tolist(), strict=True):
+            acc.hist.merge(hists[i])
+            for c, n in codes_of[i].items():
                 acc.codes[c] = acc.codes.get(c, 0) + n
         if self.keep_requests:
             self._write_requests(table, ts, values, status, ep_names, ep_idx)
