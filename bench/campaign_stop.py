@@ -65,7 +65,9 @@ def main() -> int:
         verdicts = list(Path(tmp, "runs").glob("*/verdict.json"))
         print(f"signal SIG{args.signal} {args.after_s:g} s into the race stage; children before: "
               f"{', '.join(names)}")
-        print(f"exit status {code} after {took:.1f} s; processes left: {len(left)}")
+        print(f"exit status {code} after {took:.1f} s; processes left: {len(left)} "
+              f"{[' '.join(c.cmdline())[:80] for c in left]}")
+        print("log tail:\n" + "\n".join(log_path.read_text().splitlines()[-12:]))
         print(f"run: {runs}; stages: {stages}; verdict.json written: {bool(verdicts)}")
         for c in left:
             c.kill()

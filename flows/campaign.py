@@ -16,7 +16,9 @@ the exit status of the verdict.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -367,6 +369,23 @@ def _notify(verdict: Verdict, profile: Profile, run: RunContext) -> None:
 # ---------------------------------------------------------------- CLI
 
 
+def _sigterm_as_interrupt() -> Any:
+    """`kill PID` ends a CLI campaign the way Ctrl-C does.
+
+    During the flow, Prefect turns SIGTERM into its own TerminationSignal (the flow's cleanup runs:
+    k6 stopped, stack torn down, run kept INCOMPLETE) and then re-sends SIGTERM to the handler it found.
+    With Python's default there, the process would die on the spot and orphan Prefect's temporary
+    server; with this one it unwinds to `run_from_cli`, which exits 30 and lets atexit stop the server.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, _raise)
+
+
 def run_from_cli(profile: Path | str | None = None, scenarios: list[str] | None = None, scale: float | None = None,
                  time_scale: float | None = None, target: str | None = None, output: Path | str | None = None,
                  notify: bool = True) -> int:
@@ -381,6 +400,7 @@ def run_from_cli(profile: Path | str | None = None, scenarios: list[str] | None 
     except ProfileError as e:
         errors.print(f"[red]error:[/red] {e}")
         return EXIT_USAGE
+    previous = _sigterm_as_interrupt()
     try:
         state = campaign(profile=str(resolve_profile_path(profile)), scenarios=scenarios, scale=scale,
                          time_scale=time_scale, target=target, notify=notify,
@@ -388,6 +408,9 @@ def run_from_cli(profile: Path | str | None = None, scenarios: list[str] | None 
     except KeyboardInterrupt:
         errors.print("interrupted: the run is kept, marked INCOMPLETE (see `soundcheck history`).")
         return EXIT_CODES[Decision.INCONCLUSIVE]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     result = state.result(raise_on_failure=False)
     if isinstance(result, ProfileError):
         errors.print(f"[red]error:[/red] {result}")
