@@ -20,7 +20,7 @@ def broken(tmp_path_factory):
     """no_lock, lost_update and no_compensation at once (they touch different paths), rank positions."""
     with run_sut(tmp_path_factory.mktemp("faults-a"), faults="no_lock,lost_update,no_compensation,leak",
                  leak_bytes=262_144, outbox_interval_seconds=0.2, position_strategy="rank", concert_cache=1,
-                 concert_cache_ttl_seconds=60) as s:
+                 concert_cache_ttl_seconds=60, concert_query_ms=300) as s:
         yield s
 
 
@@ -29,7 +29,7 @@ def stuck(tmp_path_factory):
     """stuck_outbox and lock_timeout_500, a 0.3 s lock wait, a 4 s token TTL and 3 s holds."""
     with run_sut(tmp_path_factory.mktemp("faults-b"), faults="stuck_outbox,lock_timeout_500",
                  lock_wait_seconds=0.3, queue_ttl_seconds=4, queue_sweep_seconds=0.2, hold_minutes=0.05,
-                 hold_sweep_seconds=0.2) as s:
+                 hold_sweep_seconds=0.2, concert_query_ms=300) as s:
         yield s
 
 
@@ -170,6 +170,25 @@ def test_concert_list_is_cached(broken):
     r = redis.Redis.from_url(broken.redis_url)
     assert r.pttl("sut:cache:concerts") > 50_000
     r.close()
+
+
+def test_slow_concert_list_holds_pool_connections_and_the_cache_avoids_it(stuck, broken):
+    """The 'slow concert list' tuning case: uncached, each list holds a pooled connection for its query
+    time, so 10 at once on a pool of 5 need two rounds; cached, the query runs once."""
+
+    async def ten(base):
+        async with client(base) as c:
+            await c.get("/api/v1/concerts/")  # fill the cache where there is one
+            t0 = time.perf_counter()
+            rs = await together(10, lambda i: c.get("/api/v1/concerts/"))
+            return [r.status_code for r in rs], time.perf_counter() - t0
+
+    codes, uncached = asyncio.run(ten(stuck.base))
+    assert codes == [200] * 10
+    assert uncached >= 0.6  # two rounds of 300 ms on 5 connections
+    codes, cached = asyncio.run(ten(broken.base))
+    assert codes == [200] * 10
+    assert cached < 0.3
 
 
 def test_expired_hold_frees_its_seats(stuck):

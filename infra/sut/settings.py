@@ -63,6 +63,9 @@ class Settings:
     consumer_claim_idle_seconds: float = _s(30.0, "Unacknowledged messages older than this are redelivered.")
     concert_cache: bool = _s(False, "Cache the concert list in Redis.")
     concert_cache_ttl_seconds: float = _s(5.0, "Concert-list cache TTL.")
+    concert_query_ms: float = _s(0.0, "Extra time the uncached concert-list query holds its DB connection, as the "
+                                      "real service's heavy list query does (the 'slow concert list' tuning case; "
+                                      "the concert-list cache avoids it).")
     faults: str = _s("", f"Comma-separated faults to switch on: {', '.join(FAULTS)}.")
     leak_bytes: int = _s(16384, "Bytes kept forever per request with the 'leak' fault.")
     admin_token: str = _s("soundcheck-admin", "X-Admin-Token required by /admin/* endpoints.")
