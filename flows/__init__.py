@@ -11,4 +11,5 @@ environment wins.
 import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ["DO_NOT_TRACK"] = "1"  # Prefect client telemetry off: a campaign sends nothing off the machine
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
