@@ -10,7 +10,7 @@ Conventions read from the load stage (tolerant of both camelCase and snake_case 
 - race: `requests.name` is the test case (`tc1`, `tc2`, `tc3`; `TC-1` is accepted); a TC-3 answer's
   reservation id is in `requests.tags` (`reservationId` / `reservation_id`); the seat of a test case
   comes from the request tags (`seat_id` / `seatId` / `seat`), else `details["seats"][tc]`, else the
-  plan's seat 1 for TC-1; a lock-wait timeout is an `error_code` containing "LOCK" and "TIMEOUT".
+  plan's seat 1 for TC-1; lock-wait timeouts are the `sc_lock_timeouts` k6 samples (tags `tc`, `status`).
 - saga: the insufficient-points payments are the snapshot's payments whose `failure_reason` starts
   with INSUFFICIENT, the `sc_saga*` k6 samples tagged `reason: INSUFFICIENT_POINTS`, the API-4 requests
   whose name mentions "compens" or "insufficient" (tag `paymentId` / `payment_id`), and
@@ -73,9 +73,18 @@ def _status(s: pd.Series | None) -> pd.Series:
     return s.astype(str).str.upper() if s is not None else pd.Series(dtype=str)
 
 
-def _is_lock_timeout(code: Any) -> bool:
-    c = str(code or "").upper()
-    return "LOCK" in c and "TIMEOUT" in c
+def lock_timeouts(st: StageData) -> pd.DataFrame:
+    """One row per lock-wait timeout the scenario saw: the `sc_lock_timeouts` k6 samples, tagged with the
+    request's tags (`tc`, `name`, `endpoint`) and the answer's `status`. (`requests.error_code` holds k6's
+    numeric transport error code, not the service's error, so timeouts are not read from there.)"""
+    cols = ["tc", "status", "count"]
+    k6 = st.k6
+    if k6.empty:
+        return pd.DataFrame(columns=cols)
+    hit = k6[k6["metric"] == "sc_lock_timeouts"]
+    rows = [{"tc": _tc(_tag(t, "tc", "name")), "status": int(_num(_tag(t, "status")) or 0), "count": float(v)}
+            for v, t in zip(hit["value"], hit["tags"], strict=True)]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def _seat_ids(row: pd.Series) -> list[Any]:
@@ -95,7 +104,7 @@ def _same(a: Any, b: Any) -> bool:
 # ---------------------------------------------------------------------------------------------- race
 
 ANSWER_COLUMNS = ["tc", "n", "n_200", "n_409", "n_5xx", "n_unanswered", "n_other", "n_non_200",
-                  "lock_timeouts", "lock_timeout_rate", "reservation_ids", "seat_id", "db_rows"]
+                  "lock_timeouts", "lock_timeouts_5xx", "lock_timeout_rate", "reservation_ids", "seat_id", "db_rows"]
 
 
 def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
@@ -106,12 +115,15 @@ def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
     if not reservations.empty and "show_id" in reservations.columns:
         reservations = reservations[reservations["show_id"].astype(str) == str(show)]
     seats_cfg = st.details.get("seats") or {}
+    locks_all = lock_timeouts(st)
     rows = []
     for tc, g in (req[req["tc"].notna()].groupby("tc") if not req.empty else []):
         status = g["status"].astype(int)
         n = len(g)
         n200, n409 = int((status == 200).sum()), int((status == 409).sum())
-        locks = int(g["error_code"].map(_is_lock_timeout).sum())
+        mine = locks_all[locks_all["tc"] == tc]
+        locks = int(mine["count"].sum())
+        locks_5xx = int(mine.loc[mine["status"] >= 500, "count"].sum())
         ok_tags = g.loc[status == 200, "tags"]
         rids = {str(r) for r in ok_tags.map(lambda t: _tag(t, "reservationId", "reservation_id")) if r is not None}
         if tc == "tc3":
@@ -128,7 +140,8 @@ def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
             db_rows = 0.0
         rows.append({"tc": tc, "n": n, "n_200": n200, "n_409": n409, "n_5xx": int((status >= 500).sum()),
                      "n_unanswered": int((status == 0).sum()), "n_other": n - n200 - n409, "n_non_200": n - n200,
-                     "lock_timeouts": locks, "lock_timeout_rate": locks / n if n else 0.0,
+                     "lock_timeouts": locks, "lock_timeouts_5xx": locks_5xx,
+                     "lock_timeout_rate": locks / n if n else 0.0,
                      "reservation_ids": len(rids), "seat_id": None if seat is None else str(seat), "db_rows": db_rows})
     answers = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
     requests = req.loc[req["endpoint"] != "ADMIN", ["endpoint", "name", "status", "error_code"]].copy() \

@@ -346,3 +346,15 @@ def test_ramp_phases_do_not_judge_throughput():
 def test_nothing_measured_is_inconclusive():
     v = decide(run_id="r", profile=PROFILE, started_at="", finished_at="", stages=[], checks=[], kpis=[])
     assert v.verdict == Decision.INCONCLUSIVE and [r.code for r in v.remediations] == ["fix_test_environment"]
+
+
+def test_lock_timeouts_are_read_from_the_k6_samples(engine, validator):
+    """race.js records each lock-wait timeout as an `sc_lock_timeouts` sample tagged with the request's tags
+    and the answer's status; a timeout answered 500 is the R-RACE-4 defect even when the 5xx share is tiny."""
+    v = judge(engine, validator, ("race",), race={"locks": {500: 3, 409: 2}})
+    assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
+    r4 = [c for c in v.checks if c.id == "R-RACE-4" and not c.passed]
+    assert any("tc2: 3 of 5 lock timeouts answered 5xx" in c.observed for c in r4), [c.observed for c in r4]
+    ok = judge_run(engine, build_run(engine, "run-2", ("race",), race={"locks": {409: 2}}), PROFILE,
+                   validator=validator)
+    assert ok.verdict == Decision.APPROVE, [t.why for t in ok.trace]

@@ -86,8 +86,16 @@ SERVER_OK = {"db_pool_size": 5, "db_pool_in_use": 2, "db_pool_waiting": 0, "db_p
 
 
 def race(engine: Engine, run_id: str, *, tc1_200: int = 1, tc1_rows: int = 1, s5xx: int = 0, lock_rate: float = 0.0,
-         **stage: Any) -> int:
+         locks: dict[int, int] | None = None, **stage: Any) -> int:
+    """`locks`: TC-2 lock-wait timeouts by answer status, as race.js records them (`sc_lock_timeouts`
+    samples tagged like the request; `requests.error_code` is k6's numeric error code)."""
     sid = _stage(engine, run_id, "race", **stage)
+    lock_rows = [{"scenario_run_id": sid, "ts": float(T0), "metric": "sc_lock_timeouts", "value": 1.0,
+                  "tags": {"endpoint": "API-3", "name": "tc2", "tc": "tc2", "seat": "10", "status": str(code)}}
+                 for code, n in (locks or {}).items() for _ in range(n)]
+    if lock_rows:
+        with engine.begin() as c:
+            c.execute(insert(store.k6_samples), lock_rows)
     reqs = [{"endpoint": "API-3", "name": "tc1", "status": 200 if i < tc1_200 else 409, "tags": {"seat_id": 1}}
             for i in range(100)]
     reqs += [{"endpoint": "API-3", "name": "tc2", "status": 500 if i < s5xx else 200, "tags": {"seat_id": 10 + i}}
