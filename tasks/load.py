@@ -13,7 +13,8 @@ How a stage ended (models.ScenarioStatus, stored in scenario_runs.status with a 
 - THRESHOLD_ABORTED: 99 after a threshold with abortOnFail stopped the test early;
 - K6_CRASHED: any other exit code or a signal we did not send; K6_MISSING: no k6 binary;
 - TARGET_DOWN: /health did not answer before the start, or stopped answering during the run;
-- ABORTED: the abort event was set; TIMED_OUT: the deadline passed;
+- ABORTED: the abort event was set, or the runner was interrupted (Ctrl-C, SIGTERM — Prefect's
+  TerminationSignal); TIMED_OUT: the deadline passed;
 - INVALID: k6 dropped iterations (arrival-rate executors could not start them on time: the numbers
   would be silently optimistic — coordinated omission), or k6 used more CPU than `max_cpu_share` of
   the cores (the generator, not the target, was the bottleneck), or the ingest failed.
@@ -235,13 +236,17 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
                  allowlist: list[str] | None = None, stop_grace_s: float = 10.0, max_cpu_share: float = 0.8,
                  script: str | Path | None = None, keep_requests: bool | None = None,
                  progress: bool | None = None, down_after_s: float = 6.0,
-                 scenario_run_id: int | None = None) -> ScenarioResult:
+                 scenario_run_id: int | None = None, lag_s: int | None = None) -> ScenarioResult:
     """Run one scenario's k6 script against `base_url`, streaming its output into the store.
 
     `deadline_s`: wall-clock seconds after which k6 is stopped (TIMED_OUT); default: the script's planned
     duration (`k6 inspect`) + 300 s, so even a hung k6 is bounded. `abort`: set it to stop the
     load at once (ABORTED; the reason is `abort.reason` if the setter attached one). `on_second`: the
     ingest's live hook (see tasks.ingest). `env`: extra variables for the script (override defaults).
+    `lag_s`: the ingest's hold-back of each second before it is written and shown to `on_second`
+    (default: the ingest's own); a shorter one lets an abort watcher see a breach, and stop the load, sooner.
+    A SIGINT (KeyboardInterrupt) or a SIGTERM turned into Prefect's TerminationSignal while k6 runs
+    ends the stage ABORTED, like the abort event; any other exception K6_CRASHED.
     """
     lg = _logger()
     check_allowlist(base_url, allowlist)
@@ -278,7 +283,8 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
     if why:
         return done(ScenarioStatus.TARGET_DOWN, f"target {base_url} is down before the start ({why})")
 
-    ingest = K6CsvIngest(engine, sid, scenario, csv_path, keep_requests=keep_requests, on_second=on_second)
+    ingest = K6CsvIngest(engine, sid, scenario, csv_path, keep_requests=keep_requests, on_second=on_second,
+                         **({} if lag_s is None else {"lag_s": lag_s}))
     ing_thread = IngestThread(ingest)
     k6_env = {**os.environ, **K6_ENV, "K6_NO_USAGE_REPORT": "true",
               **scenario_env(scenario, base_url, scale=scale, time_scale=time_scale, admin_token=admin_token,
@@ -344,7 +350,7 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
         if proc is not None and proc.poll() is None:
             _stop(proc, min(stop_grace_s, 5.0))
         summary = ing_thread.stop() if ing_thread.is_alive() else ingest.summary
-        done(ScenarioStatus.ABORTED if isinstance(e, KeyboardInterrupt) else ScenarioStatus.K6_CRASHED,
+        done(ScenarioStatus.ABORTED if is_interruption(e) else ScenarioStatus.K6_CRASHED,
              f"the runner stopped: {type(e).__name__}: {e}", proc.returncode if proc else None,
              summary.dropped_iterations, summary=summary)
         raise
@@ -389,6 +395,18 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
         return done(ScenarioStatus.TARGET_DOWN, f"target {base_url} stopped answering during the run ({why})",
                     code, dropped, cpu_share, summary)
     return done(ScenarioStatus.COMPLETED, None, code, dropped, cpu_share, summary)
+
+
+def is_interruption(e: BaseException) -> bool:
+    """Ctrl-C, a SIGTERM (Prefect raises its TerminationSignal in the flow; SystemExit from a plain
+    handler) or a cancelled run: someone stopped the campaign — the stage was aborted, k6 did not crash."""
+    if isinstance(e, KeyboardInterrupt | SystemExit):
+        return True
+    try:
+        from prefect.exceptions import ExternalSignal  # TerminationSignal's base
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(e, ExternalSignal)
 
 
 def _stop(proc: subprocess.Popen, grace_s: float) -> None:

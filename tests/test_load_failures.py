@@ -151,3 +151,40 @@ def test_target_goes_down_mid_run(engine, tmp_path: Path) -> None:
     assert _aggregates(engine, sid) > 0
     assert _finished(engine, sid).status == "TARGET_DOWN"
     assert not _k6_children()
+
+
+def test_sigterm_in_a_flow_is_aborted_not_crashed(engine, sut, tmp_path: Path, monkeypatch) -> None:
+    """Prefect turns SIGTERM into TerminationSignal in the flow's thread: the stage was stopped, not crashed."""
+    from prefect.exceptions import TerminationSignal
+
+    real_update = load._Progress.update
+
+    def update(self, s, force=False):  # the signal lands while k6 runs and rows are coming in
+        real_update(self, s, force)
+        if s["requests_total"] > 0:
+            raise TerminationSignal(signal.SIGTERM)
+
+    monkeypatch.setattr(load._Progress, "update", update)
+    sid = store.start_scenario(engine, RUN, "soak")
+    with pytest.raises(TerminationSignal):
+        load.run_scenario(engine, RUN, "soak", sut.base, output_dir=tmp_path, scale=0.02, time_scale=0.033,
+                          progress=False, scenario_run_id=sid, stop_grace_s=5)
+    row = _finished(engine, sid)
+    assert row.status == "ABORTED" and "TerminationSignal" in row.reason, (row.status, row.reason)
+    assert _aggregates(engine, sid) > 0 and not _k6_children()  # the rows already ingested stay
+
+
+def test_lag_s_reaches_the_ingest(engine, sut, tmp_path: Path, monkeypatch) -> None:
+    seen: list[int] = []
+    real = load.K6CsvIngest
+
+    def spy(*a, **kw):
+        ing = real(*a, **kw)
+        seen.append(ing.lag_s)
+        return ing
+
+    monkeypatch.setattr(load, "K6CsvIngest", spy)
+    r = load.run_scenario(engine, RUN, "soak", sut.base, output_dir=tmp_path, scale=0.01, time_scale=0.033,
+                          deadline_s=3, progress=False, lag_s=1)
+    assert r.status == ScenarioStatus.TIMED_OUT and seen == [1]
+    assert not _k6_children()
