@@ -81,6 +81,10 @@ QUANTILES = (0.5, 0.95, 0.99)
 #: Open (second, endpoint) accumulators (~10 KB each) above which a poll writes finished seconds before
 #: reading its next chunk; otherwise it writes them once at its end (fewer, larger transactions).
 _FLUSH_ACCS = 64
+#: Duration rows are parsed (pyarrow) and aggregated once this many bytes of them are cut out, or at the
+#: end of a poll: per-call overheads amortised over ~14,000 requests, while line cutting stays in
+#: cache-sized 4 MB chunks.
+_PARSE_BATCH = 1 << 20
 
 
 def _classify(lines: bytes | bytearray, start: int, end: int) -> tuple[bytes, list[tuple[bytes, bytes]], list[bytes],
@@ -282,6 +286,8 @@ class K6CsvIngest:
         self._vus: dict[int, float] = {}
         self._dropped: dict[int, float] = {}
         self._errors_written = 0
+        self._pending: list[bytes] = []  # duration rows cut out but not yet parsed (parsed in batches)
+        self._pending_bytes = 0
         self._finished = False
         self._lock = threading.Lock()
 
@@ -324,10 +330,12 @@ class K6CsvIngest:
                 self._pos += cut + 1
                 consumed += cut + 1
                 if len(self._acc) > _FLUSH_ACCS:
+                    self._drain()
                     self._flush(final=False)  # within a poll too: a backlog never piles up in memory
                 if size < self.chunk_bytes:
                     break
             if consumed:
+                self._drain()
                 self._flush(final=False)
             self.summary.bytes_read += consumed
             return consumed
@@ -345,6 +353,7 @@ class K6CsvIngest:
                     # k6 was stopped mid-line: keep the line if it parses, else count it.
                     self._process(rest + b"\n", len(rest) + 1)
                     self.summary.bytes_read += len(rest)
+            self._drain()
             self._flush(final=True)
             self._finished = True
             if self._fh is not None:
@@ -369,7 +378,10 @@ class K6CsvIngest:
         dur_blob, custom, vus, dropped, bad = _classify(lines, start, end)
         self.summary.ingest_errors += bad
         if dur_blob:
-            self._process_durations(dur_blob)
+            self._pending.append(dur_blob)
+            self._pending_bytes += len(dur_blob)
+            if self._pending_bytes >= _PARSE_BATCH:
+                self._drain()
         if custom:
             self._process_custom(custom)
         for rest in vus:
@@ -383,6 +395,13 @@ class K6CsvIngest:
                 sec = int(p[0] // 1000)
                 self._dropped[sec] = self._dropped.get(sec, 0.0) + p[1]
                 self.summary.dropped_iterations += int(p[1])
+
+    def _drain(self) -> None:
+        """Parse and aggregate the duration rows cut out so far, in one batch."""
+        if self._pending:
+            blob = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending, self._pending_bytes = [], 0
+            self._process_durations(blob)
 
     def _small(self, rest: bytes) -> tuple[float, float, list[str]] | None:
         """Parse one non-request row: (timestamp ms, value, all fields); None (counted) if malformed."""
