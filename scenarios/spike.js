@@ -7,11 +7,19 @@
 // A user whose journey is over stays connected but idle (the VU shape is the plan's user count);
 // users still polling when the ramp-down reaches them finish their journey (gracefulRampDown covers
 // the poll limit), as real users in a queue would.
+// Poll phase: at scale 1 users arrive over the 10 s ramp, so their 3 s polls are spread over every second.
+// When TIME_SCALE shrinks the ramp below one poll interval (TIME_SCALE < 0.3 at 3 s), all users would
+// arrive within the same instant and poll in lockstep: bursts every 3 s and seconds with no answer at
+// all. Then each user's first poll comes after an offset in (0, POLL_INTERVAL_S] spread by VU id
+// (golden-ratio sequence: even over the interval for any number of users) instead of a full interval;
+// later polls keep the plan's 3 s cadence. POLL_SPREAD=auto (default: only when the ramp is shorter
+// than the interval), on, or off (the plan's first poll one interval after the token, always).
+//
 // Metrics: sc_token_status{status} (ENTERED/WAITING at issue: R-SPIKE-10), sc_wait_until_entered_s,
 // sc_poll_gave_up, sc_saga_time_s, sc_saga_completed, sc_saga_unfinished, sc_lock_timeouts.
 //
 // Env (besides lib/common.js): POLL_INTERVAL_S (3; not time-scaled: it sets the polling rate),
-// POLL_LIMIT_S (1800 × TIME_SCALE), SEAT_IDS (1,2), SPIKE_AMOUNT (150000), WATCH_LIMIT_S (120).
+// POLL_LIMIT_S (1800 × TIME_SCALE), POLL_SPREAD (auto), SEAT_IDS (1,2), SPIKE_AMOUNT (150000), WATCH_LIMIT_S (120).
 // Users: USER_OFFSET … USER_OFFSET + 10,000·SCALE − 1 (capped by USER_COUNT).
 import exec from 'k6/execution';
 import { sleep } from 'k6';
@@ -27,6 +35,17 @@ const WATCH_LIMIT_S = parseFloat(__ENV.WATCH_LIMIT_S || '120');
 const SEATS = (__ENV.SEAT_IDS || '1,2').split(',').map((s) => parseInt(s, 10));
 const AMOUNT = parseInt(__ENV.SPIKE_AMOUNT || '150000', 10);
 const TAIL = `${Math.ceil(POLL_LIMIT_S + WATCH_LIMIT_S + 30)}s`;
+const RAMP_S = 10 * TIME_SCALE;
+const POLL_SPREAD = (__ENV.POLL_SPREAD || 'auto').toLowerCase();
+const SPREAD = POLL_SPREAD === 'on' || (POLL_SPREAD === 'auto' && RAMP_S < POLL_S);
+
+// Seconds from the token to this user's first poll: the plan's interval, or (compressed ramp) the
+// user's place in the interval — 1 − frac(idx·φ) ∈ (0, 1], evenly spread over consecutive VU ids.
+export function firstPollDelay(idx) {
+  if (!SPREAD) return POLL_S;
+  const frac = (idx * 0.6180339887498949) % 1;
+  return POLL_S * (1 - frac);
+}
 
 export const options = {
   scenarios: {
@@ -55,7 +74,7 @@ export const options = {
 
 export function setup() {
   checkTarget();
-  return { scale: SCALE, users: N };
+  return { scale: SCALE, users: N, pollSpread: SPREAD };
 }
 
 let done = false;
@@ -76,7 +95,7 @@ export default function () {
   if (entered) {
     waitEntered.add(0);
   } else {
-    sleep(POLL_S);
+    sleep(firstPollDelay(idx));
     entered = waitUntilEntered(body.token, issuedAt, POLL_S, POLL_LIMIT_S);
   }
   if (!entered) return;

@@ -124,6 +124,30 @@ def test_spike_small_scale_with_phases(engine, sut, tmp_path: Path) -> None:
     assert _rows(engine, store.second_aggregates, r.scenario_run_id)
 
 
+def _poll_seconds(engine, sid: int) -> list[int]:
+    """API-2 answers per second, from the first second with one to the last (quiet seconds as 0)."""
+    by = Counter()
+    for a in _rows(engine, store.second_aggregates, sid):
+        if a.endpoint == "API-2":
+            by[a.second] += a.count
+    return [by[s] for s in range(min(by), max(by) + 1)] if by else []
+
+
+def test_spike_polls_spread_when_the_ramp_is_compressed(engine, sut, tmp_path: Path) -> None:
+    """Time scale 0.03: the 10 s ramp lasts 0.3 s, shorter than the 3 s poll interval. Real users arrive
+    over 10 s and poll in every second; the compressed run must too, not in lockstep bursts every 3 s."""
+    r = _run(engine, sut, "spike", tmp_path, scale=0.008, time_scale=0.03, POLL_LIMIT_S="10", SEAT_IDS="902,903",
+             USER_OFFSET="2001", USER_COUNT="100", CONCERT_ID="2")
+    assert r.status == ScenarioStatus.COMPLETED, r.reason
+    k = _kpis(engine, r.scenario_run_id)
+    waiting = k[("tokens_waiting_at_issue", None)]
+    assert waiting >= 25  # 80 users, 50 admitted at once
+    per_s = _poll_seconds(engine, r.scenario_run_id)
+    assert len(per_s) >= 7, per_s  # ~10 s of polling
+    assert 0 not in per_s, per_s  # every second of the polling window has answers
+    assert max(per_s) <= 0.6 * waiting, per_s  # no lockstep burst of every waiting user in one second
+
+
 def test_soak_mix_arrival_rate(engine, sut, tmp_path: Path) -> None:
     r = _run(engine, sut, "soak", tmp_path, scale=0.02, time_scale=0.005)  # 20 users, 67 req/s, 9 s
     assert r.status == ScenarioStatus.COMPLETED, r.reason
