@@ -1,15 +1,28 @@
-// R-SOAK (plan §3.4): endurance. 1,000 concurrent users (× SCALE) for 30 minutes (× TIME_SCALE), each
+// R-SOAK (plan §3.4): endurance. The plan's "1,000 concurrent users" (× SCALE: 1,000 distinct users, each
+// with its token, whose requests arrive together at SOAK_RATE) for 30 minutes (× TIME_SCALE), each
 // request drawn from the plan's mix: 70 % API-2 poll, 20 % API-5 concert list, 10 % API-3 reservation.
 // Open model: a constant arrival rate of SOAK_RATE requests per second (default 3,333 × SCALE: the
-// plan's polling load, 10,000 users every 3 s, R-SPIKE-8) served by a pool of exactly USERS VUs — the
-// 1,000 concurrent users. If the pool cannot keep up, k6 drops iterations and the runner marks the
-// stage INVALID rather than reporting the optimistic latencies of a closed loop.
-// Each VU is one user: its first iteration issues its queue token (API-1, concert queue), every later
-// one polls with it, lists concerts, or reserves one seat of SOAK_SEAT_FIRST … +SOAK_SEAT_COUNT.
+// plan's polling load, 10,000 users every 3 s, R-SPIKE-8) made by the plan's USERS users (1,000 at
+// scale 1: user ids USER_OFFSET … +USERS − 1, one queue token each).
+// VU pool, by Little's law (VUs in use = rate × mean latency). USERS VUs alone (1,000 at scale 1) carry
+// the rate only while the mean latency stays under USERS / RATE = 0.3 s; at scale 0.02 (20 VUs, 67 req/s)
+// one 250 ms stall of a busy machine exhausts them. So k6 pre-allocates
+// max(USERS, RATE × SOAK_PREALLOC_LATENCY_S, SOAK_MIN_VUS) VUs (defaults 0.5 s and 50: 1,667 at scale 1,
+// 50 at scale 0.02) and may add more up to max(that, RATE × SOAK_VU_LATENCY_S) (default 2 s: 6,666 at
+// scale 1, 134 at 0.02). Pre-allocated, because k6 drops the iterations that find no free VU while it
+// initialises an extra one mid-run. VU n acts
+// for user USER_OFFSET + (n − 1) mod USERS: an extra VU is another connection of one of the same USERS
+// users (same token), so the soak still has exactly USERS distinct users, and more than USERS requests
+// are in flight only while the mean latency exceeds USERS / RATE. Dropped iterations therefore mean the
+// target or the generator really could not keep up (mean latency past 0.5 s faster than k6 can add VUs,
+// or past SOAK_VU_LATENCY_S, or k6 starved of CPU): the runner marks the stage INVALID rather than reporting the optimistic latencies of a closed loop.
+// Each VU's first iteration issues its user's queue token (API-1, concert queue), every later one polls
+// with it, lists concerts, or reserves one seat of SOAK_SEAT_FIRST … +SOAK_SEAT_COUNT.
 // The plan's watch bands are thresholds; the alarm levels abort the run (errors > 1 %, p95 > 3 s).
 //
 // Env (besides lib/common.js): SOAK_USERS (1000), SOAK_RATE (3333), SOAK_DURATION_S (1800),
-// SOAK_SEAT_FIRST (601), SOAK_SEAT_COUNT (400). Users: USER_OFFSET … +SOAK_USERS·SCALE − 1.
+// SOAK_SEAT_FIRST (601), SOAK_SEAT_COUNT (400), SOAK_PREALLOC_LATENCY_S (0.5), SOAK_VU_LATENCY_S (2),
+// SOAK_MIN_VUS (50). Users: USER_OFFSET … +SOAK_USERS·SCALE − 1.
 import exec from 'k6/execution';
 import {
   SCALE, USER_OFFSET, checkTarget, concerts, dur, issueToken, pollToken, reserve, scaled, uuid,
@@ -20,6 +33,11 @@ const RATE = Math.max(1, Math.round(parseFloat(__ENV.SOAK_RATE || '3333') * SCAL
 const DURATION_S = parseFloat(__ENV.SOAK_DURATION_S || '1800');
 const SEAT_FIRST = parseInt(__ENV.SOAK_SEAT_FIRST || '601', 10);
 const SEAT_COUNT = parseInt(__ENV.SOAK_SEAT_COUNT || '400', 10);
+const VU_LATENCY_S = parseFloat(__ENV.SOAK_VU_LATENCY_S || '2');
+const MIN_VUS = parseInt(__ENV.SOAK_MIN_VUS || '50', 10);
+const PREALLOC_LATENCY_S = parseFloat(__ENV.SOAK_PREALLOC_LATENCY_S || '0.5');
+const PRE_VUS = Math.max(USERS, Math.ceil(RATE * PREALLOC_LATENCY_S), MIN_VUS);
+const MAX_VUS = Math.max(PRE_VUS, Math.ceil(RATE * VU_LATENCY_S));
 
 export const options = {
   scenarios: {
@@ -28,8 +46,8 @@ export const options = {
       rate: RATE,
       timeUnit: '1s',
       duration: dur(DURATION_S),
-      preAllocatedVUs: USERS,
-      maxVUs: USERS,
+      preAllocatedVUs: PRE_VUS,
+      maxVUs: MAX_VUS,
       gracefulStop: '30s',
     },
   },
@@ -43,13 +61,13 @@ export const options = {
 
 export function setup() {
   checkTarget();
-  return { users: USERS, rate: RATE, scale: SCALE };
+  return { users: USERS, rate: RATE, scale: SCALE, preAllocatedVUs: PRE_VUS, maxVUs: MAX_VUS };
 }
 
 let token = null;
 
 export default function () {
-  const user = USER_OFFSET + exec.vu.idInTest - 1;
+  const user = USER_OFFSET + ((exec.vu.idInTest - 1) % USERS);
   if (token === null) {
     const { body } = issueToken(user);
     token = body && body.token ? body.token : '';
