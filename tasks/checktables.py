@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.rundata import StageData
+from tasks.rundata import StageData, _ts
 
 INACTIVE_RESERVATION = {"CANCELLED", "CANCELED", "EXPIRED", "FAILED"}
 EXPECTED_ENDPOINTS = {"spike": ["API-1", "API-2", "API-3"], "soak": ["API-2", "API-3", "API-5"]}
@@ -206,6 +206,45 @@ def _payment_ids(st: StageData, name_pattern: str, details_key: str) -> list[str
     return ids
 
 
+TERMINAL_PAYMENT = {"COMPLETED", "FAILED"}
+
+
+def _case_of(tags: Any) -> str:
+    return str(_tag(tags, "case") or "")
+
+
+def client_case(st: StageData, case: str) -> tuple[float | None, float | None]:
+    """What the client saw of one watched saga case (saga.js tags its requests and samples `case`):
+    (epoch second its payment request was sent, seconds until the client gave up on the saga — None when
+    it reached a terminal state)."""
+    req = st.requests
+    sent = None
+    if not req.empty:
+        mine = req[(req["endpoint"] == "API-4") & (req["tags"].map(_case_of) == case)]
+        sent = float(mine["ts"].min()) if not mine.empty else None
+    k6 = st.k6
+    gave_up = None
+    if sent is not None and not k6.empty:
+        hit = k6[(k6["metric"] == "sc_saga_unfinished") & (k6["tags"].map(_case_of) == case)]
+        gave_up = float(hit["ts"].max()) - sent if not hit.empty else None
+    return sent, gave_up
+
+
+def _payment_near(payments: pd.DataFrame, ts: float | None, exclude: list[str], window_s: float = 2.0) -> str | None:
+    """The snapshot's payment created closest to `ts` (within `window_s`): the payment a tagged request made,
+    when neither its answer nor a failure reason names it (a saga stuck before any step)."""
+    if ts is None or payments.empty or "created_at" not in payments.columns:
+        return None
+    best: tuple[float, str] | None = None
+    for pid, created in zip(payments["id"].astype(str), payments["created_at"], strict=True):
+        c = _epoch(created)
+        if pid in exclude or c is None or abs(c - ts) > window_s:
+            continue
+        if best is None or abs(c - ts) < best[0]:
+            best = (abs(c - ts), pid)
+    return best[1] if best else None
+
+
 def _epoch(x: Any) -> float | None:
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return None
@@ -217,7 +256,14 @@ def _epoch(x: Any) -> float | None:
         return None
 
 
-def _saga_seconds(st: StageData, pay: pd.Series) -> float:
+def _saga_seconds(st: StageData, pay: pd.Series, gave_up_s: float | None = None) -> float:
+    """Payment request → terminal. A saga that never reached a terminal state has no end: its time is at
+    least how long the client watched it (`gave_up_s`), never the zero of its untouched `updated_at`."""
+    if str(pay.get("status") or "").upper() not in TERMINAL_PAYMENT:
+        if gave_up_s is not None:
+            return float(gave_up_s)
+        a, b = _epoch(pay.get("created_at")), _ts(st.finished_at)  # still open when the stage ended
+        return b - a if a is not None and b is not None and b >= a else np.nan
     for end_key in ("completed_at", "finished_at", "updated_at"):
         a, b = _epoch(pay.get("created_at")), _epoch(pay.get(end_key))
         if a is not None and b is not None and b >= a:
@@ -235,6 +281,11 @@ def saga_tables(st: StageData) -> dict[str, pd.DataFrame]:
     payments, reservations = st.snapshot("payment"), st.snapshot("reservation")
     seats, outbox = st.snapshot("seat"), st.snapshot("payment_outbox")
     comp_ids = _payment_ids(st, "compens|insufficient", "compensation_payment_ids")
+    comp_sent, comp_gave_up = client_case(st, "compensation")
+    if not comp_ids:  # no answer or failure reason names it: the payment the compensation request created
+        pid = _payment_near(payments, comp_sent, [])
+        if pid is not None:
+            comp_ids = [pid]
     conc_ids = _payment_ids(st, "concurrent", "concurrent_payment_ids")
     if not conc_ids and not payments.empty:  # the snapshot holds this stage's payments only
         conc_ids = [str(i) for i in payments["id"] if str(i) not in comp_ids]
@@ -259,7 +310,7 @@ def saga_tables(st: StageData) -> dict[str, pd.DataFrame]:
             "use_point_published": ("UsePointCommand", "PUBLISHED") in ev,
             "cancel_seats_published": ("CancelSeatsCommand", "PUBLISHED") in ev,
             "outbox_failed": sum(s == "FAILED" for _, s in ev),
-            "saga_time_s": _saga_seconds(st, pay) if not pay.empty else np.nan,
+            "saga_time_s": _saga_seconds(st, pay, comp_gave_up) if not pay.empty else np.nan,
         })
     compensation = pd.DataFrame(rows, columns=COMPENSATION_COLUMNS)
     conc_rows = []

@@ -101,6 +101,12 @@ MEASUREMENT_RULES: dict[str, Rule] = {
     ]
 }
 
+#: What a stage measured although a KPI could not be computed from it: the harm is the measurement.
+HARM_RULES: dict[str, Rule] = {
+    "sagas_unfinished": Rule("sagas_unfinished", Decision.BLOCK, "sagas never finished (no saga time: the saga "
+                             "never ended)", "sagas_unfinished", None, "shorten_outbox_interval"),
+}
+
 CHECK_RULES: dict[str, Rule] = {
     "correctness": Rule("check_correctness", Decision.BLOCK, "correctness check failed",
                         remediation="fix_code_and_retest"),
@@ -281,11 +287,21 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
 
     # missing metrics
     have = {(k.scenario, k.name) for k in kpis if k.value is not None}
+    unfinished = {k.scenario: k.value for k in kpis if k.name == "sagas_unfinished" and k.phase is None and k.value}
     for s in stages:
         if s.status is None or s.scenario in unjudged:
             continue
         need = REQUIRED_LOAD_KPIS.get(s.scenario, ()) + REQUIRED_SERVER_KPIS.get(s.scenario, ())
         missing = [n for n in need if (s.scenario, n) not in have]
+        if "saga_time_s" in missing and unfinished.get(s.scenario):
+            # no saga time because the sagas never ended: that is what was measured, not a gap
+            missing.remove("saga_time_s")
+            r = HARM_RULES["sagas_unfinished"]
+            n = unfinished[s.scenario]
+            trace.append(TraceStep(subject=f"stage {s.scenario}", branch=r.branch,
+                                   why=f"{r.why}: {n:.0f} sagas not terminal when the client gave up"))
+            remedy(r.remediation, f"{n:.0f} sagas in {s.scenario} never reached COMPLETED or FAILED")
+            branches.append(r.branch)
         if missing:
             r = MEASUREMENT_RULES["missing_metric"]
             trace.append(TraceStep(subject=f"stage {s.scenario}", branch=r.branch,

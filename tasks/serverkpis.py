@@ -36,7 +36,7 @@ UNITS = {
     "memory_growth": "ratio", "redis_memory_bytes": "bytes", "gc_pause_max_ms": "ms", "db_cpu_percent": "%",
     "heap_use": "ratio", "outbox_backlog": "rows", "outbox_oldest_age_s": "s", "unanswered_rate": "ratio",
     "latency_trend": "ratio", "latency_trend_ms": "ms", "latency_upward_ms": "ms",
-    "lock_timeouts": "count", "db_pool_use_max": "ratio",
+    "lock_timeouts": "count", "db_pool_use_max": "ratio", "sagas_unfinished": "count",
 }
 
 #: What each server KPI needs; a stage under load that lacks them could not be judged (INCONCLUSIVE).
@@ -200,6 +200,11 @@ def stage_kpis(st: StageData, time_scale: float = 1.0) -> list[Derived]:
         n = float(st.seconds["count"].sum())
         if n > 0:
             out.append(Derived("unanswered_rate", float(st.seconds["failed"].sum()) / n, UNITS["unanswered_rate"]))
+    k6 = st.k6
+    if not k6.empty and k6["metric"].astype(str).str.startswith("sc_saga").any():
+        # sagas the client watched until it gave up (saga.js, spike.js): not "unmeasured", the harm itself
+        n = float(k6.loc[k6["metric"] == "sc_saga_unfinished", "value"].sum())
+        out.append(Derived("sagas_unfinished", n, UNITS["sagas_unfinished"]))
     if st.scenario == "soak":
         rel, absolute = latency_trend(st.seconds)
         if rel is not None:

@@ -358,3 +358,20 @@ def test_lock_timeouts_are_read_from_the_k6_samples(engine, validator):
     ok = judge_run(engine, build_run(engine, "run-2", ("race",), race={"locks": {409: 2}}), PROFILE,
                    validator=validator)
     assert ok.verdict == Decision.APPROVE, [t.why for t in ok.trace]
+
+
+def test_sagas_that_never_finish_are_the_measurement(engine, validator):
+    """stuck_outbox: no saga ends, so there is no saga time and no failure reason naming the compensation
+    payment. That is the harm, not a gap: BLOCK with the outbox remediation, the outbox backlog banded."""
+    v = judge(engine, validator, ("saga",), saga={"stuck": True})
+    assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
+    assert "shorten_outbox_interval" in codes(v) and "fix_test_environment" not in codes(v), codes(v)
+    assert {"R-SAGA-1", "R-SAGA-5", "R-SAGA-6", "R-SAGA-7"} <= failed(v)
+    assert not any(c.source == "coverage" and not c.passed for c in v.checks), [c.observed for c in v.checks]
+    comp = next(c for c in v.checks if c.id == "R-SAGA-1" and not c.passed)
+    assert comp.observed == "payment PENDING"  # the compensation payment found by its request's time
+    slow = next(c for c in v.checks if c.id == "R-SAGA-5" and "within 10 s" in c.expected)
+    assert slow.observed == "compensated in 120.0 s"  # at least as long as the client watched it
+    age = next(k for k in v.kpis if k.name == "outbox_oldest_age_s" and k.scenario == "saga")
+    assert age.value >= 120 and age.band == "action"
+    assert any(t.subject == "stage saga" and "6 sagas not terminal" in t.why for t in v.trace)

@@ -116,7 +116,9 @@ def race(engine: Engine, run_id: str, *, tc1_200: int = 1, tc1_rows: int = 1, s5
 
 
 def saga(engine: Engine, run_id: str, *, compensated: bool = True, lag: float = 5, comp_success: float = 1.0,
-         saga_time: float = 6.0, **stage: Any) -> int:
+         saga_time: float = 6.0, stuck: bool = False, **stage: Any) -> int:
+    if stuck:
+        return stuck_saga(engine, run_id, **stage)
     sid = _stage(engine, run_id, "saga", **stage)
     t = datetime.fromtimestamp(T0, UTC)
     pays = [{"id": 1, "reservation_id": 11, "status": "FAILED" if compensated else "PROCESSING",
@@ -143,6 +145,37 @@ def saga(engine: Engine, run_id: str, *, compensated: bool = True, lag: float = 
     _server(engine, run_id, sid, 10, {**SERVER_OK, "consumer_lag_messages": lag})
     _kpis(engine, run_id, "saga", {"saga_time_s": saga_time, "saga_time_max_s": saga_time,
                                    "compensation_success": comp_success, "error_rate": 0.0})
+    return sid
+
+
+def stuck_saga(engine: Engine, run_id: str, **stage: Any) -> int:
+    """The reference service's `stuck_outbox` as saga.js records it: no outbox event is ever published, so
+    every payment stays PENDING (no failure reason names the insufficient-points one), the client watches
+    each saga 120 s and gives up (`sc_saga_unfinished{case}`, no `sc_saga_time_s`), the load stage has no
+    saga_time_s, and the oldest PENDING outbox row ages past 2 minutes."""
+    sid = _stage(engine, run_id, "saga", seconds=125, **stage)
+    t = datetime.fromtimestamp(T0, UTC).replace(tzinfo=None)
+    cases = ["compensation"] + ["concurrent"] * 5
+    sent = [T0 + 0.1] + [T0 + 3.1 + 0.01 * i for i in range(5)]  # the concurrent ones after the release delay
+    pays = [{"id": 1 + i, "reservation_id": f"r{i}", "user_id": 300 + i, "amount": 150000, "status": "PENDING",
+             "failure_reason": None, "completed_at": None,
+             "created_at": (t + timedelta(seconds=sent[i] - T0)).isoformat(),
+             "updated_at": (t + timedelta(seconds=sent[i] - T0)).isoformat()} for i in range(6)]
+    _snap(engine, sid, "payment", pays)
+    _snap(engine, sid, "reservation", [{"id": f"r{i}", "show_id": 101, "seat_id": 301 + 2 * i,
+                                        "status": "PAYMENT_PENDING"} for i in range(6)])
+    _snap(engine, sid, "seat", [{"id": 301 + 2 * i, "status": "HELD"} for i in range(6)])
+    _snap(engine, sid, "payment_outbox", [{"aggregate_id": 1 + i, "event_type": "UsePointCommand", "status": "PENDING"}
+                                          for i in range(6)])
+    _requests(engine, sid, [{"endpoint": "API-4", "name": "pay", "status": 200, "ts": sent[i],
+                             "tags": {"case": cases[i], "method": "POST"}} for i in range(6)])
+    with engine.begin() as c:
+        c.execute(insert(store.k6_samples), [
+            {"scenario_run_id": sid, "ts": sent[i] + 120.0, "metric": m, "value": v, "tags": {"case": cases[i]}}
+            for i in range(6) for m, v in (("sc_saga_unfinished", 1.0), ("sc_saga_completed", 0.0))])
+    _seconds(engine, sid, ["API-4", "API-PAY-GET"], 124, rps=5)
+    _server(engine, run_id, sid, 124, {**SERVER_OK, "outbox_pending": 6, "outbox_oldest_age_s": lambda i: i})
+    _kpis(engine, run_id, "saga", {"compensation_success": 0.0, "error_rate": 0.0})
     return sid
 
 
