@@ -80,7 +80,7 @@ def _watch_k6_exit(watcher: AbortWatcher, out: dict, stop: threading.Event) -> N
         time.sleep(0.02)
 
 
-def trial(rate: int, harm_after_s: float, max_s: float, bands: Abort) -> dict:
+def trial(rate: int, harm_after_s: float, max_s: float, bands: Abort, lag_s: int | None = None) -> dict:
     from tasks.load import run_scenario
 
     srv = StandIn(("127.0.0.1", 0), Handler)
@@ -100,7 +100,7 @@ def trial(rate: int, harm_after_s: float, max_s: float, bands: Abort) -> dict:
         harm_second = srv.harm_at  # the instant the first 500 can be answered
         res = run_scenario(engine, "bench", "soak", base, output_dir=d, script=script, deadline_s=max_s,
                            abort=w.event, on_second=w.on_second, env={"RATE": str(rate), "DURATION": f"{int(max_s)}s"},
-                           progress=False)
+                           progress=False, lag_s=lag_s)
         stop.set()
         srv.shutdown()
         engine.dispose()
@@ -122,18 +122,12 @@ def main() -> None:
     ap.add_argument("--max-s", type=float, default=40.0)
     ap.add_argument("--ingest-lag-s", type=int, default=None,
                     help="hold-back of each second in the ingest before it is written and shown to the watcher "
-                         "(default: the ingest's own, 5 s)")
+                         "(default: the load stage's for a watched stage, tasks.load.WATCHED_LAG_S)")
     args = ap.parse_args()
-    if args.ingest_lag_s is not None:
-        import functools
-
-        import tasks.load
-
-        tasks.load.K6CsvIngest = functools.partial(tasks.load.K6CsvIngest, lag_s=args.ingest_lag_s)
     bands = Abort(window_s=5, min_requests=50)
     rows = []
     for i in range(args.trials):
-        r = trial(args.rate, args.harm_after_s, args.max_s, bands)
+        r = trial(args.rate, args.harm_after_s, args.max_s, bands, args.ingest_lag_s)
         rows.append(r)
         print(f"trial {i + 1}: {r}", flush=True)
     ok = [r for r in rows if r.get("tripped")]

@@ -188,3 +188,12 @@ def test_lag_s_reaches_the_ingest(engine, sut, tmp_path: Path, monkeypatch) -> N
                           deadline_s=3, progress=False, lag_s=1)
     assert r.status == ScenarioStatus.TIMED_OUT and seen == [1]
     assert not _k6_children()
+
+
+def test_a_watched_stage_holds_seconds_back_briefly() -> None:
+    """With a live hook (the abort watcher) the ingest writes each second WATCHED_LAG_S behind the newest
+    sample, so a breach is seen ~1 s after it; without one the ingest keeps its own hold-back."""
+    hook = lambda *a: None  # noqa: E731
+    assert load._lag_kw(None, hook) == {"lag_s": load.WATCHED_LAG_S} and load.WATCHED_LAG_S <= 1
+    assert load._lag_kw(None, None) == {}
+    assert load._lag_kw(4, hook) == {"lag_s": 4}
