@@ -15,6 +15,8 @@ the exit status of the verdict.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import signal
 import sys
@@ -27,6 +29,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 from sqlalchemy import select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from flows.stages import STAGES, RunContext, StageAborted, StageEnv
 from soundcheck import store
@@ -36,6 +40,10 @@ from soundcheck.profile import Profile, ProfileError, load_profile, parse_profil
 
 #: The scenario names as a type, so the Prefect UI's run form offers them as choices.
 ScenarioName = Literal["spike", "race", "saga", "soak", "points"]
+
+
+class StoreUnavailable(RuntimeError):
+    """The result store cannot be opened or written (down, locked, refused); the message is one sentence."""
 
 
 class CampaignIncomplete(RuntimeError):
@@ -82,25 +90,71 @@ def resolve_profile(path: str | Path | None = None, *, scenarios: list[str] | No
 
 
 def preflight(profile: Profile) -> None:
-    """Refuse a target outside the allowlist (AllowlistError, a ProfileError) before anything is sent."""
+    """Refuse what is configuration, before anything is sent: a target outside the allowlist
+    (AllowlistError, a ProfileError) and a result-store URL no driver can open (bad URL, unknown
+    dialect, driver not installed). A store that is merely down is found later, when the run opens it."""
+    from sqlalchemy import create_engine
+
     from soundcheck.allowlist import check_profile_urls
 
     check_profile_urls(profile, profile.target.base_url)
+    try:
+        create_engine(profile.store_url).dispose()  # no connection is made here
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ProfileError(f"store_url {store_location(profile.store_url)!r} cannot be used: "
+                           f"{_first_line(exc)}") from exc
+
+
+def store_location(url: str) -> str:
+    """The store URL as it may be printed and logged: the password removed."""
+    try:
+        u = make_url(url)
+        return URL.create(u.drivername, username=u.username, host=u.host, port=u.port, database=u.database,
+                          query=u.query).render_as_string(hide_password=False)
+    except ArgumentError:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def store_sentence(url: str, exc: BaseException) -> str:
+    """One sentence for a result store that failed: which store, where, and what its driver said."""
+    orig = getattr(exc, "orig", None)
+    said = orig.args[-1] if orig is not None and orig.args else (orig or exc)
+    said = _first_line(said) if not isinstance(said, str) else said.strip().splitlines()[0]
+    state = "is locked by another process" if "locked" in said.lower() else "is unreachable"
+    return f"the result store at {store_location(url)} {state} ({said})"
 
 
 # ---------------------------------------------------------------- run bookkeeping
 
 
-def open_run(profile: Profile, output: str | Path | None) -> RunContext:
+def new_run(profile: Profile, output: str | Path | None) -> RunContext:
+    """The run's id and output folder (created); nothing is stored yet."""
     run_id = store.new_run_id()
     run_dir = Path(output) if output else Path(profile.output_dir) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    engine = store.open_store(profile.store_url)
-    store.start_run(engine, run_id, profile.name, scale=profile.scale, time_scale=profile.time_scale,
-                    scenarios=profile.scenarios, target=profile.target.base_url)
-    engine.dispose()
     return RunContext(run_id=run_id, profile_name=profile.name, store_url=profile.store_url,
                       run_dir=str(run_dir.resolve()), started_at=store.now().isoformat())
+
+
+def register_run(profile: Profile, run: RunContext) -> None:
+    """The run's row in the result store; a store that cannot take it is `StoreUnavailable` (one sentence)."""
+    try:
+        engine = store.open_store(profile.store_url)
+    except DBAPIError as exc:
+        raise StoreUnavailable(store_sentence(profile.store_url, exc)) from exc
+    try:
+        store.start_run(engine, run.run_id, profile.name, scale=profile.scale, time_scale=profile.time_scale,
+                        scenarios=profile.scenarios, target=profile.target.base_url)
+    except DBAPIError as exc:
+        raise StoreUnavailable(store_sentence(profile.store_url, exc)) from exc
+    finally:
+        engine.dispose()
+
+
+def open_run(profile: Profile, output: str | Path | None) -> RunContext:
+    run = new_run(profile, output)
+    register_run(profile, run)
+    return run
 
 
 def incomplete_verdict(run: RunContext, reason: str) -> Verdict:
@@ -114,7 +168,18 @@ def incomplete_verdict(run: RunContext, reason: str) -> Verdict:
     )
 
 
-def _reason(exc: BaseException) -> str:
+def _first_line(exc: object) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _reason(exc: BaseException, run: RunContext | None = None) -> str:
+    """One sentence for why the campaign stopped; the causes a user must act on are named as such."""
+    if isinstance(exc, StoreUnavailable | StageAborted):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = exc.filename or (run.run_dir if run else None)
+        return f"no space left on the disk for the output{f' at {where}' if where else ''} ({exc.strerror})"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -151,13 +216,17 @@ def teardown_env(env: StageEnv) -> None:
 
 
 @task(name="judge", cache_policy=NO_CACHE)
-def judge(profile: Profile, run: RunContext) -> Verdict:
-    """evaluate (GX suites) → decide (bands + tree, against history) → report (HTML + headline PNG)."""
+def judge(profile: Profile, run: RunContext, status: str = "COMPLETED", reason: str | None = None) -> Verdict:
+    """evaluate (GX suites) → decide (bands + tree, against history) → report (HTML + headline PNG).
+
+    The run row gets its end (`status`: COMPLETED, or ABORTED with the breach) before judging, so a
+    judge that fails still leaves the run marked as it ended; the verdict is added when it is published.
+    """
     from tasks.verdict_stage import judge_run
 
     engine = store.open_store(run.store_url)
     try:
-        store.finish_run(engine, run.run_id, "COMPLETED")  # the measuring is over; the verdict is added below
+        store.finish_run(engine, run.run_id, status, reason=reason)
         verdict = judge_run(engine, run.run_id, profile, Path(run.run_dir))
         verdict.finished_at = verdict.finished_at or store.now().isoformat()
         return verdict
@@ -166,24 +235,65 @@ def judge(profile: Profile, run: RunContext) -> Verdict:
 
 
 def write_verdict(verdict: Verdict, run: RunContext) -> Path:
-    """verdict.json in the output folder, secrets redacted; also kept in the store's verdicts table."""
+    """verdict.json in the output folder, secrets redacted; also kept in the store's verdicts table.
+
+    The store is written even when the file cannot be (a full disk): the run row then says so, and the
+    verdict is INCONCLUSIVE — a verdict its readers cannot get is not a finished campaign. A half-written
+    verdict.json is removed. The file error is raised after the store has the record.
+    """
     from soundcheck.redact import redacted_json_dumps
 
     path = Path(run.run_dir) / "verdict.json"
-    path.write_text(redacted_json_dumps(verdict.to_json_dict(), indent=2, ensure_ascii=False) + "\n")
+    file_error: OSError | None = None
+    try:
+        path.write_text(redacted_json_dumps(verdict.to_json_dict(), indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        file_error = exc
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        unwritten(verdict, f"verdict.json could not be written: {_reason(exc, run)}")
+    body = json.loads(redacted_json_dumps(verdict.to_json_dict(), ensure_ascii=False))
     engine = store.open_store(run.store_url)
     try:
         with engine.begin() as c:
             # The campaign stores the run's verdict row (the verdict stage leaves it to us; once per run).
             if c.execute(select(store.verdicts.c.id).where(store.verdicts.c.run_id == run.run_id)).first() is None:
                 c.execute(store.verdicts.insert().values(run_id=run.run_id, created_at=store.now(),
-                                                         verdict=verdict.verdict.value,
-                                                         body=json.loads(path.read_text())))
+                                                         verdict=verdict.verdict.value, body=body))
         status = verdict.extra.get("status", "COMPLETED") if verdict.extra else "COMPLETED"
         store.finish_run(engine, run.run_id, status, verdict=verdict.verdict.value,
                          reason=verdict.extra.get("reason") if verdict.extra else None)
     finally:
         engine.dispose()
+    if file_error is not None:
+        raise file_error
+    return path
+
+
+def unwritten(verdict: Verdict, why: str) -> None:
+    """A verdict that could not be delivered: INCONCLUSIVE with `fix_test_environment`, what was judged kept."""
+    if verdict.verdict != Decision.INCONCLUSIVE:
+        why += f"; the run was judged {verdict.verdict.value}"
+        verdict.verdict = Decision.INCONCLUSIVE
+    previous = verdict.extra.get("reason")
+    verdict.extra["reason"] = f"{previous}; {why}" if previous and why not in previous else (previous or why)
+    verdict.extra.setdefault("status", "INCOMPLETE")
+    if not any(r.code == "fix_test_environment" for r in verdict.remediations):
+        verdict.remediations.append(Remediation(code="fix_test_environment", reason=why,
+                                                detail="free the output folder's disk (or choose another) and re-run"))
+
+
+def write_verdict_file(verdict: Verdict, run: RunContext) -> Path | None:
+    """verdict.json without the store (the store is what failed); None when the folder cannot take it either."""
+    from soundcheck.redact import redacted_json_dumps
+
+    path = Path(run.run_dir) / "verdict.json"
+    try:
+        path.write_text(redacted_json_dumps(verdict.to_json_dict(), indent=2, ensure_ascii=False) + "\n")
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        return None
     return path
 
 
@@ -262,8 +372,12 @@ def campaign(
     from soundcheck.redact import install_redaction
 
     install_redaction(profile=prof)
-    preflight(prof)  # AllowlistError → Failed before a single request
-    run = open_run(prof, output)
+    preflight(prof)  # AllowlistError, an unusable store URL → Failed before a single request
+    run = new_run(prof, output)
+    try:
+        register_run(prof, run)
+    except StoreUnavailable as exc:  # nothing can be measured: say so where the user looks, then stop
+        return _store_unavailable(exc, prof, run, notify)
     log.info("run %s: profile %s, scenarios %s, scale %s, time scale %s, output %s", run.run_id, prof.name,
              ",".join(prof.scenarios), prof.scale, prof.time_scale, run.run_dir)
 
@@ -271,6 +385,7 @@ def campaign(
     env: StageEnv | None = None
     failure: BaseException | None = None
     verdict: Verdict | None = None
+    verdict_path: Path | None = None
     try:
         try:
             env = provision_env(prof, run)
@@ -280,20 +395,20 @@ def campaign(
         except BaseException as exc:  # noqa: BLE001 - record why, then re-raise below (Ctrl-C included)
             failure = exc
             stopped = isinstance(exc, KeyboardInterrupt | TerminationSignal)  # Ctrl-C, kill, cancel in the UI
-            why = "interrupted (Ctrl-C, a termination signal or a cancel)" if stopped else _reason(exc)
-            log.error("campaign failed: %s", why)
+            why = "interrupted (Ctrl-C, a termination signal or a cancel)" if stopped else _reason(exc, run)
+            log.error("campaign %s: %s", "aborted on harm" if isinstance(exc, StageAborted) else "failed", why)
             verdict = incomplete_verdict(run, why)
-            if isinstance(exc, StageAborted):  # stopped on harm (R-SAFE): the run stays ABORTED, not INCOMPLETE
-                verdict = _judge_aborted(prof, run, verdict)
-                verdict.extra.update(status="ABORTED", reason=why)
-        verdict_path: Path | None = None
+            if isinstance(exc, StageAborted):  # stopped on harm (R-SAFE): judged on what it measured, run ABORTED
+                verdict = _judge_aborted(prof, run, verdict, why)
         try:
             verdict_path = publish(verdict, run)
         except Exception as exc:  # noqa: BLE001 - no disk, store gone: Slack still gets the verdict
-            log.error("could not write or store the verdict: %s", _reason(exc))
+            log.error("could not write or store the verdict: %s", _reason(exc, run))
             failure = failure or exc
-            if verdict.verdict != Decision.INCONCLUSIVE or not verdict.extra.get("reason"):
-                verdict.extra["reason"] = f"the verdict could not be written: {_reason(exc)}"
+            if not isinstance(exc, OSError):  # a file error is already in the verdict (write_verdict)
+                unwritten(verdict, f"the verdict could not be stored: {_reason(exc, run)}")
+            verdict_path = Path(run.run_dir) / "verdict.json"
+            verdict_path = verdict_path if verdict_path.exists() else None
         if notify:
             _notify(verdict, prof, run)
     finally:
@@ -307,24 +422,42 @@ def campaign(
     if failure is not None:
         if not isinstance(failure, Exception):
             raise failure
-        reason = verdict.extra.get("reason") or _reason(failure)
+        reason = verdict.extra.get("reason") or _reason(failure, run)
         raise CampaignIncomplete(reason, verdict, str(verdict_path) if verdict_path else None) from failure
     return verdict.to_json_dict() | {"verdict_path": str(verdict_path)}
 
 
-def _judge_aborted(prof: Profile, run: RunContext, fallback: Verdict) -> Verdict:
-    """Judge what a run stopped on harm measured: a defect seen before the stop (a lock timeout answered
-    500, a seat sold twice) still BLOCKs; the verdict stage never approves an aborted stage or a scenario
-    that did not run, so anything else is INCONCLUSIVE."""
+def _store_unavailable(exc: StoreUnavailable, prof: Profile, run: RunContext, notify: bool) -> dict[str, Any]:
+    """No result store: no load (nothing could be kept), an INCONCLUSIVE verdict.json in the output
+    folder and to Slack, and the flow run Failed with the sentence."""
+    why = str(exc)
+    get_run_logger().error("campaign failed: %s", why)
+    verdict = incomplete_verdict(run, why)
+    verdict.remediations[0].detail = "start the result store (or fix store_url in the profile) and re-run"
+    path = write_verdict_file(verdict, run)
+    if notify:
+        _notify(verdict, prof, run, store_ok=False)
+    raise CampaignIncomplete(why, verdict, str(path) if path else None) from exc
+
+
+def _judge_aborted(prof: Profile, run: RunContext, fallback: Verdict, why: str) -> Verdict:
+    """Judge what a run stopped on harm measured, and keep the run ABORTED with the breach.
+
+    A stage stopped because the target was harmed is evidence: its KPIs are banded and its checks count
+    (a lock timeout answered 500 → BLOCK R-RACE-4). The verdict stage counts the aborted stage (and the
+    scenarios that never ran) as unable to measure, so nothing but a defect outranks INCONCLUSIVE; an
+    APPROVE cannot come out of the tree for an aborted run, and is refused here too.
+    """
     try:
-        v = judge(prof, run)
+        v = judge(prof, run, status="ABORTED", reason=why)
     except Exception as exc:  # noqa: BLE001 - the fallback (INCONCLUSIVE) still goes out
-        get_run_logger().error("could not judge the aborted run: %s", _reason(exc))
-        return fallback
-    if v.verdict == Decision.APPROVE:  # cannot happen by the tree; never let an aborted run approve
-        return fallback
-    if not any(r.code == "fix_test_environment" for r in v.remediations):
+        get_run_logger().error("could not judge the aborted run: %s", _reason(exc, run))
+        v = fallback
+    if v.verdict in (Decision.APPROVE, Decision.APPROVE_WITH_TUNING):
+        v = fallback
+    if v.verdict == Decision.INCONCLUSIVE and not any(r.code == "fix_test_environment" for r in v.remediations):
         v.remediations += fallback.remediations
+    v.extra.update(status="ABORTED", reason=why)
     return v
 
 
@@ -346,17 +479,22 @@ def _record(run: RunContext, kind: str, outcome: str, detail: str) -> None:
         engine.dispose()
 
 
-def _notify(verdict: Verdict, profile: Profile, run: RunContext) -> None:
-    """Slack never fails the campaign: even a store that cannot take the notify event is only logged."""
+def _notify(verdict: Verdict, profile: Profile, run: RunContext, store_ok: bool = True) -> None:
+    """Slack never fails the campaign: even a store that cannot take the notify event is only logged.
+
+    Without the result store (`store_ok=False`) the message still goes out, with no history to compare
+    against: an in-memory store stands in for it.
+    """
     from tasks.notify import notify_slack
 
     try:
         if not profile.slack.enabled:
-            _record(run, "notify", "skipped", f"Slack is not enabled in profile {profile.name}")
+            if store_ok:
+                _record(run, "notify", "skipped", f"Slack is not enabled in profile {profile.name}")
             return
         report = _report_path(verdict, run)
         chart = Path(run.run_dir) / "headline.png"
-        engine = store.open_store(run.store_url)
+        engine = store.open_store(run.store_url if store_ok else "sqlite://")
         try:
             notify_slack(verdict, profile.slack, engine, report_location=str(report) if report else verdict.report,
                          chart_path=str(chart) if chart.exists() else None)
@@ -417,6 +555,8 @@ def run_from_cli(profile: Path | str | None = None, scenarios: list[str] | None 
         return EXIT_USAGE
     if isinstance(result, CampaignIncomplete):
         body, written = result.verdict.to_json_dict(), result.verdict_path
+        status = result.verdict.extra.get("status", "INCOMPLETE")
+        errors.print(f"[red]{'aborted' if status == 'ABORTED' else 'error'}:[/red] {result}")
     elif isinstance(result, dict):
         body, written = result, result["verdict_path"]
     else:

@@ -318,14 +318,29 @@ def test_k6_crashing(prefect_server, sut, tmp_path, monkeypatch):
 @needs_campaign
 @pytest.mark.slow
 def test_result_store_unreachable(prefect_server, tmp_path):
-    p = write_profile(tmp_path, store_url=f"mysql+pymysql://root@127.0.0.1:{free_port()}/nowhere")
+    port = free_port()
+    p = write_profile(tmp_path, store_url=f"mysql+pymysql://root:store-pw-0451@127.0.0.1:{port}/nowhere")
     code, out = run_campaign(p, tmp_path / "out")
     assert code == INCONCLUSIVE, out
     flat = " ".join(out.split())
-    assert "store" in flat.lower() and ("connect" in flat.lower() or "unreachable" in flat.lower())
-    assert "Traceback" not in out
-    assert verdict_of(tmp_path / "out")["verdict"] == "INCONCLUSIVE"  # still written where it can be
+    # One sentence naming the store and where it is, without its password; no crash dump.
+    assert f"the result store at mysql+pymysql://root@127.0.0.1:{port}/nowhere is unreachable" in flat, out
+    assert "store-pw-0451" not in out and "crashed" not in flat and "Traceback" not in out
+    v = verdict_of(tmp_path / "out")  # still written to the output folder
+    assert v["verdict"] == "INCONCLUSIVE" and "store-pw-0451" not in json.dumps(v)
+    assert v["remediations"][0]["code"] == "fix_test_environment"
+    assert "is unreachable" in v["extra"]["reason"]
     assert_no_orphans()
+
+
+def test_result_store_url_no_driver_can_open_exit_2(tmp_path):
+    """A store URL that is configuration (an unknown dialect) is refused like a bad profile."""
+    p = write_profile(tmp_path, store_url="nosuchdb://u:pw-0451@127.0.0.1/x")
+    res = _cli("--profile", str(p), "--output", str(tmp_path / "out"))
+    assert res.returncode == USAGE, res.stdout + res.stderr
+    out = " ".join((res.stdout + res.stderr).split())
+    assert "store_url" in out and "nosuchdb" in out and "pw-0451" not in out
+    assert "Traceback" not in res.stdout + res.stderr and not (tmp_path / "out").exists()
 
 
 @needs_campaign
@@ -366,11 +381,15 @@ def tiny_disk(tmp_path):
 @needs_campaign
 @pytest.mark.slow
 def test_no_disk_space_for_the_output(prefect_server, sut, tiny_disk, tmp_path):
-    p = write_profile(tmp_path, target={"base_url": sut.url}, scenarios=["soak"], time_scale=0.02)
+    p = write_profile(tmp_path, target={"base_url": sut.url})
     code, out = run_campaign(p, tiny_disk / "out")
     assert code == INCONCLUSIVE, out
     flat = " ".join(out.split()).lower()
     assert "no space left" in flat or "disk" in flat
     run, stages, _ = stored(tmp_path)  # the store is elsewhere: it keeps what was measured
-    assert run["verdict"] == "INCONCLUSIVE" and run["reason"]
+    assert run["verdict"] == "INCONCLUSIVE" and "no space left on the disk" in run["reason"], run
+    assert run["status"] == "INCOMPLETE" and [s["status"] for s in stages] == ["COMPLETED"]
+    written = tiny_disk / "out" / "verdict.json"
+    if written.exists():  # never a half-written one
+        assert json.loads(written.read_text())["verdict"] == "INCONCLUSIVE"
     assert_no_orphans(sut)
