@@ -73,15 +73,25 @@ def _admin_token(profile: Profile, env: StageEnv) -> str | None:
 RACE_TC1_SEAT_BESIDE_SPIKE = "3"
 
 
-def scenario_overrides(name: str, scenarios: list[str]) -> dict[str, str]:
-    """Script variables that keep this campaign's scenarios off each other's data.
+#: How long the saga script watches a payment at the plan's time scale (scenarios/lib/common.js default) …
+SAGA_WATCH_LIMIT_S = 120.0
+#: … and never less than this: 1.5× the saga-time action band (20 s). A saga still running then is
+#: already judged a failure; watching longer only makes a stuck outbox cost minutes at small scale.
+SAGA_WATCH_FLOOR_S = 30.0
+
+
+def scenario_overrides(name: str, scenarios: list[str], time_scale: float = 1.0) -> dict[str, str]:
+    """Script variables for this campaign's stage.
 
     The plan puts both the spike's reservations and race TC-1 on seat 1 of show 101. In one campaign
     the service is not reset between stages, so whichever ran first would leave the seat HELD or SOLD
     and the other would measure nothing but 409s. The spike keeps the plan's seats [1, 2]; TC-1 moves.
+    The saga's watch limit follows the time scale (120 s at 1.0), down to `SAGA_WATCH_FLOOR_S`.
     """
     if name == "race" and "spike" in scenarios:
         return {"TC1_SEAT": RACE_TC1_SEAT_BESIDE_SPIKE}
+    if name == "saga":
+        return {"WATCH_LIMIT_S": f"{max(SAGA_WATCH_FLOOR_S, SAGA_WATCH_LIMIT_S * time_scale):g}"}
     return {}
 
 
@@ -110,7 +120,7 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
             # Never retried: a second attempt would load a different system (seats sold, queues full).
             result = run_scenario(
                 engine, run.run_id, name, env.base_url, output_dir=run.run_dir, scale=profile.scale,
-                time_scale=profile.time_scale, env=scenario_overrides(name, profile.scenarios),
+                time_scale=profile.time_scale, env=scenario_overrides(name, profile.scenarios, profile.time_scale),
                 admin_token=_admin_token(profile, env), abort=abort,
                 on_second=watcher.on_second, allowlist=profile.target.allowlist,
                 stop_grace_s=profile.k6.stop_grace_s, max_cpu_share=profile.k6.max_cpu_share,

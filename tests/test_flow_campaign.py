@@ -243,3 +243,76 @@ def test_slack_token_from_a_prefect_secret_block(harness, monkeypatch):
     creds = resolve_credentials(Slack(enabled=True, token_env="SC_TEST_BLOCK_TOKEN", webhook_env="SC_TEST_NO_HOOK"))
     assert creds.token == token
     assert token not in redact(f"token is {token}")
+
+
+ABORT_REASON = "aborted on harm: error rate 58.9 % above the alarm level 1.0 %"
+
+
+@pytest.fixture
+def aborting_race(monkeypatch):
+    """The race stage is stopped on harm, as `flows.stages.run_stage` leaves it: stage and run ABORTED."""
+    from prefect import flow
+
+    from flows import stages
+
+    @flow(name="stage-race")
+    def race(profile, run, env):
+        engine = store.open_store(run.store_url)
+        sid = store.start_scenario(engine, run.run_id, "race")
+        store.finish_scenario(engine, sid, "ABORTED", reason=ABORT_REASON)
+        store.finish_run(engine, run.run_id, "ABORTED", reason=ABORT_REASON)
+        engine.dispose()
+        raise stages.StageAborted(ABORT_REASON)
+
+    monkeypatch.setitem(stages.STAGES, "race", race)
+    monkeypatch.setitem(sys.modules, "tasks.provision", _fake_provision_module())
+    _FakeStack.torn_down.clear()
+
+
+def _judge_run_giving(monkeypatch, decision: str, seen: list):
+    """The verdict stage stands in: it records the run row it is given and answers `decision`."""
+    from soundcheck.models import Check, Decision, Remediation, Verdict
+
+    def judge_run(engine, run_id, profile, run_dir, **kw):
+        with engine.connect() as c:
+            seen.append(dict(c.execute(select(store.runs.c.status, store.runs.c.reason)).one()._mapping))
+        failed = [Check(id="R-RACE-4", scenario="race", passed=False, observed="37 × 500", expected="no 5xx")]
+        return Verdict(run_id=run_id, profile=profile.name, started_at="", finished_at="", verdict=Decision(decision),
+                       checks=failed if decision == "BLOCK" else [],
+                       remediations=[Remediation(code="fix_code_and_retest", reason="R-RACE-4 failed", detail="")]
+                       if decision == "BLOCK" else [])
+
+    monkeypatch.setattr("tasks.verdict_stage.judge_run", judge_run)
+
+
+def test_abort_on_harm_is_judged_and_the_run_stays_aborted(harness, tmp_path, aborting_race, monkeypatch, capsys):
+    """What a stage stopped on harm measured is evidence: the run is judged (here BLOCK, R-RACE-4), its
+    row stays ABORTED with the breach, later scenarios do not run, and the exit status is the verdict's."""
+    from flows.campaign import run_from_cli
+
+    seen: list = []
+    _judge_run_giving(monkeypatch, "BLOCK", seen)
+    assert run_from_cli(profile=_profile(tmp_path), notify=False, output=tmp_path / "out") == 20
+    printed = capsys.readouterr()
+    assert "verdict: BLOCK" in printed.out and ABORT_REASON in printed.err
+    assert seen == [{"status": "ABORTED", "reason": ABORT_REASON}]  # judged as aborted, not COMPLETED
+    v = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    assert v["verdict"] == "BLOCK" and [c["id"] for c in v["checks"] if not c["passed"]] == ["R-RACE-4"]
+    assert [r["code"] for r in v["remediations"]] == ["fix_code_and_retest"]
+    assert v["extra"] == {"status": "ABORTED", "reason": ABORT_REASON}
+    row = _run_row(tmp_path / "store.db")
+    assert (row["status"], row["verdict"], row["reason"]) == ("ABORTED", "BLOCK", ABORT_REASON)
+    assert [s["scenario"] for s in row["scenario_runs"]] == ["race"]  # the saga never started
+    assert _FakeStack.torn_down == ["http://127.0.0.1:9"]
+
+
+def test_an_aborted_run_never_approves(harness, tmp_path, aborting_race, monkeypatch):
+    from flows.campaign import run_from_cli
+
+    _judge_run_giving(monkeypatch, "APPROVE", [])
+    assert run_from_cli(profile=_profile(tmp_path), notify=False, output=tmp_path / "out") == 30
+    v = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    assert v["verdict"] == "INCONCLUSIVE" and v["extra"]["status"] == "ABORTED"
+    assert "fix_test_environment" in [r["code"] for r in v["remediations"]]
+    row = _run_row(tmp_path / "store.db")
+    assert (row["status"], row["verdict"], row["reason"]) == ("ABORTED", "INCONCLUSIVE", ABORT_REASON)
