@@ -16,7 +16,13 @@ Precedence, highest first (each step leaves a line in the decision trace):
 4. **APPROVE** — every judged KPI on target and every check passed.
 
 A stage that aborted on harm (R-SAFE) or on a k6 threshold measured the target misbehaving, so its
-KPIs are still banded (they can BLOCK), but the stage also counts as INCONCLUSIVE.
+KPIs are still banded (they can BLOCK) — also when data its checks need is missing (the abort cut it
+short), and with client KPIs computed from its seconds when the load stage stored none — but the stage
+also counts as INCONCLUSIVE. Likewise sagas that never finish leave no saga time: that is the harm
+measured (BLOCK), not a missing metric.
+
+The overall p95 is blamed on the stage's slowest endpoint: "cache the concert list" only when that is
+API-5 (or no per-endpoint figure exists), else that endpoint's own remedy.
 """
 
 from __future__ import annotations
@@ -186,6 +192,29 @@ ORDER = [Decision.BLOCK, Decision.INCONCLUSIVE, Decision.APPROVE_WITH_TUNING, De
 NOT_JUDGED = " — not judged: the stage could not measure"
 
 
+#: Rules on the overall p95: the plan's remedy (cache the concert list) only when the concert list is what
+#: is slow; otherwise the slowest endpoint's own remedy, if the tree has one.
+OVERALL_LATENCY_RULES = frozenset({"action_p95", "allowed_p95"})
+CONCERT_LIST = "API-5"
+
+
+def overall_latency_remedy(k: KPI, kpis: list[KPI]) -> tuple[str | None, str]:
+    """(remediation, trace note) for the overall p95 of a stage (phase): attributed to its slowest endpoint
+    (highest per-endpoint p95 of the same scenario and phase). Caching the concert list is the remedy when
+    API-5 is that endpoint, or when no per-endpoint figure exists to say otherwise."""
+    per_ep = [e for e in kpis if e.scenario == k.scenario and e.phase == k.phase and e.value is not None
+              and base_name(e.name) == "p95_ms" and e.name != "p95_ms"]
+    if not per_ep:
+        return "cache_concert_list", "; no per-endpoint p95 to attribute it"
+    slowest = max(per_ep, key=lambda e: e.value or 0.0)
+    endpoint = slowest.name.split(".", 1)[1]
+    note = f"; slowest endpoint {endpoint} ({_fmt_value(slowest)})"
+    if endpoint == CONCERT_LIST:
+        return "cache_concert_list", note
+    own = next((r for r in TREE if r.kpi == slowest.name and r.remediation), None)
+    return (own.remediation if own else None), note + ("" if own else ": no plan remedy of its own")
+
+
 def rule_for(name: str, where: str | None) -> Rule | None:
     return next((r for r in TREE if r.matches(name, where)), None)
 
@@ -259,6 +288,7 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
             if reason not in remediations[code]:
                 remediations[code].append(reason)
 
+    stopped = {s.scenario: s.status for s in stages}
     # checks: coverage first (it decides which stages can be judged), then the rest
     for cr in sorted(checks, key=lambda x: x.kind != "coverage"):
         c = cr.check
@@ -269,7 +299,8 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
             trace.append(TraceStep(subject=f"check {c.id}", branch=r.branch,
                                    why=f"{r.why}: {c.expected} — {c.observed}"))
             inconclusive.add(f"{c.scenario}: {c.id} not measured")
-            unjudged.add(c.scenario)
+            if stopped.get(c.scenario) not in TARGET_STOPPED:  # a stage stopped on harm: judge what it measured
+                unjudged.add(c.scenario)
             branches.append(r.branch)
             continue
         if cr.kind == "criterion" and c.scenario in unjudged:
@@ -334,9 +365,12 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
                 trace.append(TraceStep(subject=_subject(k), branch=rule.branch,
                                        why=f"{_fmt_value(k)} on target ({j.edges()}){note}"))
             continue
-        why = f"{_fmt_value(k)} in the {j.band} band ({j.edges()}): {rule.why}{note}{reg}"
+        code, blame = rule.remediation, ""
+        if rule.id in OVERALL_LATENCY_RULES:
+            code, blame = overall_latency_remedy(k, kpis)
+        why = f"{_fmt_value(k)} in the {j.band} band ({j.edges()}): {rule.why}{blame}{note}{reg}"
         trace.append(TraceStep(subject=_subject(k), branch=rule.branch, why=why))
-        remedy(rule.remediation, f"{k.name} {_fmt_value(k)} in {k.scenario}"
+        remedy(code, f"{k.name} {_fmt_value(k)} in {k.scenario}"
                + (f" ({k.phase})" if k.phase else "") + f" ({j.band} band)")
         branches.append(rule.branch)
     for scenario, items in not_judged.items():

@@ -114,6 +114,7 @@ def load_run(engine: Engine, run_id: str) -> RunData:
             st.snapshots = {k: pd.DataFrame(v) for k, v in snaps.items()}
     for st in stages.values():
         st.server = stage_server_samples(server, st)
+    kpis = with_missing_client_kpis(engine, kpis, stages)
     return RunData(run_id=run.run_id, profile=run.profile, started_at=run.started_at, finished_at=run.finished_at,
                    status=run.status, scale=float(run.scale or 1.0), time_scale=float(run.time_scale or 1.0),
                    scenarios=list(run.scenarios or []), stages=stages, kpis=kpis, server=server)
@@ -133,3 +134,23 @@ def stage_server_samples(server: pd.DataFrame, st: StageData) -> pd.DataFrame:
         if hi is not None:
             in_window &= server["ts"] <= hi
     return server[tagged | (untagged & in_window)].sort_values("ts").reset_index(drop=True)
+
+
+def with_missing_client_kpis(engine: Engine, kpis: pd.DataFrame, stages: dict[str, StageData]) -> pd.DataFrame:
+    """A stage stopped early (aborted on harm, k6 crashed) may have measured for a while without the load
+    stage storing its client KPIs; they are computed here from its stored seconds and samples (not saved),
+    so what the stage did measure is judged."""
+    from tasks.kpis import compute_kpis
+    from tasks.serverkpis import UNITS
+
+    extra = []
+    for st in stages.values():
+        mine = kpis[kpis["scenario"] == st.scenario] if not kpis.empty else kpis
+        if st.seconds.empty or (not mine.empty and (~mine["name"].isin(list(UNITS))).any()):
+            continue
+        extra += [{"scenario": k.scenario, "name": k.name, "phase": k.phase, "value": k.value, "unit": k.unit,
+                   "band": None, "previous": None} for k in compute_kpis(engine, st.scenario_run_id, save=False)]
+    if not extra:
+        return kpis
+    return pd.concat([kpis, pd.DataFrame(extra, columns=KPI_COLUMNS)], ignore_index=True) if not kpis.empty \
+        else pd.DataFrame(extra, columns=KPI_COLUMNS)

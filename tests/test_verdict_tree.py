@@ -375,3 +375,34 @@ def test_sagas_that_never_finish_are_the_measurement(engine, validator):
     age = next(k for k in v.kpis if k.name == "outbox_oldest_age_s" and k.scenario == "saga")
     assert age.value >= 120 and age.band == "action"
     assert any(t.subject == "stage saga" and "6 sagas not terminal" in t.why for t in v.trace)
+
+
+def test_an_aborted_stage_is_judged_on_what_it_measured(engine, validator):
+    """pool_too_small: the spike aborted on sustained pool exhaustion before the load stage stored its client
+    KPIs, with holes in its data. Its KPIs are still banded (the harm is what it measured): BLOCK, pool remedy."""
+    v = judge(engine, validator, ("spike",), spike={
+        "status": "ABORTED", "reason": "aborted on harm: DB pool exhausted", "gap": 7, "load_kpis": False,
+        "server": {"db_pool_size": 1, "db_pool_in_use": 1}})
+    assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
+    assert codes(v)[0] == "raise_db_pool" and "fix_test_environment" in codes(v)
+    pool = next(k for k in v.kpis if k.name == "db_pool_use" and k.phase is None)
+    assert pool.value == 1.0 and pool.band == "action"
+    computed = {k.name: k for k in v.kpis if k.scenario == "spike" and k.phase is None}
+    assert computed["error_rate"].value == 0.0 and computed["error_rate"].band == "target"  # from its seconds
+    assert not any("not judged" in t.why for t in v.trace)
+
+
+@pytest.mark.parametrize(("scenario", "per_endpoint", "want", "slowest"), [
+    ("soak", {"p95_ms.API-5": 1600.0, "p95_ms.API-2": 90.0, "p95_ms.API-3": 120.0}, "cache_concert_list", "API-5"),
+    ("spike", {"p95_ms.API-1": 1700.0, "p95_ms.API-3": 300.0}, "use_rank_positions", "API-1"),
+    ("spike", {"p95_ms.API-3": 1800.0, "p95_ms.API-1": 100.0}, None, "API-3"),
+])
+def test_overall_p95_is_blamed_on_its_slowest_endpoint(engine, validator, scenario, per_endpoint, want, slowest):
+    """"p95 near 1.5 s → cache the concert list" only when the concert list is what is slow."""
+    v = judge(engine, validator, (scenario,), **{scenario: {"kpis": {"p95_ms": 1500.0, **per_endpoint}}})
+    assert v.verdict in (Decision.APPROVE_WITH_TUNING, Decision.BLOCK), [t.why for t in v.trace]
+    step = next(t for t in v.trace if t.subject == f"kpi p95_ms/{scenario}")
+    assert f"slowest endpoint {slowest}" in step.why
+    assert ("cache_concert_list" in codes(v)) == (want == "cache_concert_list")
+    if want:
+        assert want in codes(v)

@@ -19,12 +19,13 @@ def new_store(tmp_path: Any) -> Engine:
 
 
 def _stage(engine: Engine, run_id: str, scenario: str, *, status: str = "COMPLETED", k6_cpu_share: float = 0.3,
-           dropped: int = 0, details: dict[str, Any] | None = None, seconds: int = 30) -> int:
+           dropped: int = 0, details: dict[str, Any] | None = None, seconds: int = 30,
+           reason: str | None = None) -> int:
     sid = store.start_scenario(engine, run_id, scenario)
     with engine.begin() as c:
         c.execute(update(store.scenario_runs).where(store.scenario_runs.c.id == sid).values(
             started_at=datetime.fromtimestamp(T0 - 1, UTC), status=status, k6_cpu_share=k6_cpu_share,
-            dropped_iterations=dropped, details=details or {},
+            dropped_iterations=dropped, details=details or {}, reason=reason,
             finished_at=datetime.fromtimestamp(T0 + seconds + 1, UTC)))
     return sid
 
@@ -195,7 +196,8 @@ def points(engine: Engine, run_id: str, *, final: float = 20_000, **stage: Any) 
 
 def spike(engine: Engine, run_id: str, *, kpis: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
           gap: int | None = None, double_sold: bool = False, seconds: int = 30, vus: bool = False,
-          **stage: Any) -> int:
+          load_kpis: bool = True, **stage: Any) -> int:
+    """`load_kpis=False`: the load stage stored no client KPIs (a stage stopped early)."""
     sid = _stage(engine, run_id, "spike", seconds=seconds, **stage)
     _seconds(engine, sid, ["API-1", "API-2", "API-3", "API-4"], seconds, gap=gap)
     if vus:  # k6's own per-second VU samples
@@ -209,7 +211,8 @@ def spike(engine: Engine, run_id: str, *, kpis: dict[str, Any] | None = None, se
     base = {"p95_ms": 50.0, "p99_ms": 80.0, "p95_ms.API-1": 40.0, "p99_ms.API-2": 60.0, "throughput_rps": 1500.0,
             "error_rate": 0.0, "rate_5xx": 0.0, "saga_completion": 1.0, "saga_time_s": 6.0,
             "p95_ms@ramp_up": 60.0, "p95_ms@plateau": 55.0, "p95_ms@ramp_down": 40.0}
-    _kpis(engine, run_id, "spike", {**base, **(kpis or {})})
+    if load_kpis:
+        _kpis(engine, run_id, "spike", {**base, **(kpis or {})})
     return sid
 
 
