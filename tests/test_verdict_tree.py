@@ -78,7 +78,7 @@ def test_rejudging_reads_the_same(engine, validator):
     again = judge_run(engine, first.run_id, PROFILE, validator=validator)
     assert [c.model_dump() for c in again.checks] == [c.model_dump() for c in first.checks]
     gc = next(c for c in again.checks if c.id == "R-SOAK-3")
-    assert gc.observed.count("500 ms") == 1 and gc.observed.endswith("not judged: the stage could not measure")
+    assert gc.observed.count("500.0 ms") == 1 and gc.observed.endswith("not judged: the stage could not measure")
 
 
 def test_p95_near_1_5_s_caches_the_concert_list(engine, validator):
@@ -406,3 +406,22 @@ def test_overall_p95_is_blamed_on_its_slowest_endpoint(engine, validator, scenar
     assert ("cache_concert_list" in codes(v)) == (want == "cache_concert_list")
     if want:
         assert want in codes(v)
+
+
+@pytest.mark.parametrize(("scenario", "gc", "verdict", "observed"), [
+    ("soak", 0.0999, Decision.APPROVE, "longest pause 99.9 ms"),  # the exact gauge: under 100 ms
+    ("soak", 0.12, Decision.BLOCK, "longest pause 120.0 ms"),
+    ("soak", None, Decision.INCONCLUSIVE, "not measured"),  # the soak needs it (R-SOAK-3)
+    ("spike", None, Decision.APPROVE, None),  # the spike does not
+])
+def test_gc_pause_from_the_sampled_maximum(engine, validator, scenario, gc, verdict, observed):
+    v = judge(engine, validator, (scenario,), **{scenario: {"server": {"gc_pause_max_s": gc}}})
+    assert v.verdict == verdict, [t.why for t in v.trace]
+    r3 = [c for c in v.checks if c.id == "R-SOAK-3"]
+    if observed is None:
+        assert not r3
+        return
+    assert len(r3) == 1 and observed in r3[0].observed
+    assert r3[0].passed == (verdict == Decision.APPROVE)
+    if verdict == Decision.BLOCK:
+        assert "tune_gc" in codes(v)

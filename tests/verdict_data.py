@@ -62,6 +62,8 @@ def _server(engine: Engine, run_id: str, sid: int, n: int, series: dict[str, Any
     rows = []
     for i in range(0, n, every):
         for kpi, v in series.items():
+            if v is None:  # a metric the target does not expose
+                continue
             rows.append({"run_id": run_id, "scenario_run_id": sid, "ts": float(T0 + i), "kpi": kpi,
                          "value": float(v(i) if callable(v) else v), "source": "scrape"})
     with engine.begin() as c:
