@@ -24,11 +24,9 @@ from tests.slack_standin import VALID_TOKEN, SlackStandIn
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+def harness(prefect_harness):
+    """The session's Prefect test server (tests/conftest.py)."""
+    yield
 
 
 def _profile(tmp_path, **extra) -> str:

@@ -95,12 +95,9 @@ needs_campaign = pytest.mark.skipif(importlib.util.find_spec("tasks.provision") 
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def prefect_server(prefect_harness):
+    """The session's Prefect test server (tests/conftest.py)."""
+    yield
 
 
 def run_campaign(profile: Path, output: Path, **kw) -> tuple[int, str]:

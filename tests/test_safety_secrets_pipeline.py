@@ -93,11 +93,10 @@ def test_load_notify_and_verdict_leak_no_secret(fake_secrets, captured_logs, tmp
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("tasks.provision") is None,
                     reason="the campaign's provisioner (tasks/provision.py) is not in the tree yet")
-def test_whole_campaign_leaks_no_secret(fake_secrets, captured_logs, tmp_path):
+def test_whole_campaign_leaks_no_secret(prefect_harness, fake_secrets, captured_logs, tmp_path):
     import os
 
     import yaml
-    from prefect.testing.utilities import prefect_test_harness
 
     import flows.campaign as campaign
 
@@ -111,8 +110,7 @@ def test_whole_campaign_leaks_no_secret(fake_secrets, captured_logs, tmp_path):
                     "slack": {"enabled": True, "api_url": slack.api_url}}
             p = tmp_path / "profile.yaml"
             p.write_text(yaml.safe_dump(prof))
-            with prefect_test_harness(server_startup_timeout=120):
-                code = campaign.run_from_cli(profile=p, output=tmp_path / "out", notify=True)
+            code = campaign.run_from_cli(profile=p, output=tmp_path / "out", notify=True)
             posted = b" ".join(c.body for c in slack.calls)
     finally:
         sut.stop()
