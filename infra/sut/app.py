@@ -340,6 +340,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             asyncio.create_task(_every(s.metrics_interval_seconds, lambda: _refresh(svc), "metrics"),
                                 name="process-metrics"),
         ]
+        if s.gc_freeze:  # everything above lives for the whole run
+            metrics.freeze_startup_heap()
         try:
             yield
         finally:

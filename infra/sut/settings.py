@@ -76,6 +76,9 @@ class Settings:
     seed_seats: int = _s(1000, "Seats of the seeded show (seat ids 1..N).")
     seed_seat_price: int = _s(75_000, "Price of each seeded seat (seats [1, 2] cost 150,000).")
     metrics_interval_seconds: float = _s(1.0, "Refresh interval of per-process gauges (RSS, pool).")
+    gc_freeze: bool = _s(True, "After start-up (imports, schema, seed, consumers) collect once and gc.freeze() "
+                               "what is alive, so gen-2 collections scan only what serving creates (a tuned "
+                               "production service; off: the interpreter's default collector).")
     http_keep_alive_seconds: float = _s(75.0, "Idle keep-alive timeout of client connections (longer than the "
                                               "clients' and an ALB's 60 s, so a reused connection is never cut).")
     log_level: str = _s("warning", "uvicorn log level.")
