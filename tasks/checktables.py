@@ -367,24 +367,64 @@ def points_tables(st: StageData) -> dict[str, pd.DataFrame]:
 
 # -------------------------------------------------------------------------------------- spike / soak
 
+#: A run of silent seconds is a hole in the measurement only when the load around it makes silence
+#: improbable: at least this many responses were expected in it (Poisson: P(none) = e^-5 < 0.7 %).
+HOLE_MIN_EXPECTED = 5.0
+#: Seconds either side of a silent run whose response rate sets what was expected in it.
+NEIGHBOUR_S = 5
+
+
 def timeline(seconds: pd.DataFrame, k6: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per second from the first to the last second with data. `recorded` counts what was
-    measured in that second: responses, plus k6's own per-second `vus` samples when they were ingested.
-    A second with neither is a hole in the measurement; a second where k6 was running but no response
-    completed is quiet, not missing (100 users polling every 3 s in lockstep leave two such seconds in three)."""
-    cols = ["second", "count", "s5xx", "failed", "k6_samples", "recorded"]
+    """One row per second from the first to the last second with data, and whether it is a hole.
+
+    A second is covered when a response completed in it, a request was in flight during it (a response
+    completing later lasted long enough to span it: `max_ms`), or k6 itself recorded something in it (its
+    per-second `vus`, any custom sample). Silence is not missing data when the load is sparse (a few users
+    polling every 3 s leave quiet seconds): a run of uncovered seconds is `missing` only when the response
+    rate of the seconds around it (the lower of before and after) expected at least HOLE_MIN_EXPECTED
+    responses in it. A target that stalls keeps its requests in flight, so a stall is measured, not a hole."""
+    cols = ["second", "count", "s5xx", "failed", "k6_samples", "in_flight", "recorded", "expected", "missing"]
     if seconds.empty:
         return pd.DataFrame(columns=cols)
     g = seconds.groupby("second")[["count", "s5xx", "failed"]].sum()
-    full = range(int(g.index.min()), int(g.index.max()) + 1)
-    out = g.reindex(full, fill_value=0).rename_axis("second").reset_index()
+    lo, hi = int(g.index.min()), int(g.index.max())
+    out = g.reindex(range(lo, hi + 1), fill_value=0).rename_axis("second").reset_index()
     alive = pd.Series(0, index=out.index)
     if k6 is not None and not k6.empty:
-        vus = k6.loc[k6["metric"] == "vus", "ts"]
-        if not vus.empty:
-            alive = out["second"].map(vus.astype(float).floordiv(1).astype(int).value_counts()).fillna(0).astype(int)
+        ts = pd.to_numeric(k6["ts"], errors="coerce").dropna()
+        if not ts.empty:
+            alive = out["second"].map(ts.floordiv(1).astype(int).value_counts()).fillna(0).astype(int)
     out["k6_samples"] = alive
+    flight = np.zeros(len(out), dtype=bool)
+    if "max_ms" in seconds.columns:
+        spans = seconds.loc[seconds["count"] > 0, ["second", "max_ms"]].dropna()
+        for t, m in zip(spans["second"].astype(int), spans["max_ms"].astype(float), strict=True):
+            # it ended somewhere in [t, t + 1) after m ms, so it surely spanned whole seconds from t + 1 - m/1000 on
+            first = max(lo, int(np.ceil(t + 1 - m / 1000.0)))
+            if first < t:
+                flight[first - lo:t - lo] = True
+    out["in_flight"] = flight
     out["recorded"] = out["count"] + alive
+    covered = (out["recorded"] > 0) | out["in_flight"]
+    counts = out["count"].to_numpy(dtype=float)
+    expected = np.zeros(len(out))
+    missing = np.zeros(len(out), dtype=bool)
+    i, n = 0, len(out)
+    while i < n:
+        if covered.iat[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and not covered.iat[j]:
+            j += 1
+        before = counts[max(0, i - NEIGHBOUR_S):i]
+        after = counts[j:j + NEIGHBOUR_S]
+        rate = min(before.mean() if len(before) else 0.0, after.mean() if len(after) else 0.0)
+        expected[i:j] = rate
+        missing[i:j] = rate * (j - i) >= HOLE_MIN_EXPECTED
+        i = j
+    out["expected"] = expected
+    out["missing"] = missing
     return out[cols]
 
 

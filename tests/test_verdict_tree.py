@@ -425,3 +425,12 @@ def test_gc_pause_from_the_sampled_maximum(engine, validator, scenario, gc, verd
     assert r3[0].passed == (verdict == Decision.APPROVE)
     if verdict == Decision.BLOCK:
         assert "tune_gc" in codes(v)
+
+
+def test_quiet_seconds_of_a_sparse_spike_are_not_missing(engine, validator):
+    """A small spike (1 response a second per endpoint) with a silent second and no k6 samples: sparse load,
+    not a hole in the data (R-SPIKE-6 coverage passes)."""
+    v = judge(engine, validator, ("spike",), spike={"gap": 7, "rps": 1})
+    assert v.verdict == Decision.APPROVE, [t.why for t in v.trace]
+    cov = next(c for c in v.checks if c.id == "R-SPIKE-6" and c.source == "coverage" and "missing" in c.expected)
+    assert cov.passed and cov.observed.startswith("0 of 30 seconds missing")

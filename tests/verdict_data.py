@@ -198,10 +198,10 @@ def points(engine: Engine, run_id: str, *, final: float = 20_000, **stage: Any) 
 
 def spike(engine: Engine, run_id: str, *, kpis: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
           gap: int | None = None, double_sold: bool = False, seconds: int = 30, vus: bool = False,
-          load_kpis: bool = True, **stage: Any) -> int:
+          load_kpis: bool = True, rps: int = 50, **stage: Any) -> int:
     """`load_kpis=False`: the load stage stored no client KPIs (a stage stopped early)."""
     sid = _stage(engine, run_id, "spike", seconds=seconds, **stage)
-    _seconds(engine, sid, ["API-1", "API-2", "API-3", "API-4"], seconds, gap=gap)
+    _seconds(engine, sid, ["API-1", "API-2", "API-3", "API-4"], seconds, gap=gap, rps=rps)
     if vus:  # k6's own per-second VU samples
         with engine.begin() as c:
             c.execute(insert(store.k6_samples), [{"scenario_run_id": sid, "ts": T0 + i + 0.5, "metric": "vus",
