@@ -466,12 +466,90 @@ def load_tables(st: StageData, kpis: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
-def tables_for(st: StageData, kpis: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Every table the scenario's suite runs on; `kpis` is `kpi_table(...)` for the stage."""
+def tables_for(st: StageData, kpis: pd.DataFrame, settings: dict[str, Any] | None = None) -> dict[str, pd.DataFrame]:
+    """Every table the scenario's suite runs on; `kpis` is `kpi_table(...)` for the stage; `settings` the
+    target's limits (`target_limits`)."""
     if st.scenario == "race":
         return {**race_tables(st), "kpis": kpis}
     if st.scenario == "saga":
         return {**saga_tables(st), "kpis": kpis}
     if st.scenario == "points":
         return {**points_tables(st), "kpis": kpis}
-    return load_tables(st, kpis)
+    out = load_tables(st, kpis)
+    if st.scenario == "spike":
+        out["queue"] = queue_table(st, settings or {})
+    return out
+
+
+# --------------------------------------------------------------------------------------- spike queue
+
+#: The plan's queue limits (§2: capacity 50 active tokens, token TTL 30 min), used when the profile does not
+#: set the reference service's `queue_capacity` / `queue_ttl_seconds`.
+PLAN_LIMITS = {"queue_capacity": 50, "queue_ttl_seconds": 1800.0}
+
+
+def target_limits(profile: Any) -> dict[str, Any]:
+    """The target's queue capacity and token TTL: the profile's reference-service settings, else the plan's."""
+    local = getattr(getattr(profile, "environment", None), "local", None)
+    settings = dict(getattr(local, "settings", None) or {})
+    return {k: settings.get(k, v) for k, v in PLAN_LIMITS.items()}
+
+
+QUEUE_COLUMNS = ["capacity", "ttl_s", "issued", "entered_at_issue", "waiting_at_issue", "other_at_issue",
+                 "freed_before_last_issue", "entered_off", "expired", "stage_s", "early_expired",
+                 "ttl_min_s", "ttl_max_s", "ttl_error_s"]
+
+
+def _terminal_before(st: StageData, t: float) -> int:
+    """Places freed before epoch second `t`: payments terminal by then (each frees its user's token, DONE),
+    counted from the snapshot's payments and from the client's terminal sagas, whichever saw more."""
+    server = 0
+    pays = st.snapshot("payment")
+    ends = _col(pays, "completed_at", "updated_at") if not pays.empty else None
+    if ends is not None and "status" in pays.columns:
+        for status, end in zip(_status(pays["status"]), ends, strict=True):
+            e = _epoch(end)
+            server += int(status in TERMINAL_PAYMENT and e is not None and e <= t + 1.0)
+    client = 0
+    k6 = st.k6
+    if not k6.empty:
+        client = int(((k6["metric"] == "sc_saga_time_s") & (pd.to_numeric(k6["ts"]) <= t + 1.0)).sum())
+    return max(server, client)
+
+
+def queue_table(st: StageData, limits: dict[str, Any]) -> pd.DataFrame:
+    """R-SPIKE-9 / R-SPIKE-10 from what the spike recorded (one `sc_token_status{status}` per API-1 answer),
+    the payments that freed places while tokens were still being issued, and the snapshot's token counts per
+    status (`queue_token_counts`; TTLs from `queue_token_ttl` rows {min_ttl_s, max_ttl_s} when the snapshot
+    has them). One row; empty when the spike recorded no token answer."""
+    k6 = st.k6
+    tok = k6[k6["metric"] == "sc_token_status"] if not k6.empty else k6
+    if tok.empty:
+        return pd.DataFrame(columns=QUEUE_COLUMNS)
+    cap, ttl = int(limits.get("queue_capacity", 50)), float(limits.get("queue_ttl_seconds", 1800.0))
+    status = tok["tags"].map(lambda t: str(_tag(t, "status") or "").upper())
+    values = pd.to_numeric(tok["value"]).fillna(1.0)
+    issued = float(values.sum())
+    entered, waiting = float(values[status == "ENTERED"].sum()), float(values[status == "WAITING"].sum())
+    first, last = float(pd.to_numeric(tok["ts"]).min()), float(pd.to_numeric(tok["ts"]).max())
+    freed = _terminal_before(st, last)
+    low, high = min(cap, issued), cap + freed
+    off = (low - entered) if entered < low else (entered - high) if entered > high else 0.0
+    counts = st.snapshot("queue_token_counts")
+    expired = np.nan
+    if not counts.empty and {"status", "count"} <= set(counts.columns):
+        expired = float(counts.loc[_status(counts["status"]) == "EXPIRED", "count"].sum())
+    end = _ts(st.finished_at)
+    stage_s = (end - first) if end is not None else np.nan
+    early = expired if not np.isnan(expired) and not np.isnan(stage_s) and stage_s < ttl else (
+        0.0 if not np.isnan(expired) else np.nan)
+    ttl_rows = st.snapshot("queue_token_ttl")
+    tmin = tmax = terr = np.nan
+    if not ttl_rows.empty and {"min_ttl_s", "max_ttl_s"} <= set(ttl_rows.columns):
+        tmin, tmax = float(ttl_rows["min_ttl_s"].min()), float(ttl_rows["max_ttl_s"].max())
+        terr = max(abs(tmin - ttl), abs(tmax - ttl))
+    return pd.DataFrame([{"capacity": cap, "ttl_s": ttl, "issued": issued, "entered_at_issue": entered,
+                          "waiting_at_issue": waiting, "other_at_issue": issued - entered - waiting,
+                          "freed_before_last_issue": freed, "entered_off": off, "expired": expired,
+                          "stage_s": stage_s, "early_expired": early, "ttl_min_s": tmin, "ttl_max_s": tmax,
+                          "ttl_error_s": terr}], columns=QUEUE_COLUMNS)

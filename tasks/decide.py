@@ -39,6 +39,7 @@ from soundcheck import store
 from soundcheck.bands import Judgement, band, bands_for, base_name
 from soundcheck.models import KPI, Decision, Remediation, TraceStep, Verdict
 from soundcheck.profile import Profile
+from tasks.checktables import target_limits
 from tasks.expectations import CheckResult, Validator, evaluate_run
 from tasks.history import compare, format_delta, previous_values
 from tasks.rundata import RunData, load_run
@@ -471,7 +472,7 @@ def judge(engine: Engine, run_id: str, profile: Profile, *, validator: Validator
     Returns the verdict and the loaded run data (the report draws its charts from it)."""
     run = load_run(engine, run_id)
     derived = {s: stage_kpis(st, run.time_scale) for s, st in run.stages.items()}
-    checks = evaluate_run(run, derived, validator)
+    checks = evaluate_run(run, derived, validator, target_limits(profile))
     kpis = kpis_of(run, derived, previous_values(engine, run_id), profile.regression_tolerance, profile)
     verdict = decide(run_id=run_id, profile=profile, started_at=_iso(run.started_at),
                      finished_at=_iso(run.finished_at), stages=stage_facts(run), checks=checks, kpis=kpis,

@@ -227,9 +227,11 @@ def evaluate_stage(scenario: str, tables: dict[str, pd.DataFrame], validator: Va
     return evaluate_tables(load_suite(scenario, directory), tables, validator or Validator())
 
 
-def evaluate_run(run: Any, derived: dict[str, list[Any]], validator: Validator | None = None) -> list[CheckResult]:
+def evaluate_run(run: Any, derived: dict[str, list[Any]], validator: Validator | None = None,
+                 settings: dict[str, Any] | None = None) -> list[CheckResult]:
     """Every stage of a run (`tasks.rundata.RunData`) through its suite; `derived` are the verdict
-    stage's own KPIs per scenario (`tasks.serverkpis.stage_kpis`)."""
+    stage's own KPIs per scenario (`tasks.serverkpis.stage_kpis`); `settings` the target's limits the
+    checks compare with (queue capacity, token TTL: `tasks.checktables.target_limits`)."""
     from tasks.checktables import kpi_table, tables_for
     from tasks.serverkpis import UNITS
 
@@ -240,7 +242,7 @@ def evaluate_run(run: Any, derived: dict[str, list[Any]], validator: Validator |
     for scenario, st in run.stages.items():
         if not (EXPECTATIONS / f"{scenario}.json").exists():
             continue
-        tables = tables_for(st, kpi_table(load_kpis, derived.get(scenario, []), scenario))
+        tables = tables_for(st, kpi_table(load_kpis, derived.get(scenario, []), scenario), settings)
         out.extend(evaluate_stage(scenario, tables, validator))
     return out
 

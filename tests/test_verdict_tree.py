@@ -434,3 +434,33 @@ def test_quiet_seconds_of_a_sparse_spike_are_not_missing(engine, validator):
     assert v.verdict == Decision.APPROVE, [t.why for t in v.trace]
     cov = next(c for c in v.checks if c.id == "R-SPIKE-6" and c.source == "coverage" and "missing" in c.expected)
     assert cov.passed and cov.observed.startswith("0 of 30 seconds missing")
+
+
+@pytest.mark.parametrize(("spike", "verdict", "req", "needle"), [
+    ({"tokens": (60, 140, 0)}, Decision.BLOCK, "R-SPIKE-10", "60 of 200 ENTERED at issue (capacity 50, 0 places"),
+    ({"tokens": (60, 140, 0), "freed": 10}, Decision.APPROVE, None, None),  # 10 users done → 10 places refilled
+    ({"tokens": (40, 160, 0)}, Decision.BLOCK, "R-SPIKE-10", "40 of 200 ENTERED"),
+    ({"tokens": (50, 140, 10)}, Decision.BLOCK, "R-SPIKE-10", "10 neither ENTERED nor WAITING"),
+    ({"tokens": (20, 0, 0)}, Decision.APPROVE, None, None),  # fewer users than places: all ENTERED
+    ({"expired": 3}, Decision.BLOCK, "R-SPIKE-9", "3 tokens EXPIRED 31 s after the first issue (TTL 1800 s)"),
+    ({"tokens": (0, 0, 0)}, Decision.INCONCLUSIVE, "R-SPIKE-10", "not measured"),
+])
+def test_queue_capacity_and_token_ttl(engine, validator, spike, verdict, req, needle):
+    v = judge(engine, validator, ("spike",), spike=spike)
+    assert v.verdict == verdict, [t.why for t in v.trace]
+    if req is None:
+        assert not failed(v)
+        return
+    assert req in failed(v)
+    assert any(needle in c.observed for c in v.checks if c.id == req and not c.passed), \
+        [c.observed for c in v.checks if c.id == req]
+    if verdict == Decision.BLOCK:
+        assert "fix_code_and_retest" in codes(v)
+
+
+def test_queue_capacity_comes_from_the_profile(engine, validator):
+    prof = parse_profile({"name": "test", "environment": {"local": {"settings": {"queue_capacity": 60}}}})
+    v = judge(engine, validator, ("spike",), profile=prof, spike={"tokens": (60, 140, 0)})
+    assert v.verdict == Decision.APPROVE, [t.why for t in v.trace]
+    r10 = [c for c in v.checks if c.id == "R-SPIKE-10" and "capacity" in c.observed]
+    assert r10 and "capacity 60" in r10[0].observed

@@ -198,9 +198,23 @@ def points(engine: Engine, run_id: str, *, final: float = 20_000, **stage: Any) 
 
 def spike(engine: Engine, run_id: str, *, kpis: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
           gap: int | None = None, double_sold: bool = False, seconds: int = 30, vus: bool = False,
-          load_kpis: bool = True, rps: int = 50, **stage: Any) -> int:
-    """`load_kpis=False`: the load stage stored no client KPIs (a stage stopped early)."""
+          load_kpis: bool = True, rps: int = 50, tokens: tuple[int, int, int] = (50, 150, 0), freed: int = 0,
+          expired: int = 0, **stage: Any) -> int:
+    """`load_kpis=False`: the load stage stored no client KPIs (a stage stopped early). `tokens`: API-1
+    answers (ENTERED, WAITING, other) as spike.js records them; `freed`: payments terminal while tokens were
+    still issued; `expired`: EXPIRED tokens in the snapshot's counts."""
     sid = _stage(engine, run_id, "spike", seconds=seconds, **stage)
+    n_e, n_w, n_o = tokens
+    answers = ["ENTERED"] * n_e + ["WAITING"] * n_w + ["DONE"] * n_o
+    samples = [{"scenario_run_id": sid, "ts": T0 + 0.01 * i, "metric": "sc_token_status", "value": 1.0,
+                "tags": {"status": st}} for i, st in enumerate(answers)]
+    samples += [{"scenario_run_id": sid, "ts": T0 + 0.5, "metric": "sc_saga_time_s", "value": 0.4,
+                 "tags": {"status": "COMPLETED", "reason": ""}} for _ in range(freed)]
+    if samples:
+        with engine.begin() as c:
+            c.execute(insert(store.k6_samples), samples)
+    _snap(engine, sid, "queue_token_counts", [{"status": "DONE", "count": n_e}, {"status": "WAITING", "count": n_w}]
+          + ([{"status": "EXPIRED", "count": expired}] if expired else []))
     _seconds(engine, sid, ["API-1", "API-2", "API-3", "API-4"], seconds, gap=gap, rps=rps)
     if vus:  # k6's own per-second VU samples
         with engine.begin() as c:
