@@ -271,7 +271,10 @@ def measurement_steps(stages: list[StageFacts], max_cpu_share: float) -> tuple[l
         if s.k6_cpu_share is not None and s.k6_cpu_share > max_cpu_share:
             flag("k6_saturated", f"k6 CPU {s.k6_cpu_share:.0%} of its cores > {max_cpu_share:.0%}")
         if s.dropped_iterations:
-            flag("dropped_iterations", f"{s.dropped_iterations} dropped iterations")
+            # in a stage stopped on harm, dropped iterations are the slow target exhausting k6's VUs: its
+            # latencies are lower bounds (omitted requests would have been slower), still worth banding
+            flag("dropped_iterations", f"{s.dropped_iterations} dropped iterations",
+                 keep_kpis=s.status in TARGET_STOPPED)
     return steps, unjudged, reasons
 
 

@@ -464,3 +464,17 @@ def test_queue_capacity_comes_from_the_profile(engine, validator):
     assert v.verdict == Decision.APPROVE, [t.why for t in v.trace]
     r10 = [c for c in v.checks if c.id == "R-SPIKE-10" and "capacity" in c.observed]
     assert r10 and "capacity 60" in r10[0].observed
+
+
+def test_a_stage_aborted_on_slow_answers_is_banded_despite_dropped_iterations(engine, validator):
+    """The concert list holds its connection ~1.3 s: the soak aborts on p95 > 3 s and its arrival-rate VUs run
+    out (dropped iterations). Latencies are then lower bounds, and already in the action band: BLOCK, cache."""
+    v = judge(engine, validator, ("soak",), soak={
+        "status": "ABORTED", "reason": "aborted on harm: p95 response time above 3,000 ms", "dropped": 45,
+        "kpis": {"p95_ms": 2400.0, "p95_ms.API-5": 5200.0, "p95_ms.API-2": 11.0}})
+    assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
+    assert codes(v)[0] == "cache_concert_list" and "fix_test_environment" in codes(v)
+    assert next(k for k in v.kpis if k.name == "p95_ms.API-5").band == "action"
+    completed = judge_run(engine, build_run(engine, "run-2", ("soak",), soak={
+        "dropped": 45, "kpis": {"p95_ms": 2400.0, "p95_ms.API-5": 5200.0}}), PROFILE, validator=validator)
+    assert completed.verdict == Decision.INCONCLUSIVE  # a completed stage with dropped iterations: not measured
