@@ -212,7 +212,8 @@ def evaluate_tables(suite: Suite, tables: dict[str, pd.DataFrame], validator: Va
         row_level = "column" in kwargs and entry["type"] != "expect_column_distinct_values_to_contain_set"
         observed = _observed({**meta, "_type": entry["type"]}, tables[meta["table"]], kwargs, res, row_level) \
             if measured else (
-            f"not measured: no {kwargs.get('column', 'row')} value in the {meta['table']} table"
+            ("not measured: no KPI row" if meta["table"] == "kpis" else
+             f"not measured: no {kwargs.get('column', 'row')} value in the {meta['table']} table")
             + (f" where {kwargs['row_condition']}" if kwargs.get("row_condition") else ""))
         check = Check(id=meta["requirement"], scenario=suite.scenario, passed=bool(r.success) and measured,
                       observed=observed, expected=meta["expected"],
