@@ -356,7 +356,7 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
             _stop(proc, min(stop_grace_s, 5.0))
         summary = ing_thread.stop() if ing_thread.is_alive() else ingest.summary
         done(ScenarioStatus.ABORTED if is_interruption(e) else ScenarioStatus.K6_CRASHED,
-             f"the runner stopped: {type(e).__name__}: {e}", proc.returncode if proc else None,
+             f"the runner stopped: {_describe(e)}", proc.returncode if proc else None,
              summary.dropped_iterations, summary=summary)
         raise
     finally:
@@ -418,6 +418,15 @@ def is_interruption(e: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(e, ExternalSignal)
+
+
+def _describe(e: BaseException) -> str:
+    """`TerminationSignal (SIGTERM)`, `KeyboardInterrupt`, `ValueError: …` (Prefect's signal carries no message)."""
+    sig = getattr(e, "signal", None)
+    if isinstance(sig, int):
+        with contextlib.suppress(ValueError):
+            return f"{type(e).__name__} ({signal.Signals(sig).name})"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def _stop(proc: subprocess.Popen, grace_s: float) -> None:

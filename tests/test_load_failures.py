@@ -170,7 +170,7 @@ def test_sigterm_in_a_flow_is_aborted_not_crashed(engine, sut, tmp_path: Path, m
         load.run_scenario(engine, RUN, "soak", sut.base, output_dir=tmp_path, scale=0.02, time_scale=0.033,
                           progress=False, scenario_run_id=sid, stop_grace_s=5)
     row = _finished(engine, sid)
-    assert row.status == "ABORTED" and "TerminationSignal" in row.reason, (row.status, row.reason)
+    assert row.status == "ABORTED" and "TerminationSignal (SIGTERM)" in row.reason, (row.status, row.reason)
     assert _aggregates(engine, sid) > 0 and not _k6_children()  # the rows already ingested stay
 
 
