@@ -53,3 +53,20 @@ def test_race_lock_timeouts_come_from_k6_samples_not_error_code():
     row = race_tables(st)["answers"].set_index("tc").loc["tc2"]
     assert (row["lock_timeouts"], row["lock_timeouts_5xx"]) == (3, 1)
     assert row["lock_timeout_rate"] == 3 / 5
+
+
+def test_latency_trend_is_per_endpoint_not_the_mix():
+    """A constant 1 s concert list among 5 ms polls: the share of concert-list calls grows over the run, so
+    the mixed mean rises; no endpoint got slower, so there is no trend (R-SOAK-4)."""
+    from tasks.serverkpis import latency_trend, upward_ms
+
+    rows = []
+    for i in range(60):
+        rows.append({"second": T0 + i, "endpoint": "API-2", "count": 20, "p95_ms": 5.0})
+        rows.append({"second": T0 + i, "endpoint": "API-5", "count": 1 + i // 10, "p95_ms": 1000.0})
+    flat = pd.DataFrame(rows)
+    assert upward_ms(*latency_trend(flat)) == 0.0
+    rising = flat.assign(p95_ms=[5.0 + (10.0 * (r["second"] - T0) if r["endpoint"] == "API-5" else 0.0)
+                                 for r in rows])  # the concert list itself slows down by 10 ms a second
+    rel, absolute = latency_trend(rising)
+    assert absolute > 500 and upward_ms(rel, absolute) > 100
