@@ -204,7 +204,8 @@ def test_campaign_end_to_end_on_the_reference_service(harness, tmp_path, capsys)
     base["slack"] = {"enabled": False}
     prof.write_text(yaml.safe_dump(base))
     out = tmp_path / "out"
-    code = run_from_cli(profile=prof, scenarios=["race", "saga"], scale=0.02, time_scale=0.05, output=out,
+    # points + saga: the race's fixed gaps cost ~20 s, and the fault matrix's healthy runs cover it.
+    code = run_from_cli(profile=prof, scenarios=["points", "saga"], scale=0.02, time_scale=0.05, output=out,
                         notify=True)
     printed = capsys.readouterr().out
     verdict = json.loads((out / "verdict.json").read_text())
@@ -213,9 +214,9 @@ def test_campaign_end_to_end_on_the_reference_service(harness, tmp_path, capsys)
     assert (out / "report.html").stat().st_size > 10_000 and (out / "headline.png").exists()
     row = _run_row(tmp_path / "store.db")
     assert row["status"] == "COMPLETED" and row["verdict"] == verdict["verdict"]
-    assert [(s["scenario"], s["status"]) for s in row["scenario_runs"]] == [("race", "COMPLETED"),
+    assert [(s["scenario"], s["status"]) for s in row["scenario_runs"]] == [("points", "COMPLETED"),
                                                                           ("saga", "COMPLETED")]
-    assert {c["id"] for c in verdict["checks"]} >= {"R-RACE-1", "R-RACE-5", "R-SAGA-1", "R-SAGA-4"}
+    assert {c["id"] for c in verdict["checks"]} >= {"R-POINT-1", "R-SAGA-1", "R-SAGA-4"}
     assert any(e["kind"] == "notify" and e["outcome"] == "skipped" for e in row["events"])
     with get_client(sync_client=True) as client:
         def artifacts(key: str) -> list:
