@@ -69,13 +69,14 @@ CASES: list[Case] = [
     Case("pool_too_small", "tuning", ("spike",), {"db_pool_size": 1}, ("APPROVE_WITH_TUNING", "BLOCK"), (),
          ("raise_db_pool",), "DB pool of 1 for the spike: pool use near or at exhaustion", scale=0.05,
          time_scale=0.03),
-    Case("slow_concert_list", "tuning", ("soak",), {"concert_query_ms": 1300}, ("APPROVE_WITH_TUNING", "BLOCK"), (),
-         ("cache_concert_list",), "the uncached concert list holds its DB connection 1.3 s", scale=0.005),
+    Case("slow_concert_list", "tuning", ("soak",), {"concert_query_ms": 1000, "db_pool_size": 10},
+         ("APPROVE_WITH_TUNING", "BLOCK"), (), ("cache_concert_list",),
+         "the uncached concert list holds its DB connection 1 s: API-5 p95 in the allowed band", scale=0.005),
     Case("low_consumer_concurrency", "tuning", ("saga",),
          {"consumer_concurrency": 1, "consumer_batch": 1, "consumer_block_ms": 1000},
          ("APPROVE_WITH_TUNING", "BLOCK"), (), ("raise_consumer_concurrency",),
          "one consumer per group reading one record at a time: the backlog of the plan's 100 concurrent "
-         "payments grows", scale=1.0),
+         "payments grows", scale=2.0),
 ]
 
 HEALTHY = Case("healthy", "healthy", ("race", "saga", "points", "spike", "soak"), {}, ("APPROVE",), (), (),
