@@ -42,8 +42,13 @@ def _fig(title: str, ylabel: str, size: tuple[float, float] = (6.4, 2.6)) -> tup
     return fig, ax
 
 
+def load_seconds(st: StageData) -> pd.DataFrame:
+    """The stage's per-second rows without the campaign's own admin calls (seeding, cleanup)."""
+    return st.seconds[st.seconds["endpoint"] != "ADMIN"] if not st.seconds.empty else st.seconds
+
+
 def latency(st: StageData, t0: float) -> bytes | None:
-    s = st.seconds[st.seconds["endpoint"] != "ADMIN"] if not st.seconds.empty else st.seconds
+    s = load_seconds(st)
     if s.empty:
         return None
     fig, ax = _fig(f"{st.scenario}: latency p95 (solid) / p99 (dotted) per endpoint", "ms")
@@ -56,7 +61,7 @@ def latency(st: StageData, t0: float) -> bytes | None:
 
 
 def throughput(st: StageData, t0: float) -> bytes | None:
-    s = st.seconds[st.seconds["endpoint"] != "ADMIN"] if not st.seconds.empty else st.seconds
+    s = load_seconds(st)
     if s.empty:
         return None
     fig, ax = _fig(f"{st.scenario}: throughput", "req/s")
@@ -66,7 +71,7 @@ def throughput(st: StageData, t0: float) -> bytes | None:
 
 
 def errors(st: StageData, t0: float) -> bytes | None:
-    s = st.seconds[st.seconds["endpoint"] != "ADMIN"] if not st.seconds.empty else st.seconds
+    s = load_seconds(st)
     if s.empty:
         return None
     fig, ax = _fig(f"{st.scenario}: errors", "per s")
@@ -154,7 +159,7 @@ def headline(stages: dict[str, StageData], verdict: str, run_id: str) -> bytes:
     if st is None:
         a1.text(0.5, 0.5, "no per-second data", ha="center", va="center")
     else:
-        s = st.seconds[st.seconds["endpoint"] != "ADMIN"]
+        s = load_seconds(st)
         t0 = load_start(st) or 0.0
         for ep, g in s.sort_values("second").groupby("endpoint"):
             a1.plot(g["second"] - t0, g["p95_ms"], lw=1, label=ep)
