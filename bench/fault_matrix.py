@@ -120,7 +120,7 @@ def profile_for(case: Case, workdir: Path) -> Path:
 
 def run_case(case: Case, workdir: Path, run: int = 1) -> Outcome:
     """One campaign, in-process (the caller provides the Prefect server or lets Prefect start one)."""
-    from flows.campaign import run_from_cli
+    from soundcheck.cli import run_campaign as run_from_cli
 
     d = workdir / f"{case.name}-{run}"
     d.mkdir(parents=True, exist_ok=True)

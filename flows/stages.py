@@ -13,53 +13,16 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field
 
 from soundcheck import store
+from soundcheck.plan import RACE_TC1_SEAT_BESIDE_SPIKE, k6_abort_env
 from soundcheck.profile import Profile
-
-
-class RunContext(BaseModel):
-    """What every step needs to find the run: plain values, so Prefect can show them as parameters."""
-
-    run_id: str
-    profile_name: str
-    store_url: str
-    run_dir: str
-    started_at: str
-
-
-class StageEnv(BaseModel):
-    """Where the provisioned system under test answers.
-
-    Only addresses are shown (Prefect records stage parameters); the environment's `Endpoints` (which
-    carry the admin token) and the provisioner's handle (teardown, restart) ride along unserialised.
-    """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    base_url: str
-    metrics_url: str | None = None
-    has_database: bool = False
-    endpoints: Any = Field(default=None, exclude=True, repr=False)
-    handle: Any = Field(default=None, exclude=True, repr=False)
-
-    @classmethod
-    def of(cls, endpoints: Any, handle: Any = None) -> StageEnv:
-        return cls(base_url=endpoints.base_url, metrics_url=getattr(endpoints, "metrics_url", None),
-                   has_database=bool(getattr(endpoints, "database_url", None)), endpoints=endpoints, handle=handle)
-
-    @property
-    def database_url(self) -> str | None:
-        return getattr(self.endpoints, "database_url", None)
-
-
-class StageAborted(RuntimeError):
-    """The load was stopped on harm; the reason is the breach sentence."""
+from tasks.provision import StageEnv
+from tasks.runs import RunContext
+from tasks.safety import StageAborted
 
 
 def _admin_token(profile: Profile, env: StageEnv) -> str | None:
@@ -68,9 +31,6 @@ def _admin_token(profile: Profile, env: StageEnv) -> str | None:
             or os.environ.get(profile.target.admin_token_env) or None)
 
 
-#: A seat no other scenario's defaults touch (tasks.load.SEAT_DEFAULTS: spike 1–2, TC-2 101–200, TC-3 201,
-#: saga from 301, soak 601–1000).
-RACE_TC1_SEAT_BESIDE_SPIKE = "3"
 
 
 #: How long the saga script watches a payment at the plan's time scale (scenarios/lib/common.js default) …
@@ -93,6 +53,14 @@ def scenario_overrides(name: str, scenarios: list[str], time_scale: float = 1.0)
     if name == "saga":
         return {"WATCH_LIMIT_S": f"{max(SAGA_WATCH_FLOOR_S, SAGA_WATCH_LIMIT_S * time_scale):g}"}
     return {}
+
+
+def stage_env(name: str, profile: Profile) -> dict[str, str]:
+    """Every script variable the campaign sets for a stage: the target's concert and show, the
+    profile's abort levels (k6's abortOnFail thresholds) and `scenario_overrides`."""
+    return {"CONCERT_ID": str(profile.target.concert_id), "SHOW_ID": str(profile.target.show_id),
+            **k6_abort_env(profile.abort.error_rate, profile.abort.p95_ms),
+            **scenario_overrides(name, profile.scenarios, profile.time_scale)}
 
 
 def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> str:
@@ -120,7 +88,7 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
             # Never retried: a second attempt would load a different system (seats sold, queues full).
             result = run_scenario(
                 engine, run.run_id, name, env.base_url, output_dir=run.run_dir, scale=profile.scale,
-                time_scale=profile.time_scale, env=scenario_overrides(name, profile.scenarios, profile.time_scale),
+                time_scale=profile.time_scale, env=stage_env(name, profile),
                 admin_token=_admin_token(profile, env), abort=abort,
                 on_second=watcher.on_second, allowlist=profile.target.allowlist,
                 stop_grace_s=profile.k6.stop_grace_s, max_cpu_share=profile.k6.max_cpu_share,

@@ -24,6 +24,7 @@
 import exec from 'k6/execution';
 import { sleep } from 'k6';
 import {
+  ABORT_ERROR_RATE, ABORT_P95_MS,
   SCALE, TIME_SCALE, USER_COUNT, USER_OFFSET, dur, issueToken, pay, reserve, scaled, uuid, waitEntered,
   waitUntilEntered, watchPayment, checkTarget,
 } from './lib/common.js';
@@ -66,8 +67,8 @@ export const options = {
   thresholds: {
     'http_req_duration{endpoint:API-1}': ['p(95)<500'],
     'http_req_duration{endpoint:API-2}': ['p(99)<1000'],
-    'http_req_failed': ['rate<0.001', { threshold: 'rate<0.01', abortOnFail: true, delayAbortEval: '30s' }],
-    'http_req_duration': [{ threshold: 'p(95)<3000', abortOnFail: true, delayAbortEval: '30s' }],
+    'http_req_failed': ['rate<0.001', { threshold: `rate<${ABORT_ERROR_RATE}`, abortOnFail: true, delayAbortEval: '30s' }],
+    'http_req_duration': [{ threshold: `p(95)<${ABORT_P95_MS}`, abortOnFail: true, delayAbortEval: '30s' }],
   },
   summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(95)', 'p(99)'],
 };

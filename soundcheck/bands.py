@@ -18,51 +18,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from soundcheck.profile import Band, Profile
+from soundcheck.plan import KPIS, RAMP_PHASES, Band, fmt_edge, kpi_family
+from soundcheck.profile import Profile
 
-MB = 1024**2
+#: The plan's table (R-GATE, §5.1), in the units the KPIs are stored in (soundcheck.plan.KPIS).
+DEFAULT_BANDS: dict[str, Band] = {n: k.band for n, k in KPIS.items() if k.band is not None}
 
-#: The plan's table (R-GATE, §5.1), in the units the KPIs are stored in.
-DEFAULT_BANDS: dict[str, Band] = {
-    "p95_ms": Band(target=1000, allowed=2000),
-    "throughput_rps": Band(target=1000, allowed=800, higher_is_better=True),
-    "error_rate": Band(target=0.001, allowed=0.005),
-    "db_pool_use": Band(target=0.70, allowed=0.85),
-    "consumer_lag": Band(target=100, allowed=500),
-    "saga_time_s": Band(target=10, allowed=20),
-    "compensation_success": Band(target=1.0, allowed=0.99, higher_is_better=True),
-    # not in §5.1, see the module docstring
-    "db_cpu_percent": Band(target=70, allowed=90),
-    "heap_use": Band(target=0.70, allowed=0.85),
-    "redis_memory_bytes": Band(target=500 * MB, allowed=1024 * MB),
-    "outbox_oldest_age_s": Band(target=10, allowed=20),
-    "unanswered_rate": Band(target=0.001, allowed=0.005),
-}
-
-#: Where each band came from, for the report.
-BAND_SOURCES: dict[str, str] = {
-    "db_cpu_percent": "plan §5.2 (DB CPU > 90 %) and §4.1.1 (scale out at 70 %)",
-    "heap_use": "plan §3.4 watch bands",
-    "redis_memory_bytes": "plan §3.4 watch bands",
-    "outbox_oldest_age_s": "plan §3.3 (outbox every 5 s × 2) and §6.1 (outbox PENDING backlog)",
-    "unanswered_rate": "plan §6.1 (network timeouts), error-rate edges",
-}
+#: Where each band came from when not §5.1, for the report.
+BAND_SOURCES: dict[str, str] = {n: k.source for n, k in KPIS.items() if k.band is not None and k.source != "plan §5.1"}
 
 #: KPIs whose edges are rates and so scale with `--scale`.
-RATE_KPIS = frozenset({"throughput_rps"})
+RATE_KPIS = frozenset(n for n, k in KPIS.items() if k.rate)
 
 #: Scenarios where a band applies; a KPI not listed applies everywhere it is measured.
-#: Capacity KPIs only mean something under sustained load: race, saga and points fire bursts of ~100
-#: requests at one instant on purpose, so their throughput, latency and momentary pool peaks say
-#: nothing about capacity (their correctness is what their checks judge).
-LOAD = frozenset({"spike", "soak"})
-BAND_SCENARIOS: dict[str, frozenset[str]] = {
-    "throughput_rps": LOAD,
-    "p95_ms": LOAD,
-    "db_pool_use": LOAD,
-    "heap_use": LOAD,
-    "db_cpu_percent": LOAD,
-}
+BAND_SCENARIOS: dict[str, frozenset[str]] = {n: k.stages for n, k in KPIS.items() if k.stages is not None}
+
+#: Spike phases where a rate KPI is not judged: users are still arriving or already leaving.
+UNBANDED_RATE_PHASES = RAMP_PHASES
+
+base_name = kpi_family
+_fmt = fmt_edge
 
 
 @dataclass(frozen=True)
@@ -84,27 +59,12 @@ class Judgement:
         return f"< {_fmt(self.target)} target, ≤ {_fmt(self.allowed)} allowed"
 
 
-def _fmt(x: float | None) -> str:
-    if x is None:
-        return "–"
-    return f"{x:,.4g}" if abs(x) < 1e6 else f"{x:,.0f}"
-
-
 def bands_for(profile: Profile | None) -> dict[str, Band]:
     """The default table with the profile's overrides applied."""
     out = dict(DEFAULT_BANDS)
     if profile is not None:
         out.update(profile.bands)
     return out
-
-
-def base_name(kpi: str) -> str:
-    """`p95_ms.API-1` → `p95_ms`: per-endpoint KPIs take their family's band unless given their own."""
-    return kpi.split(".", 1)[0]
-
-
-#: Spike phases where a rate KPI is not judged: users are still arriving or already leaving.
-UNBANDED_RATE_PHASES = frozenset({"ramp_up", "ramp_down"})
 
 
 def band(kpi: str, value: float | None, *, bands: dict[str, Band] | None = None, scale: float = 1.0,

@@ -13,7 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-SCENARIOS = ("spike", "race", "saga", "soak", "points")
+from soundcheck.plan import ABORT, SCENARIOS, Band
+
+__all__ = ["Band", "SCENARIOS"]
+
 
 
 class ProfileError(ValueError):
@@ -111,14 +114,6 @@ class Metrics(_Strict):
         return v
 
 
-class Band(_Strict):
-    """A KPI's band edges. `higher_is_better` flips the comparisons (throughput, compensation)."""
-
-    target: float
-    allowed: float
-    higher_is_better: bool = False
-
-
 class Slack(_Strict):
     enabled: bool = False
     channel: str = "#load-tests"
@@ -140,12 +135,12 @@ class Abort(_Strict):
     """Alarm bands watched live (R-SAFE, R-SOAK watch bands); a breach stops the load."""
 
     enabled: bool = True
-    error_rate: float = 0.01
-    p95_ms: float = 3000.0
-    pool_exhaustion_s: float = 10.0  # pool timeouts sustained this long
-    redis_memory_bytes: float = 1024**3
-    consumer_lag: float = 1000
-    outbox_backlog: float = 10000
+    error_rate: float = ABORT.error_rate
+    p95_ms: float = ABORT.p95_ms
+    pool_exhaustion_s: float = ABORT.pool_exhaustion_s  # pool timeouts sustained this long
+    redis_memory_bytes: float = ABORT.redis_memory_bytes
+    consumer_lag: float = ABORT.consumer_lag
+    outbox_backlog: float = ABORT.outbox_backlog
     window_s: float = 5.0  # breach must hold over this window
     min_requests: int = 50  # per window, before error rate counts
 
@@ -240,4 +235,44 @@ def load_profile(path: str | Path) -> Profile:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ProfileError(f"profile {p}: not valid YAML ({str(e).splitlines()[0]}).") from None
+    return parse_profile(data, f"profile {p}")
+
+
+def resolve_profile_path(path: str | Path | None) -> Path:
+    """A relative path is taken from the working directory, else from the repository (deployments run anywhere)."""
+    from soundcheck.paths import DEFAULT_PROFILE, ROOT
+
+    p = Path(path) if path else DEFAULT_PROFILE
+    if not p.is_absolute() and not p.exists() and (ROOT / p).exists():
+        return ROOT / p
+    return p
+
+
+def resolve_profile(path: str | Path | None = None, *, scenarios: list[str] | None = None,
+                    scale: float | None = None, time_scale: float | None = None,
+                    target: str | None = None) -> Profile:
+    """The profile file with the run's overrides applied and validated again (a bad override is a ProfileError).
+
+    A `target` means the system under test is already running there: the local stack is not started.
+    """
+    p = resolve_profile_path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise ProfileError(f"profile {p}: cannot be read ({e.strerror}).") from None
+    except yaml.YAMLError as e:
+        raise ProfileError(f"profile {p}: not valid YAML ({str(e).splitlines()[0]}).") from None
+    if not isinstance(data, dict):
+        return parse_profile(data, f"profile {p}")
+    if scenarios:
+        data["scenarios"] = list(scenarios)
+    if scale is not None:
+        data["scale"] = scale
+    if time_scale is not None:
+        data["time_scale"] = time_scale
+    if target:
+        data.setdefault("target", {})["base_url"] = target
+        env = data.setdefault("environment", {})
+        if env.get("kind", "local") == "local":
+            env["kind"] = "external"
     return parse_profile(data, f"profile {p}")

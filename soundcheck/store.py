@@ -258,3 +258,25 @@ def finish_scenario(engine: Engine, scenario_run_id: int, status: str, **values:
 def record_event(engine: Engine, run_id: str, kind: str, outcome: str, detail: str = "") -> None:
     with engine.begin() as c:
         c.execute(insert(events).values(run_id=run_id, ts=now(), kind=kind, outcome=outcome, detail=detail))
+
+
+def store_location(url: str) -> str:
+    """The store URL as it may be printed and logged: the password removed."""
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+        return URL.create(u.drivername, username=u.username, host=u.host, port=u.port, database=u.database,
+                          query=u.query).render_as_string(hide_password=False)
+    except ArgumentError:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def store_sentence(url: str, exc: BaseException) -> str:
+    """One sentence for a result store that failed: which store, where, and what its driver said."""
+    orig = getattr(exc, "orig", None)
+    said = orig.args[-1] if orig is not None and orig.args else (orig or exc)
+    said = str(said).strip().splitlines()[0] if str(said).strip() else type(said).__name__
+    state = "is locked by another process" if "locked" in said.lower() else "is unreachable"
+    return f"the result store at {store_location(url)} {state} ({said})"

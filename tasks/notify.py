@@ -28,7 +28,8 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.webhook import WebhookClient
 
 from soundcheck.models import KPI, Decision, Verdict
-from soundcheck.profile import Slack
+from soundcheck.profile import Profile, Slack
+from tasks.runs import RunContext
 
 log = get_logger("soundcheck.notify")
 
@@ -352,8 +353,34 @@ def notify_and_record(verdict: Verdict, cfg: Slack, engine: Any, *, report_locat
     return result
 
 
-@task(name="notify-slack", cache_policy=NO_CACHE)
-def notify_slack(verdict: Verdict, cfg: Slack, engine: Any, report_location: str | None = None,
-                 chart_path: str | None = None) -> NotifyResult:
-    """Retries happen inside (transient errors only), so the final failure can be recorded on the run."""
-    return notify_and_record(verdict, cfg, engine, report_location=report_location, chart_path=chart_path)
+@task(name="notify", cache_policy=NO_CACHE)
+def send_verdict(verdict: Verdict, profile: Profile, run: RunContext, store_ok: bool = True) -> str:
+    """Post the verdict to Slack; never fails the campaign (even a store that cannot take the event is
+    only logged). Retries happen inside (transient errors only), so the final failure is recorded.
+
+    Without the result store (`store_ok=False`) the message still goes out, with no history to compare
+    against: an in-memory store stands in for it. Returns the outcome (ok | failed | skipped).
+    """
+    from soundcheck import store
+    from tasks.publish import report_path
+    from tasks.runs import reason, record
+
+    try:
+        if not profile.slack.enabled:
+            why = f"Slack is not enabled in profile {profile.name} (slack.enabled: false); the verdict was not posted"
+            log.warning(why)
+            if store_ok:
+                record(run, "notify", "skipped", why)
+            return "skipped"
+        report = report_path(verdict, run.run_dir)
+        chart = Path(run.run_dir) / "headline.png"
+        engine = store.open_store(run.store_url if store_ok else "sqlite://")
+        try:
+            return notify_and_record(verdict, profile.slack, engine,
+                                     report_location=str(report) if report else verdict.report,
+                                     chart_path=str(chart) if chart.exists() else None).outcome
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001
+        log.error("notify step failed: %s", reason(exc))
+        return "failed"

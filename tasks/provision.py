@@ -16,9 +16,10 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
 
 from infra.endpoints import Endpoints
-from soundcheck.profile import Profile
+from soundcheck.profile import Profile, ProfileError
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,54 @@ def teardown(handle: Any) -> None:
         handle.stop()
 
 
-@task(name="provision-environment", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def provision_task(profile: Profile, run_dir: str) -> Provisioned:
-    return provision(profile, run_dir)
+class StageEnv(BaseModel):
+    """Where the provisioned system under test answers, as the stage flows get it.
+
+    Only addresses are shown (Prefect records stage parameters); the environment's `Endpoints` (which
+    may carry an admin token) and the provisioner's handle (teardown, restart) ride along unserialised.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    base_url: str
+    metrics_url: str | None = None
+    has_database: bool = False
+    endpoints: Any = Field(default=None, exclude=True, repr=False)
+    handle: Any = Field(default=None, exclude=True, repr=False)
+
+    @classmethod
+    def of(cls, endpoints: Any, handle: Any = None) -> StageEnv:
+        return cls(base_url=endpoints.base_url, metrics_url=getattr(endpoints, "metrics_url", None),
+                   has_database=bool(getattr(endpoints, "database_url", None)), endpoints=endpoints, handle=handle)
+
+    @property
+    def database_url(self) -> str | None:
+        return getattr(self.endpoints, "database_url", None)
 
 
-@task(name="teardown-environment", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def teardown_task(handle: Any) -> None:
-    teardown(handle)
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry what may pass on a second try (a port in use, a slow start); not a configuration or code error."""
+    try:
+        state.result()
+    except (ImportError, ProfileError, TypeError, AttributeError):
+        return False
+    except Exception:  # noqa: BLE001
+        return True
+    return True
+
+
+@task(name="provision", retries=2, retry_delay_seconds=5, retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE)
+def provision_env(profile: Profile, run_dir: str) -> StageEnv:
+    """Bring the environment up; safe to retry (a half-started stack is torn down by the provisioner).
+    Great Expectations is imported in the background meanwhile, so the verdict costs no import after the load."""
+    from tasks.expectations import prewarm
+
+    prewarm()
+    provisioned = provision(profile, run_dir)
+    return StageEnv.of(provisioned.endpoints, provisioned.handle)
+
+
+@task(name="teardown", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
+def teardown_env(env: StageEnv) -> None:
+    """Idempotent (stopping a stopped stack does nothing), so it is safe to retry."""
+    teardown(env.handle)

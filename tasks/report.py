@@ -10,12 +10,10 @@ charts per stage.
 from __future__ import annotations
 
 import base64
-import json
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from prefect import task
 from sqlalchemy import Engine
 
 from soundcheck.bands import BAND_SOURCES, Judgement, band, bands_for
@@ -180,21 +178,14 @@ tolerance, flagged even inside the band.</p>
 
 def write_outputs(verdict: Verdict, engine: Engine, out_dir: str | Path, *, profile_bands: dict[str, Any] | None = None,
                   run: RunData | None = None) -> dict[str, Path]:
-    """Write verdict.json, report.html and headline.png into `out_dir`; sets `verdict.report`."""
+    """Write report.html and headline.png into `out_dir`; sets `verdict.report` (verdict.json is
+    `tasks.publish`'s)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = run or load_run(engine, verdict.run_id)
     charts = {s: stage_charts(st) for s, st in run.stages.items()}
-    paths = {"report": out / "report.html", "headline": out / "headline.png", "verdict": out / "verdict.json"}
+    paths = {"report": out / "report.html", "headline": out / "headline.png"}
     verdict.report = paths["report"].name
     paths["headline"].write_bytes(headline(run.stages, verdict.verdict.value, verdict.run_id))
     paths["report"].write_text(render_html(verdict, run, charts, profile_bands), encoding="utf-8")
-    paths["verdict"].write_text(json.dumps(verdict.to_json_dict(), indent=2, ensure_ascii=False) + "\n",
-                                encoding="utf-8")
     return paths
-
-
-@task(name="report")
-def report_task(verdict: Verdict, engine: Engine, out_dir: str) -> dict[str, Path]:
-    """Prefect wrapper of `write_outputs`."""
-    return write_outputs(verdict, engine, out_dir)

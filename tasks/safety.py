@@ -46,16 +46,17 @@ from soundcheck.allowlist import (  # noqa: F401  (re-exported: the safety API i
     k6_guard_args,
     k6_guard_env,
 )
+from soundcheck.plan import ABORT, SETUP_TAG, TEST_DATA_TABLES
 from soundcheck.profile import Abort, Profile
 from soundcheck.redact import install_redaction, redact, redact_json, redact_tree  # noqa: F401
 
 log = logging.getLogger("tasks.safety")
 
-#: Heap alarm of the plan's soak watch bands (§3.4: normal < 70 %, alarm > 85 %).
-HEAP_ALARM_SHARE = 0.85
+HEAP_ALARM_SHARE = ABORT.heap_share
 
-#: The plan's tables holding test data, children first (foreign keys); all carry `created_at` (§6.2).
-TEST_DATA_TABLES = ("payment_outbox", "payment", "reservation", "queue_token")
+
+class StageAborted(RuntimeError):
+    """The load was stopped on harm; the reason is the breach sentence."""
 
 
 @dataclass
@@ -144,7 +145,7 @@ class AbortWatcher:
         rows = [agg] if isinstance(agg, Mapping) or hasattr(agg, "second") else list(agg)
         with self._lock:
             for row in rows:
-                if (_get(row, "endpoint") or "") == "ADMIN":
+                if (_get(row, "endpoint") or "") == SETUP_TAG:
                     continue
                 sec = int(_get(row, "second"))
                 n = int(_get(row, "count", 0) or 0)
@@ -518,19 +519,21 @@ def _describe(result: Any) -> str:
     return f"done; answering at {base}" if base else f"done ({type(result).__name__})"
 
 
-# ------------------------------------------------------------------------------- Prefect wrappers
+def preflight(profile: Profile) -> None:
+    """Refuse what is configuration, before anything is sent: a target outside the allowlist
+    (AllowlistError, a ProfileError) and a result-store URL no driver can open (bad URL, unknown
+    dialect, driver not installed). A store that is merely down is found later, when the run opens it.
+    Also installs log redaction for the profile's secrets."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-try:
-    from prefect import task as _task
-except Exception:  # Prefect is a dependency; this only keeps the plain functions importable without it
-    _task = None
+    from soundcheck.profile import ProfileError
+    from soundcheck.store import store_location
 
-if _task is not None:
-
-    @_task(name="check-allowlist", retries=0)
-    def check_allowlist_task(url: str, allowlist: list[str]) -> list[str]:
-        return [str(a) for a in check_allowlist(url, allowlist)]
-
-    @_task(name="rollback", retries=0)
-    def rollback_task(engine: Any, run_id: str, **steps: Any) -> list[StepResult]:
-        return rollback(engine, run_id, **steps)
+    install_redaction(profile=profile)
+    check_profile_urls(profile, profile.target.base_url)
+    try:
+        create_engine(profile.store_url).dispose()  # no connection is made here
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProfileError(f"store_url {store_location(profile.store_url)!r} cannot be used: {said}") from exc

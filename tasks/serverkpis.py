@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from soundcheck.plan import KPIS, PLAN, SETUP_TAG, SPIKE_PHASES
 from tasks.rundata import StageData, _ts
 
 #: `db_pool_use` is the 95th percentile of the sampled in-use / size ratio: the sustained use the plan's
@@ -28,23 +29,10 @@ from tasks.rundata import StageData, _ts
 #: counter (R-SPIKE-5, R-SOAK-2), which counts every request that waited too long for a connection.
 POOL_USE_QUANTILE = 0.95
 
-#: Plan §3.1 phases of the spike, seconds from the start of the load at --time-scale 1.
-SPIKE_PHASES: dict[str, tuple[float, float]] = {"ramp_up": (0, 10), "plateau": (10, 60), "ramp_down": (60, 120)}
-
-UNITS = {
-    "db_pool_use": "ratio", "db_pool_timeouts": "count", "consumer_lag": "messages", "consumer_lag_s": "s",
-    "memory_growth": "ratio", "redis_memory_bytes": "bytes", "gc_pause_max_ms": "ms", "db_cpu_percent": "%",
-    "heap_use": "ratio", "outbox_backlog": "rows", "outbox_oldest_age_s": "s", "unanswered_rate": "ratio",
-    "latency_trend": "ratio", "latency_trend_ms": "ms", "latency_upward_ms": "ms",
-    "lock_timeouts": "count", "db_pool_use_max": "ratio", "sagas_unfinished": "count",
-}
+UNITS = {name: k.unit for name, k in KPIS.items() if k.derived}
 
 #: What each server KPI needs; a stage under load that lacks them could not be judged (INCONCLUSIVE).
-REQUIRED_SERVER_KPIS: dict[str, tuple[str, ...]] = {
-    "spike": ("db_pool_use", "db_pool_timeouts"),
-    "soak": ("db_pool_use", "db_pool_timeouts", "memory_growth"),
-    "saga": ("consumer_lag",),
-}
+REQUIRED_SERVER_KPIS: dict[str, tuple[str, ...]] = {s.name: s.server_kpis for s in PLAN.values() if s.server_kpis}
 
 
 @dataclass
@@ -151,7 +139,7 @@ def latency_trend(seconds: pd.DataFrame, windows: int = 30) -> tuple[float | Non
     rises most (by `upward_ms`) is returned. Per endpoint, because a mix of a slow endpoint (a 1 s concert
     list) and fast ones has a mean that follows the mix, not the latency: more concert-list calls in a
     window would read as a trend."""
-    s = seconds[(seconds["count"] > 0) & (seconds["endpoint"] != "ADMIN")].dropna(subset=["p95_ms"])
+    s = seconds[(seconds["count"] > 0) & (seconds["endpoint"] != SETUP_TAG)].dropna(subset=["p95_ms"])
     if s.empty:
         return None, None
     lo, hi = int(s["second"].min()), int(s["second"].max())

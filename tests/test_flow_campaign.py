@@ -38,7 +38,7 @@ def _profile(tmp_path, **extra) -> str:
 
 
 def test_bad_profile_exits_2_with_one_sentence(tmp_path, capsys):
-    from flows.campaign import run_from_cli
+    from soundcheck.cli import run_campaign as run_from_cli
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nscenarios: [race]\ncolour: blue\n")
@@ -51,10 +51,11 @@ def test_bad_profile_exits_2_with_one_sentence(tmp_path, capsys):
 
 def test_target_off_the_allowlist_exits_2_before_any_request(tmp_path, capsys, monkeypatch):
     from flows import campaign as c
+    from soundcheck.cli import run_campaign
 
     called = []
     monkeypatch.setattr(c, "campaign", lambda **kw: called.append(kw))
-    assert c.run_from_cli(profile=_profile(tmp_path), target="http://10.20.30.40:8080", notify=False) == 2
+    assert run_campaign(profile=_profile(tmp_path), target="http://10.20.30.40:8080", notify=False) == 2
     assert "10.20.30.40" in capsys.readouterr().err
     assert not called  # the flow (and so any provisioning or load) never started
     assert not (tmp_path / "store.db").exists()
@@ -119,7 +120,9 @@ def _run_row(db: str) -> dict:
 
 
 def test_failure_part_way_is_inspectable_and_torn_down(harness, tmp_path, failing_race, monkeypatch, capsys):
-    from flows.campaign import CampaignIncomplete, campaign, run_from_cli
+    from flows.campaign import campaign
+    from soundcheck.cli import run_campaign as run_from_cli
+    from tasks.runs import CampaignIncomplete
 
     with SlackStandIn() as slack:
         monkeypatch.setenv("SC_TEST_SLACK_TOKEN", VALID_TOKEN)
@@ -154,7 +157,7 @@ def test_failure_part_way_is_inspectable_and_torn_down(harness, tmp_path, failin
 
 
 def test_slack_down_never_changes_the_verdict(harness, tmp_path, failing_race, monkeypatch):
-    from flows.campaign import run_from_cli
+    from soundcheck.cli import run_campaign as run_from_cli
 
     monkeypatch.setattr("tasks.notify.DEFAULT_BACKOFF_S", 0.05)
     with SlackStandIn() as slack:
@@ -171,7 +174,7 @@ def test_slack_down_never_changes_the_verdict(harness, tmp_path, failing_race, m
 
 
 def test_provision_config_error_is_not_retried_and_still_gives_a_verdict(harness, tmp_path, monkeypatch):
-    from flows.campaign import run_from_cli
+    from soundcheck.cli import run_campaign as run_from_cli
 
     monkeypatch.setitem(sys.modules, "tasks.provision", _fake_provision_module(fail=True))
     _FakeStack.torn_down.clear()
@@ -194,7 +197,7 @@ def test_campaign_end_to_end_on_the_reference_service(harness, tmp_path, capsys)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.campaign import run_from_cli
+    from soundcheck.cli import run_campaign as run_from_cli
     from soundcheck.models import EXIT_CODES, Decision
 
     before = _children_of_me()
@@ -287,7 +290,7 @@ def _judge_run_giving(monkeypatch, decision: str, seen: list):
 def test_abort_on_harm_is_judged_and_the_run_stays_aborted(harness, tmp_path, aborting_race, monkeypatch, capsys):
     """What a stage stopped on harm measured is evidence: the run is judged (here BLOCK, R-RACE-4), its
     row stays ABORTED with the breach, later scenarios do not run, and the exit status is the verdict's."""
-    from flows.campaign import run_from_cli
+    from soundcheck.cli import run_campaign as run_from_cli
 
     seen: list = []
     _judge_run_giving(monkeypatch, "BLOCK", seen)
@@ -306,7 +309,7 @@ def test_abort_on_harm_is_judged_and_the_run_stays_aborted(harness, tmp_path, ab
 
 
 def test_an_aborted_run_never_approves(harness, tmp_path, aborting_race, monkeypatch):
-    from flows.campaign import run_from_cli
+    from soundcheck.cli import run_campaign as run_from_cli
 
     _judge_run_giving(monkeypatch, "APPROVE", [])
     assert run_from_cli(profile=_profile(tmp_path), notify=False, output=tmp_path / "out") == 30

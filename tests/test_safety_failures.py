@@ -106,7 +106,7 @@ def run_campaign(profile: Path, output: Path, **kw) -> tuple[int, str]:
 
     from rich.console import Console
 
-    import flows.campaign as campaign
+    from soundcheck.cli import run_campaign as run
 
     buf = io.StringIO()
     orig = Console.__init__
@@ -117,7 +117,7 @@ def run_campaign(profile: Path, output: Path, **kw) -> tuple[int, str]:
 
     Console.__init__ = _console
     try:
-        code = campaign.run_from_cli(profile=profile, output=output, notify=kw.pop("notify", False), **kw)
+        code = run(profile=profile, output=output, notify=kw.pop("notify", False), **kw)
     finally:
         Console.__init__ = orig
     return code, buf.getvalue()

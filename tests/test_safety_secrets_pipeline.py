@@ -58,7 +58,7 @@ def captured_logs(tmp_path):
 @pytest.mark.skipif(venv_bin("k6") is None, reason="k6 binary not installed")
 def test_load_notify_and_verdict_leak_no_secret(fake_secrets, captured_logs, tmp_path):
     from tasks.load import run_scenario
-    from tasks.notify import notify_slack
+    from tasks.notify import notify_and_record
 
     sut = Sut(tmp_path, admin_token=ADMIN)
     out = tmp_path / "out"
@@ -77,7 +77,7 @@ def test_load_notify_and_verdict_leak_no_secret(fake_secrets, captured_logs, tmp
         prof = parse_profile({"name": "secrets", "slack": {"enabled": True}})
         with SlackStandIn() as slack:
             cfg = prof.slack.model_copy(update={"api_url": slack.api_url})
-            result = notify_slack(verdict, cfg, engine, report_location=str(out / "report.html"))
+            result = notify_and_record(verdict, cfg, engine, report_location=str(out / "report.html"))
             posted = b" ".join(c.body for c in slack.calls)
         assert getattr(result, "ok", True)
         assert VALID_TOKEN.encode() not in posted and WEBHOOK.encode() not in posted  # message text is clean
@@ -98,7 +98,7 @@ def test_whole_campaign_leaks_no_secret(prefect_harness, fake_secrets, captured_
 
     import yaml
 
-    import flows.campaign as campaign
+    from soundcheck.cli import run_campaign
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     sut = Sut(tmp_path, admin_token=ADMIN)
@@ -110,7 +110,7 @@ def test_whole_campaign_leaks_no_secret(prefect_harness, fake_secrets, captured_
                     "slack": {"enabled": True, "api_url": slack.api_url}}
             p = tmp_path / "profile.yaml"
             p.write_text(yaml.safe_dump(prof))
-            code = campaign.run_from_cli(profile=p, output=tmp_path / "out", notify=True)
+            code = run_campaign(profile=p, output=tmp_path / "out", notify=True)
             posted = b" ".join(c.body for c in slack.calls)
     finally:
         sut.stop()

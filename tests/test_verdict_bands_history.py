@@ -72,15 +72,15 @@ def test_previous_comparable_run(tmp_path):
 
 
 def test_regression_is_flagged_inside_the_band(tmp_path):
-    from tasks.decide import judge_run
+    from tasks.decide import judge
 
     e = new_store(tmp_path)
     t = datetime(2026, 11, 20, tzinfo=UTC)
     v = Validator()
     build_run(e, "before", ("soak",), started=t, soak={"kpis": {"p95_ms": 100.0}})
-    judge_run(e, "before", parse_profile({"name": "test"}), validator=v)
+    judge(e, "before", parse_profile({"name": "test"}), validator=v)
     build_run(e, "after", ("soak",), started=t + timedelta(days=1), soak={"kpis": {"p95_ms": 130.0}})
-    verdict = judge_run(e, "after", parse_profile({"name": "test"}), validator=v)
+    verdict, _ = judge(e, "after", parse_profile({"name": "test"}), validator=v)
     p95 = next(k for k in verdict.kpis if k.name == "p95_ms" and k.scenario == "soak")
     assert p95.previous == 100.0 and p95.delta_pct == pytest.approx(0.30) and p95.regression
     assert p95.band == "target" and verdict.verdict.value == "APPROVE"

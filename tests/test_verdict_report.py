@@ -17,6 +17,7 @@ DESIGN_KEYS = {"run_id", "profile", "started_at", "finished_at", "verdict", "che
 
 @pytest.fixture(scope="module")
 def blocked(tmp_path_factory):
+    from tasks.publish import publish_verdict
     from tasks.verdict_stage import judge_run
 
     out = tmp_path_factory.mktemp("verdict")
@@ -24,6 +25,7 @@ def blocked(tmp_path_factory):
     build_run(engine, "run-block", ("race", "spike"), race={"tc1_200": 3, "tc1_rows": 3},
               spike={"server": {"db_pool_in_use": 4}, "seconds": 20})
     verdict = judge_run(engine, "run-block", parse_profile({"name": "test"}), out)
+    publish_verdict(verdict, out, engine.url.render_as_string(hide_password=False))
     engine.dispose()
     return out, verdict
 

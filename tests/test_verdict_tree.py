@@ -6,7 +6,7 @@ import pytest
 
 from soundcheck.models import Decision
 from soundcheck.profile import parse_profile
-from tasks.decide import judge_run
+from tasks.decide import judge as walk_tree
 from tasks.expectations import Validator
 from tests.verdict_data import MB, build_run, new_store
 
@@ -28,7 +28,7 @@ PROFILE = parse_profile({"name": "test"})
 
 def judge(engine, validator, scenarios=("race", "saga", "points", "spike", "soak"), profile=PROFILE, **kw):
     rid = build_run(engine, "run-1", scenarios, **kw)
-    return judge_run(engine, rid, profile, validator=validator)
+    return walk_tree(engine, rid, profile, validator=validator)[0]
 
 
 def codes(v):
@@ -75,7 +75,7 @@ def test_one_full_pool_instant_is_not_sustained_use(engine, validator):
 
 def test_rejudging_reads_the_same(engine, validator):
     first = judge(engine, validator, ("soak",), soak={"k6_cpu_share": 0.95, "server": {"gc_pause_max_s": 0.5}})
-    again = judge_run(engine, first.run_id, PROFILE, validator=validator)
+    again = walk_tree(engine, first.run_id, PROFILE, validator=validator)[0]
     assert [c.model_dump() for c in again.checks] == [c.model_dump() for c in first.checks]
     gc = next(c for c in again.checks if c.id == "R-SOAK-3")
     assert gc.observed.count("500.0 ms") == 1 and gc.observed.endswith("not judged: the stage could not measure")
@@ -136,7 +136,7 @@ def test_two_reservation_ids_in_tc3_block(engine, validator):
     with engine.begin() as c:
         c.execute(insert(store.k6_samples).values(scenario_run_id=1, ts=1.0, metric="sc_tc3_reservation", value=1.0,
                                                   tags={"status": "200", "reservationId": "r-other"}))
-    v = judge_run(engine, rid, PROFILE, validator=validator)
+    v = walk_tree(engine, rid, PROFILE, validator=validator)[0]
     assert v.verdict == Decision.BLOCK and "R-RACE-3" in failed(v)
 
 
@@ -232,8 +232,8 @@ def test_throughput_judged_against_scaled_edges(engine, validator):
     assert v.verdict == Decision.APPROVE
     step = next(t for t in v.trace if t.subject == "kpi throughput_rps/soak")
     assert "--scale 0.02" in step.why and "1,000 → 20" in step.why
-    v2 = judge_run(engine, build_run(engine, "run-2", ("soak",), scale=0.02, soak={"kpis": {"throughput_rps": 17.0}}),
-                   PROFILE, validator=validator)
+    v2 = walk_tree(engine, build_run(engine, "run-2", ("soak",), scale=0.02, soak={"kpis": {"throughput_rps": 17.0}}),
+                   PROFILE, validator=validator)[0]
     assert v2.verdict == Decision.APPROVE_WITH_TUNING and "scale_out_app_servers" in codes(v2)
 
 
@@ -243,19 +243,26 @@ def test_profile_band_override(engine, validator):
     assert v.verdict == Decision.BLOCK and "cache_concert_list" in codes(v)
 
 
-def test_verdict_rows_are_stored_and_rejudging_replaces_checks(engine, validator):
+def test_rejudging_replaces_checks_and_publish_stores_one_verdict_row_per_judgement(engine, validator, tmp_path):
     from sqlalchemy import func, select
 
     from soundcheck import store
+    from tasks.publish import publish_verdict
 
     v = judge(engine, validator, ("race",))
-    judge_run(engine, v.run_id, PROFILE, validator=validator)
+    again = walk_tree(engine, v.run_id, PROFILE, validator=validator)[0]
+    url = engine.url.render_as_string(hide_password=False)
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(store.verdicts)).scalar() == 0  # judging stores no verdict
+    publish_verdict(v, tmp_path, url)
+    publish_verdict(again, tmp_path, url)
     with engine.connect() as c:
         n_checks = c.execute(select(func.count()).select_from(store.checks)).scalar()
         verdicts = c.execute(select(store.verdicts.c.verdict)).scalars().all()
         run_verdict = c.execute(select(store.runs.c.verdict)).scalar()
     assert n_checks == len(v.checks)
     assert verdicts == ["APPROVE", "APPROVE"] and run_verdict == "APPROVE"
+    assert (tmp_path / "verdict.json").exists()
 
 
 # ---- every rule of the tree, one by one, through the engine (no GX: facts given directly) ----------
@@ -355,8 +362,8 @@ def test_lock_timeouts_are_read_from_the_k6_samples(engine, validator):
     assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
     r4 = [c for c in v.checks if c.id == "R-RACE-4" and not c.passed]
     assert any("tc2: 3 of 5 lock timeouts answered 5xx" in c.observed for c in r4), [c.observed for c in r4]
-    ok = judge_run(engine, build_run(engine, "run-2", ("race",), race={"locks": {409: 2}}), PROFILE,
-                   validator=validator)
+    ok = walk_tree(engine, build_run(engine, "run-2", ("race",), race={"locks": {409: 2}}), PROFILE,
+                   validator=validator)[0]
     assert ok.verdict == Decision.APPROVE, [t.why for t in ok.trace]
 
 
@@ -475,6 +482,6 @@ def test_a_stage_aborted_on_slow_answers_is_banded_despite_dropped_iterations(en
     assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
     assert codes(v)[0] == "cache_concert_list" and "fix_test_environment" in codes(v)
     assert next(k for k in v.kpis if k.name == "p95_ms.API-5").band == "action"
-    completed = judge_run(engine, build_run(engine, "run-2", ("soak",), soak={
-        "dropped": 45, "kpis": {"p95_ms": 2400.0, "p95_ms.API-5": 5200.0}}), PROFILE, validator=validator)
+    completed = walk_tree(engine, build_run(engine, "run-2", ("soak",), soak={
+        "dropped": 45, "kpis": {"p95_ms": 2400.0, "p95_ms.API-5": 5200.0}}), PROFILE, validator=validator)[0]
     assert completed.verdict == Decision.INCONCLUSIVE  # a completed stage with dropped iterations: not measured

@@ -26,6 +26,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
+from soundcheck.plan import TEST_DATA_TABLES as PLAN_TEST_DATA_TABLES
+
 
 def utcnow() -> dt.datetime:
     """Naive UTC, the one clock every table uses (portable across SQLite, MySQL, PostgreSQL)."""
@@ -165,5 +167,5 @@ consumed_message = Table(  # the inbox that makes every consumer idempotent
     UniqueConstraint("consumer_group", "message_key", name="uq_consumed"),
 )
 
-# Rows a test creates, deleted by the §6.2 cleanup (children first).
-TEST_DATA_TABLES = (consumed_message, payment_outbox, payment, point_history, reservation, queue_token)
+# Rows a test creates, deleted by the §6.2 cleanup (children first): the plan catalogue's list.
+TEST_DATA_TABLES = tuple(metadata.tables[name] for name in PLAN_TEST_DATA_TABLES)

@@ -23,6 +23,9 @@ export const USER_COUNT = parseInt(__ENV.USER_COUNT || '100000', 10);
 export const CONCERT_ID = parseInt(__ENV.CONCERT_ID || '1', 10);
 export const SHOW_ID = parseInt(__ENV.SHOW_ID || '101', 10);
 export const ADMIN_TOKEN = __ENV.ADMIN_TOKEN || 'soundcheck-admin';
+// The plan's alarm levels (R-SAFE); the campaign passes the profile's `abort` levels here.
+export const ABORT_P95_MS = parseFloat(__ENV.ABORT_P95_MS || '3000');
+export const ABORT_ERROR_RATE = parseFloat(__ENV.ABORT_ERROR_RATE || '0.01');
 
 // Custom metrics (k6_samples rows; see tasks/kpis.py for how each becomes a KPI).
 export const lockTimeouts = new Counter('sc_lock_timeouts'); // API-3 answers with error LOCK_TIMEOUT
