@@ -10,7 +10,6 @@ fast; the real end-to-end campaign is in test_flow_e2e.py.
 from __future__ import annotations
 
 import json
-import sys
 import types
 
 import pytest
@@ -73,8 +72,8 @@ class _FakeStack:
         self.admin_token = None
 
 
-def _fake_provision_module(fail: bool = False) -> types.ModuleType:
-    mod = types.ModuleType("tasks.provision")
+def _fake_provisioner(monkeypatch, fail: bool = False) -> None:
+    """The provision and teardown tasks run as they are; the provisioner they call is a stand-in."""
 
     def provision(profile, run_dir):
         if fail:
@@ -85,8 +84,8 @@ def _fake_provision_module(fail: bool = False) -> types.ModuleType:
     def teardown(handle):
         _FakeStack.torn_down.append(handle.base_url)
 
-    mod.provision, mod.teardown = provision, teardown
-    return mod
+    monkeypatch.setattr("tasks.provision.provision", provision)
+    monkeypatch.setattr("tasks.provision.teardown", teardown)
 
 
 @pytest.fixture
@@ -105,7 +104,7 @@ def failing_race(monkeypatch):
         raise RuntimeError("k6 runner lost its output file")
 
     monkeypatch.setitem(stages.STAGES, "race", race)
-    monkeypatch.setitem(sys.modules, "tasks.provision", _fake_provision_module())
+    _fake_provisioner(monkeypatch)
     _FakeStack.torn_down.clear()
 
 
@@ -176,7 +175,7 @@ def test_slack_down_never_changes_the_verdict(harness, tmp_path, failing_race, m
 def test_provision_config_error_is_not_retried_and_still_gives_a_verdict(harness, tmp_path, monkeypatch):
     from soundcheck.cli import run_campaign as run_from_cli
 
-    monkeypatch.setitem(sys.modules, "tasks.provision", _fake_provision_module(fail=True))
+    _fake_provisioner(monkeypatch, fail=True)
     _FakeStack.torn_down.clear()
     assert run_from_cli(profile=_profile(tmp_path), notify=False, output=tmp_path / "out") == 30
     row = _run_row(tmp_path / "store.db")
@@ -267,7 +266,7 @@ def aborting_race(monkeypatch):
         raise stages.StageAborted(ABORT_REASON)
 
     monkeypatch.setitem(stages.STAGES, "race", race)
-    monkeypatch.setitem(sys.modules, "tasks.provision", _fake_provision_module())
+    _fake_provisioner(monkeypatch)
     _FakeStack.torn_down.clear()
 
 
