@@ -35,6 +35,25 @@ ENDPOINTS: dict[str, str] = {
 #: The concert list: the endpoint the plan's "cache the concert list" remedy is about.
 CONCERT_LIST = "API-5"
 
+#: The answers the plan expects of each step (R-SPIKE-11); any other answer is an error, named by
+#: endpoint and status. API-PAY-GET and API-RES-GET are the client's reads of a payment and a reservation.
+EXPECTED_ANSWERS: dict[str, frozenset[int]] = {
+    "API-1": frozenset({200, 201}),
+    "API-2": frozenset({200}),
+    "API-3": frozenset({200, 409}),
+    "API-4": frozenset({200}),
+    "API-5": frozenset({200}),
+    "API-6": frozenset({200}),
+    "API-PAY-GET": frozenset({200}),
+    "API-RES-GET": frozenset({200}),
+}
+
+
+def expected_answer(endpoint: str, status: int) -> bool:
+    """Is `status` an answer the plan expects of `endpoint`? An endpoint the plan does not name: 2xx."""
+    expected = EXPECTED_ANSWERS.get(endpoint)
+    return status in expected if expected is not None else 200 <= status < 300
+
 
 # ----------------------------------------------------------------------------------------- KPIs
 
@@ -79,6 +98,7 @@ KPIS: dict[str, Kpi] = {
                           stages=LOAD_STAGES),
     "error_rate": Kpi("ratio", Band(target=0.001, allowed=0.005)),
     "rate_5xx": Kpi("ratio"),
+    "unexpected_answer_rate": Kpi("ratio"),
     "lock_timeout_rate": Kpi("ratio"),
     "saga_time_s": Kpi("s", Band(target=10, allowed=20)),
     "saga_time_max_s": Kpi("s"),

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from soundcheck.plan import SETUP_TAG
+from soundcheck.plan import SETUP_TAG, expected_answer
 from tasks.rundata import StageData, _ts
 
 INACTIVE_RESERVATION = {"CANCELLED", "CANCELED", "EXPIRED", "FAILED"}
@@ -467,16 +467,41 @@ def load_tables(st: StageData, kpis: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+def answers(seconds: pd.DataFrame) -> pd.DataFrame:
+    """Every answer of the stage by endpoint and status, with `expected`: is it one the plan expects of that
+    step (soundcheck.plan.EXPECTED_ANSWERS, R-SPIKE-11)? Set-up requests and unanswered requests (status 0,
+    counted as unanswered in the error rate) are left out; `unexpected` holds only the rows that are not."""
+    cols = ["endpoint", "status", "count", "expected"]
+    counts: dict[tuple[str, int], int] = {}
+    if not seconds.empty and "codes" in seconds.columns:
+        for ep, codes in zip(seconds["endpoint"], seconds["codes"], strict=True):
+            if ep == SETUP_TAG or not isinstance(codes, dict):
+                continue
+            for code, n in codes.items():
+                status = int(code)
+                if status:
+                    counts[(ep, status)] = counts.get((ep, status), 0) + int(n)
+    rows = [{"endpoint": ep, "status": st, "count": n, "expected": expected_answer(ep, st)}
+            for (ep, st), n in sorted(counts.items())]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def unexpected_answers(seconds: pd.DataFrame) -> pd.DataFrame:
+    a = answers(seconds)
+    return a[~a["expected"].astype(bool)].reset_index(drop=True) if not a.empty else a
+
+
 def tables_for(st: StageData, kpis: pd.DataFrame, settings: dict[str, Any] | None = None) -> dict[str, pd.DataFrame]:
     """Every table the scenario's suite runs on; `kpis` is `kpi_table(...)` for the stage; `settings` the
-    target's limits (`target_limits`)."""
+    target's limits (`target_limits`). Every stage gets `unexpected_answers` (R-SPIKE-11)."""
+    common = {"kpis": kpis, "unexpected_answers": unexpected_answers(st.seconds)}
     if st.scenario == "race":
-        return {**race_tables(st), "kpis": kpis}
+        return {**race_tables(st), **common}
     if st.scenario == "saga":
-        return {**saga_tables(st), "kpis": kpis}
+        return {**saga_tables(st), **common}
     if st.scenario == "points":
-        return {**points_tables(st), "kpis": kpis}
-    out = load_tables(st, kpis)
+        return {**points_tables(st), **common}
+    out = {**load_tables(st, kpis), **common}
     if st.scenario == "spike":
         out["queue"] = queue_table(st, settings or {})
     return out

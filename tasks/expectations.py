@@ -161,6 +161,10 @@ def _observed(meta: dict[str, Any], df: pd.DataFrame, kwargs: dict[str, Any], re
         seen = [x for x in seen if x != "ALL"]  # the endpoints table's all-endpoint total row
         return "present: " + (", ".join(seen) if seen else "none")
     if entry_type.startswith("expect_table_row_count"):
+        template = meta.get("observed")
+        if template and len(df):  # name the rows (e.g. which endpoint answered what)
+            shown = "; ".join(_fmt(template, r) for r in df.head(5).to_dict("records"))
+            return shown + (f"; … {len(df) - 5} more" if len(df) > 5 else "")
         return f"{len(df)} rows"
     if entry_type == "expect_column_values_to_not_be_null":
         return f"{counts['unexpected_count']} of {counts['element_count']} missing"

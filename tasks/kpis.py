@@ -9,7 +9,9 @@ excluded everywhere. Spike KPIs are also computed per phase (`ramp_up`, `plateau
 plan's 0–10 s, 10–60 s, 60–120 s scaled by the run's time scale, counted from the first request).
 
 Definitions that the verdict depends on:
-- error_rate: requests answered 5xx or not answered / all requests; rate_5xx: 5xx / all requests.
+- error_rate: requests answered 5xx, not answered, or answered with a status the plan does not expect of
+  their step (soundcheck.plan.EXPECTED_ANSWERS, R-SPIKE-11) / all requests; rate_5xx: 5xx / all requests;
+  unexpected_answer_rate: the last kind alone.
 - throughput_rps: requests / seconds from the first to the last second with requests.
 - lock_timeout_rate: answers whose error was LOCK_TIMEOUT (any status) / API-3 requests.
 - saga_time_s: p95 of the time from the payment request to the terminal status seen by the client;
@@ -39,7 +41,7 @@ from sqlalchemy import Engine, delete, insert, select
 
 from soundcheck import store
 from soundcheck.models import KPI
-from soundcheck.plan import SETUP_TAG, SPIKE_PHASES
+from soundcheck.plan import SETUP_TAG, SPIKE_PHASES, expected_answer
 from soundcheck.sketch import Histogram
 
 EXCLUDED_ENDPOINTS = frozenset({SETUP_TAG})
@@ -54,7 +56,7 @@ def _latency_kpis(rows: list[Any], scenario: str, phase: str | None) -> list[KPI
     """p95/p99 overall and per endpoint, throughput, error rates, from second_aggregates rows."""
     per_ep: dict[str, Histogram] = defaultdict(Histogram)
     total = Histogram()
-    n = s5 = failed = 0
+    n = s5 = failed = unexpected = 0
     seconds: list[int] = []
     for r in rows:
         h = Histogram.from_bytes(r.sketch) if r.sketch else None
@@ -64,6 +66,8 @@ def _latency_kpis(rows: list[Any], scenario: str, phase: str | None) -> list[KPI
         n += r.count
         s5 += r.s5xx
         failed += r.failed
+        unexpected += sum(int(c) for code, c in (getattr(r, "codes", None) or {}).items()
+                          if 0 < int(code) < 500 and not expected_answer(r.endpoint, int(code)))
         seconds.append(r.second)
     out = [KPI(name="requests", scenario=scenario, value=float(n), unit="count", phase=phase)]
     if not n:
@@ -77,7 +81,9 @@ def _latency_kpis(rows: list[Any], scenario: str, phase: str | None) -> list[KPI
                 KPI(name=f"p99_ms.{ep}", scenario=scenario, value=e99, unit="ms", phase=phase)]
     span = max(seconds) - min(seconds) + 1
     out += [KPI(name="throughput_rps", scenario=scenario, value=n / span, unit="req/s", phase=phase),
-            KPI(name="error_rate", scenario=scenario, value=(s5 + failed) / n, unit="ratio", phase=phase),
+            KPI(name="error_rate", scenario=scenario, value=(s5 + failed + unexpected) / n, unit="ratio",
+                phase=phase),
+            KPI(name="unexpected_answer_rate", scenario=scenario, value=unexpected / n, unit="ratio", phase=phase),
             KPI(name="rate_5xx", scenario=scenario, value=s5 / n, unit="ratio", phase=phase)]
     return out
 
@@ -126,7 +132,7 @@ def compute_kpis(engine: Engine, scenario_run_id: int, *, save: bool = True) -> 
     with engine.connect() as c:
         run = c.execute(select(sr).where(sr.c.id == scenario_run_id)).one()
         t = store.second_aggregates
-        rows = c.execute(select(t.c.second, t.c.endpoint, t.c.count, t.c.s5xx, t.c.failed, t.c.sketch)
+        rows = c.execute(select(t.c.second, t.c.endpoint, t.c.count, t.c.s5xx, t.c.failed, t.c.codes, t.c.sketch)
                          .where(t.c.scenario_run_id == scenario_run_id)).all()
         time_scale = c.execute(select(store.runs.c.time_scale).where(store.runs.c.run_id == run.run_id)).scalar()
     scenario = run.scenario

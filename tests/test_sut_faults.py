@@ -228,3 +228,32 @@ def test_admin_reset_restores_the_start_state(stuck):
             return (await c.post("/api/v1/queues/tokens/1", headers=auth(3))).status_code
 
     assert asyncio.run(again()) == 201
+
+
+@pytest.fixture(scope="module")
+def foreign_defects(tmp_path_factory):
+    """Defects seen in a real third-party service: a taken seat answered 400, a lock timeout as a bare 500."""
+    with run_sut(tmp_path_factory.mktemp("faults-c"), faults="taken_seat_400,lock_timeout_500_bare",
+                 lock_wait_seconds=0.3) as s:
+        yield s
+
+
+def test_taken_seat_400_answers_400_under_a_real_race(foreign_defects):
+    responses = asyncio.run(tc1(foreign_defects.base, 7, range(2001, 2021)))
+    codes = Counter(r.status_code for r in responses)
+    assert codes[200] == 1 and codes[400] == 19 and codes[409] == 0, codes
+
+
+def test_lock_timeout_500_bare_has_no_code_and_no_hint(foreign_defects):
+    r = redis.Redis.from_url(foreign_defects.redis_url)
+    r.set("sut:lock:seat:101:8", "someone-else", px=20_000)
+
+    async def run():
+        async with client(foreign_defects.base) as c:
+            token = await entered_token(c, 2100)
+            return await c.post("/api/v1/reservations/101", json={"seatIds": [8]}, headers={
+                **auth(2100), "Queue-Token": token, "Idempotency-Key": "lt-bare"})
+
+    resp = asyncio.run(run())
+    r.close()
+    assert resp.status_code == 500 and resp.content == b""

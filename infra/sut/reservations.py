@@ -18,7 +18,7 @@ from infra.sut.context import Services
 from infra.sut.idempotency import Idempotency, body_hash
 from infra.sut.locks import LockTimeout, SeatLocks
 from infra.sut.tables import concert_show, reservation, seat, utcnow
-from infra.sut.web import ApiError, iso
+from infra.sut.web import ApiError, BareServerError, iso
 
 
 def parse_seats(body: dict, max_seats: int) -> list[int]:
@@ -76,6 +76,8 @@ async def _reserve(svc: Services, user: int, show_id: int, seats: list[int], key
         metrics.RESERVATIONS.labels("LOCK_TIMEOUT").inc()
         if svc.fault("lock_timeout_500"):
             raise ApiError(500, "INTERNAL_ERROR", "lock wait timed out") from e
+        if svc.fault("lock_timeout_500_bare"):  # no code, nothing in the body says "lock"
+            raise BareServerError() from e
         raise ApiError(409, "LOCK_TIMEOUT", f"seat lock not acquired within {s.lock_wait_seconds:g} s") from e
 
 
@@ -91,7 +93,7 @@ async def _take(svc: Services, user: int, show_id: int, seats: list[int], key: s
             raise ApiError(404, "SEAT_NOT_FOUND", f"seat(s) not in show {show_id}")
         if any(r.status != "AVAILABLE" for r in rows):
             metrics.RESERVATIONS.labels("SEAT_TAKEN").inc()
-            raise ApiError(409, "SEAT_TAKEN", "seat already taken")
+            raise ApiError(400 if svc.fault("taken_seat_400") else 409, "SEAT_TAKEN", "seat already taken")
         if not guarded:  # no_lock: a 50 ms check-to-write window (a network round trip or two), so the race
             await asyncio.sleep(0.05)  # shows on a loaded 2-core machine as it would between app and DB hosts
         rid = str(uuid.uuid4())
@@ -105,7 +107,7 @@ async def _take(svc: Services, user: int, show_id: int, seats: list[int], key: s
                 status="HELD", reservation_id=rid, held_until=expires, updated_at=now))
             if res.rowcount != len(seats):
                 metrics.RESERVATIONS.labels("SEAT_TAKEN").inc()
-                raise ApiError(409, "SEAT_TAKEN", "seat already taken")
+                raise ApiError(400 if svc.fault("taken_seat_400") else 409, "SEAT_TAKEN", "seat already taken")
             await conn.execute(reservation.insert(), [
                 {"id": rid, "show_id": show_id, "seat_id": r.id, "user_id": user, "queue_token_id": token_id,
                  "status": "HELD", "amount": amount, "idempotency_key": key, "expires_at": expires,

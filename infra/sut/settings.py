@@ -15,7 +15,9 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-FAULTS = ("no_lock", "lost_update", "no_compensation", "stuck_outbox", "leak", "lock_timeout_500")
+FAULTS = ("no_lock", "lost_update", "no_compensation", "stuck_outbox", "leak", "lock_timeout_500",
+          # defects seen in real services (issue 11): a taken seat answered 400; a lock timeout as a bare 500
+          "taken_seat_400", "lock_timeout_500_bare")
 POSITION_STRATEGIES = ("count", "rank")
 
 
