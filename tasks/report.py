@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from soundcheck.bands import BAND_SOURCES, Judgement, band, bands_for
 from soundcheck.models import KPI, Verdict
+from soundcheck.plan import fmt_value as fmt_number  # one formatter for every output
 from tasks.charts import VERDICT_COLOURS, headline, stage_charts
 from tasks.history import Delta, format_delta
 from tasks.rundata import RunData, load_run
@@ -50,24 +51,12 @@ code{background:#f1f1f1;padding:1px 4px}
 """
 
 
-def fmt_number(x: float | None, unit: str) -> str:
-    if x is None:
-        return "–"
-    if abs(x) < 1e-9:
-        x = 0.0
-    if unit == "ratio":
-        return f"{x:.2%}"
-    if unit == "bytes":
-        return f"{x / 1024**2:,.1f} MB"
-    return f"{x:,.4g} {unit}".strip()
-
-
 def fmt_value(k: KPI) -> str:
     return escape(fmt_number(k.value, k.unit))
 
 
 def edges_text(j: Judgement, unit: str) -> str:
-    """The band's edges in the KPI's unit, e.g. '< 70.00% target, ≤ 85.00% allowed'."""
+    """The band's edges in the KPI's unit, e.g. '< 70.0% target, ≤ 85.0% allowed'."""
     if j.target is None:
         return ""
     op = "≥" if j.higher_is_better else "<"
