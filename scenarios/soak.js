@@ -17,8 +17,7 @@
 // target or the generator really could not keep up (mean latency past 0.5 s faster than k6 can add VUs,
 // or past SOAK_VU_LATENCY_S, or k6 starved of CPU): the runner marks the stage INVALID rather than reporting the optimistic latencies of a closed loop.
 // Each VU's first iteration issues its user's queue token (API-1, concert queue), every later one polls
-// with it, lists concerts, or (once its token is ENTERED) reserves one seat of SOAK_SEAT_FIRST …
-// +SOAK_SEAT_COUNT; a waiting user's reservation draws poll instead.
+// with it, lists concerts, or reserves one seat of SOAK_SEAT_FIRST … +SOAK_SEAT_COUNT.
 // The plan's watch bands are thresholds; the alarm levels abort the run (errors > 1 %, p95 > 3 s).
 //
 // Env (besides lib/common.js): SOAK_USERS (1000), SOAK_RATE (3333), SOAK_DURATION_S (1800),
@@ -67,22 +66,17 @@ export function setup() {
 }
 
 let token = null;
-let entered = false; // what this user's last token or poll answer said: only an admitted user reserves
 
 export default function () {
   const user = USER_OFFSET + ((exec.vu.idInTest - 1) % USERS);
   if (token === null) {
     const { body } = issueToken(user);
     token = body && body.token ? body.token : '';
-    entered = !!(body && body.status === 'ENTERED');
     return;
   }
   const r = Math.random();
-  // A user still waiting cannot reserve (the plan answers reserve 200 or 409 only to admitted users,
-  // R-SPIKE-11): the reservation share of a waiting user's draws goes to polling, as a browser would.
-  if (r < 0.7 || (r >= 0.9 && !entered)) {
-    const { body } = pollToken(token || 'none');
-    if (body && body.status) entered = body.status === 'ENTERED';
+  if (r < 0.7) {
+    pollToken(token || 'none');
   } else if (r < 0.9) {
     concerts();
   } else {

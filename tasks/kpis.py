@@ -10,7 +10,7 @@ plan's 0–10 s, 10–60 s, 60–120 s scaled by the run's time scale, counted f
 
 Definitions that the verdict depends on:
 - error_rate: requests answered 5xx, not answered, or answered with a status the plan does not expect of
-  their step (soundcheck.plan.EXPECTED_ANSWERS, R-SPIKE-11) / all requests; rate_5xx: 5xx / all requests;
+  their step (soundcheck.plan.EXPECTED_ANSWERS, R-SPIKE-11; stages in EXACT_ANSWER_STAGES) / all requests; rate_5xx: 5xx / all requests;
   unexpected_answer_rate: the last kind alone.
 - throughput_rps: requests / seconds from the first to the last second with requests.
 - lock_timeout_rate: answers whose error was LOCK_TIMEOUT (any status) / API-3 requests.
@@ -41,7 +41,7 @@ from sqlalchemy import Engine, delete, insert, select
 
 from soundcheck import store
 from soundcheck.models import KPI
-from soundcheck.plan import SETUP_TAG, SPIKE_PHASES, expected_answer
+from soundcheck.plan import EXACT_ANSWER_STAGES, SETUP_TAG, SPIKE_PHASES, expected_answer
 from soundcheck.sketch import Histogram
 
 EXCLUDED_ENDPOINTS = frozenset({SETUP_TAG})
@@ -66,8 +66,9 @@ def _latency_kpis(rows: list[Any], scenario: str, phase: str | None) -> list[KPI
         n += r.count
         s5 += r.s5xx
         failed += r.failed
-        unexpected += sum(int(c) for code, c in (getattr(r, "codes", None) or {}).items()
-                          if 0 < int(code) < 500 and not expected_answer(r.endpoint, int(code)))
+        if scenario in EXACT_ANSWER_STAGES:
+            unexpected += sum(int(c) for code, c in (getattr(r, "codes", None) or {}).items()
+                              if 0 < int(code) < 500 and not expected_answer(r.endpoint, int(code)))
         seconds.append(r.second)
     out = [KPI(name="requests", scenario=scenario, value=float(n), unit="count", phase=phase)]
     if not n:

@@ -57,7 +57,7 @@ def _add_answers(engine, scenario: str, endpoint: str, codes: dict[str, int]) ->
     return sid
 
 
-@pytest.mark.parametrize("scenario,endpoint,status", [("race", "API-3", "400"), ("soak", "API-2", "404"),
+@pytest.mark.parametrize("scenario,endpoint,status", [("race", "API-3", "400"), ("spike", "API-2", "404"),
                                                        ("points", "API-6", "401")])
 def test_an_answer_the_plan_does_not_expect_blocks_named(tmp_path, validator, scenario, endpoint, status):
     engine = new_store(tmp_path)
