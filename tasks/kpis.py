@@ -10,7 +10,8 @@ plan's 0–10 s, 10–60 s, 60–120 s scaled by the run's time scale, counted f
 
 Definitions that the verdict depends on:
 - error_rate: requests answered 5xx, not answered, or answered with a status the plan does not expect of
-  their step (soundcheck.plan.EXPECTED_ANSWERS, R-SPIKE-11; stages in EXACT_ANSWER_STAGES) / all requests; rate_5xx: 5xx / all requests;
+  their step (soundcheck.plan.EXPECTED_ANSWERS, R-SPIKE-11; stages in EXACT_ANSWER_STAGES) / all
+  requests; rate_5xx: 5xx / all requests;
   unexpected_answer_rate: the last kind alone.
 - throughput_rps: requests / seconds from the first to the last second with requests.
 - lock_timeout_rate: answers whose error was LOCK_TIMEOUT (any status) / API-3 requests.
