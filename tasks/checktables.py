@@ -469,8 +469,8 @@ def load_tables(st: StageData, kpis: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def answers(seconds: pd.DataFrame) -> pd.DataFrame:
     """Every answer of the stage by endpoint and status, with `expected`: is it one the plan expects of that
-    step (soundcheck.plan.EXPECTED_ANSWERS, R-SPIKE-11)? Set-up requests and unanswered requests (status 0,
-    counted as unanswered in the error rate) are left out; `unexpected` holds only the rows that are not."""
+    step (soundcheck.plan.EXPECTED_ANSWERS, R-SPIKE-11)? Set-up requests, unanswered requests (status 0) and
+    5xx (both in the error rate, judged by its band) are left out; `unexpected` holds only the rows that are not."""
     cols = ["endpoint", "status", "count", "expected"]
     counts: dict[tuple[str, int], int] = {}
     if not seconds.empty and "codes" in seconds.columns:
@@ -479,7 +479,7 @@ def answers(seconds: pd.DataFrame) -> pd.DataFrame:
                 continue
             for code, n in codes.items():
                 status = int(code)
-                if status:
+                if 0 < status < 500:  # 5xx: judged by the error-rate band (R-SPIKE-6, tuning)
                     counts[(ep, status)] = counts.get((ep, status), 0) + int(n)
     rows = [{"endpoint": ep, "status": st, "count": n, "expected": expected_answer(ep, st)}
             for (ep, st), n in sorted(counts.items())]
