@@ -73,10 +73,10 @@ CASES: list[Case] = [
          ("APPROVE_WITH_TUNING", "BLOCK"), (), ("cache_concert_list",),
          "the uncached concert list holds its DB connection 1 s: API-5 p95 in the allowed band", scale=0.005),
     Case("low_consumer_concurrency", "tuning", ("saga",),
-         {"consumer_concurrency": 1, "consumer_batch": 1, "consumer_block_ms": 1000},
+         {"consumer_concurrency": 1, "consumer_batch": 1, "consumer_block_ms": 1000, "db_pool_size": 20},
          ("APPROVE_WITH_TUNING", "BLOCK"), (), ("raise_consumer_concurrency",),
          "one consumer per group reading one record at a time: the backlog of the plan's 100 concurrent "
-         "payments grows", scale=2.0),
+         "payments grows (a pool of 20, so the 200 payments at scale 2 do not exhaust the pool first)", scale=2.0),
 ]
 
 HEALTHY = Case("healthy", "healthy", ("race", "saga", "points", "spike", "soak"), {}, ("APPROVE",), (), (),

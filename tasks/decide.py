@@ -166,6 +166,7 @@ ORDER = [Decision.BLOCK, Decision.INCONCLUSIVE, Decision.APPROVE_WITH_TUNING, De
 
 
 NOT_JUDGED = " — not judged: the stage could not measure"
+UNMEASURED = " — not judged: data this requirement needs is missing"
 
 
 #: Rules on the overall p95: the plan's remedy (cache the concert list) only when the concert list is what
@@ -260,20 +261,23 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
             if reason not in remediations[code]:
                 remediations[code].append(reason)
 
-    stopped = {s.scenario: s.status for s in stages}
-    # checks: coverage first (it decides which stages can be judged), then the rest
+    # checks: coverage first (it decides which requirements can be judged), then the rest. Missing data
+    # leaves only its own requirement unjudged: a passed check of it may have passed on nothing, while a
+    # failed one measured a failure, which stands (R-WHY of issue 11: never hide a measured failure).
+    unmeasured: set[tuple[str, str]] = set()
     for cr in sorted(checks, key=lambda x: x.kind != "coverage"):
         c = cr.check
-        if c.passed:
-            continue
-        if cr.kind == "coverage":
+        if cr.kind == "coverage" and not c.passed:
             r = MEASUREMENT_RULES["coverage"]
             trace.append(TraceStep(subject=f"check {c.id}", branch=r.branch,
                                    why=f"{r.why}: {c.expected} — {c.observed}"))
             inconclusive.add(f"{c.scenario}: {c.id} not measured")
-            if stopped.get(c.scenario) not in TARGET_STOPPED:  # a stage stopped on harm: judge what it measured
-                unjudged.add(c.scenario)
+            unmeasured.add((c.scenario, c.id))
             branches.append(r.branch)
+            continue
+        if c.passed:
+            if cr.kind != "coverage" and (c.scenario, c.id) in unmeasured and not c.observed.endswith(UNMEASURED):
+                c.observed += UNMEASURED
             continue
         if cr.kind == "criterion" and c.scenario in unjudged:
             trace.append(TraceStep(subject=f"check {c.id}", branch=Decision.INCONCLUSIVE,

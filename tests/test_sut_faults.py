@@ -232,9 +232,11 @@ def test_admin_reset_restores_the_start_state(stuck):
 
 @pytest.fixture(scope="module")
 def foreign_defects(tmp_path_factory):
-    """Defects seen in a real third-party service: a taken seat answered 400, a lock timeout as a bare 500."""
-    with run_sut(tmp_path_factory.mktemp("faults-c"), faults="taken_seat_400,lock_timeout_500_bare",
-                 lock_wait_seconds=0.3) as s:
+    """Defects seen in a real third-party service: a taken seat answered 400, a lock timeout as a bare 500,
+    admission that never follows a payment, an Idempotency-Key ignored."""
+    with run_sut(tmp_path_factory.mktemp("faults-c"),
+                 faults="taken_seat_400,lock_timeout_500_bare,admission_stall,no_idempotency",
+                 lock_wait_seconds=0.3, outbox_interval_seconds=0.2) as s:
         yield s
 
 
@@ -257,3 +259,40 @@ def test_lock_timeout_500_bare_has_no_code_and_no_hint(foreign_defects):
     resp = asyncio.run(run())
     r.close()
     assert resp.status_code == 500 and resp.content == b""
+
+
+def test_admission_stall_keeps_the_payers_place(foreign_defects):
+    """The healthy service promotes the first in line when an ENTERED user's payment ends
+    (test_sut_core); with admission_stall nobody moves up, however long they wait."""
+    target, users = 7, range(3001, 3052)  # 50 places, one user waiting
+
+    async def run():
+        async with client(foreign_defects.base) as c:
+            issued = await together(51, lambda i: c.post(f"/api/v1/queues/tokens/{target}", headers=auth(users[i])))
+            waiting = next(r.json() for r in issued if r.json()["status"] == "WAITING")
+            payer = next(r.json() for r in issued if r.json()["status"] == "ENTERED")
+            _res, pay = await reserve_and_pay(c, payer["userId"], [60], 75_000, target=target)
+            final, _ = await until_terminal(c, payer["userId"], pay["paymentId"])
+            await asyncio.sleep(2.5)  # > two sweeps of the queue sweeper (1 s)
+            polled = await c.post("/api/v1/queues/enter", headers={"Queue-Token": waiting["token"]})
+            return final, polled.json()
+
+    final, polled = asyncio.run(run())
+    assert final["status"] in ("COMPLETED", "FAILED")  # terminal either way: the place should be freed
+    assert polled["status"] == "WAITING" and polled["position"] == 1
+
+
+def test_no_idempotency_runs_a_replayed_key_again(foreign_defects):
+    """R-RACE-3's replay: the same Idempotency-Key sent twice creates two answers that are not the same
+    reservation (the second finds the seat taken by the first)."""
+
+    async def run():
+        async with client(foreign_defects.base) as c:
+            token = await entered_token(c, 3100)
+            send = lambda: c.post("/api/v1/reservations/101", json={"seatIds": [61]}, headers={  # noqa: E731
+                **auth(3100), "Queue-Token": token, "Idempotency-Key": "replayed"})
+            return await send(), await send()
+
+    first, second = asyncio.run(run())
+    assert first.status_code == 200
+    assert second.status_code == 400  # taken_seat_400 is on too: the replay ran as a new reservation

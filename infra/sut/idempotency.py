@@ -30,6 +30,8 @@ class Idempotency:
         self.claimed = False
 
     async def begin(self, wait_seconds: float) -> tuple[int, dict] | None:
+        if self.svc.fault("no_idempotency"):  # every request runs anew, replays included
+            return None
         r = self.svc.redis
         pending = orjson.dumps({"state": "pending", "hash": self.digest})
         claim_ms = int(max(wait_seconds, 1.0) * 1000) + 30_000
@@ -51,6 +53,8 @@ class Idempotency:
             await asyncio.sleep(0.01)
 
     async def complete(self, status: int, body: dict) -> None:
+        if self.svc.fault("no_idempotency"):
+            return
         ttl = int(self.svc.settings.idempotency_ttl_seconds * 1000)
         done = orjson.dumps({"state": "done", "hash": self.digest, "status": status, "body": body})
         await self.svc.redis.set(self.rkey, done, px=ttl)

@@ -242,6 +242,8 @@ async def promote(svc: Services, target: int) -> list[int]:
 
 async def finish(svc: Services, token_id: int) -> None:
     """An active user is done (payment terminal): free the place at once and promote the next."""
+    if svc.fault("admission_stall"):  # the payer keeps its place until its TTL: nobody waiting moves up
+        return
     async with svc.db.begin() as conn:
         row = (await conn.execute(select(queue_token.c.target_id, queue_token.c.status).where(
             queue_token.c.id == token_id))).first()

@@ -17,7 +17,9 @@ from pathlib import Path
 
 FAULTS = ("no_lock", "lost_update", "no_compensation", "stuck_outbox", "leak", "lock_timeout_500",
           # defects seen in real services (issue 11): a taken seat answered 400; a lock timeout as a bare 500
-          "taken_seat_400", "lock_timeout_500_bare")
+          "taken_seat_400", "lock_timeout_500_bare",
+          # admission never follows a payment (the payer keeps its place); an Idempotency-Key is ignored
+          "admission_stall", "no_idempotency")
 POSITION_STRATEGIES = ("count", "rank")
 
 
