@@ -81,6 +81,25 @@ def test_rejudging_reads_the_same(engine, validator):
     assert gc.observed.count("500.0 ms") == 1 and gc.observed.endswith("not judged: the stage could not measure")
 
 
+def test_a_missing_snapshot_does_not_hide_a_slow_token_issuance(engine, validator):
+    """Issue 11 item 6: no target database in the profile (no snapshot), token p95 1.7 s (3.4 × the limit).
+    R-SPIKE-3 is unmeasured and listed as such; R-SPIKE-1 was measured and fails: BLOCK, not INCONCLUSIVE."""
+    v = judge(engine, validator, ("spike",), spike={"snapshot": False, "kpis": {"p95_ms.API-1": 1700.0}})
+    assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
+    assert "R-SPIKE-1" in failed(v)
+    assert any(t.subject == "check R-SPIKE-3" and t.branch == Decision.INCONCLUSIVE for t in v.trace)
+    assert "fix_test_environment" in codes(v)
+    env = next(r for r in v.remediations if r.code == "fix_test_environment")
+    assert "spike: R-SPIKE-3 not measured" in env.reason
+
+
+def test_a_missing_snapshot_alone_is_inconclusive(engine, validator):
+    v = judge(engine, validator, ("spike",), spike={"snapshot": False})
+    assert v.verdict == Decision.INCONCLUSIVE, [t.why for t in v.trace]
+    assert {c.id for c in v.checks if not c.passed} == {"R-SPIKE-3", "R-SPIKE-9"}  # both need the database
+    assert {c.source for c in v.checks if not c.passed} == {"coverage"}
+
+
 def test_p95_near_1_5_s_caches_the_concert_list(engine, validator):
     v = judge(engine, validator, ("soak",), soak={"kpis": {"p95_ms": 1500.0}})
     assert v.verdict == Decision.APPROVE_WITH_TUNING

@@ -199,8 +199,9 @@ def points(engine: Engine, run_id: str, *, final: float = 20_000, **stage: Any) 
 def spike(engine: Engine, run_id: str, *, kpis: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
           gap: int | None = None, double_sold: bool = False, seconds: int = 30, vus: bool = False,
           load_kpis: bool = True, rps: int = 50, tokens: tuple[int, int, int] = (50, 150, 0), freed: int = 0,
-          expired: int = 0, **stage: Any) -> int:
-    """`load_kpis=False`: the load stage stored no client KPIs (a stage stopped early). `tokens`: API-1
+          expired: int = 0, snapshot: bool = True, **stage: Any) -> int:
+    """`load_kpis=False`: the load stage stored no client KPIs (a stage stopped early); `snapshot=False`: no
+    target database to snapshot (no queue counts, no reservations). `tokens`: API-1
     answers (ENTERED, WAITING, other) as spike.js records them; `freed`: payments terminal while tokens were
     still issued; `expired`: EXPIRED tokens in the snapshot's counts."""
     sid = _stage(engine, run_id, "spike", seconds=seconds, **stage)
@@ -213,17 +214,19 @@ def spike(engine: Engine, run_id: str, *, kpis: dict[str, Any] | None = None, se
     if samples:
         with engine.begin() as c:
             c.execute(insert(store.k6_samples), samples)
-    _snap(engine, sid, "queue_token_counts", [{"status": "DONE", "count": n_e}, {"status": "WAITING", "count": n_w}]
-          + ([{"status": "EXPIRED", "count": expired}] if expired else []))
+    if snapshot:
+        _snap(engine, sid, "queue_token_counts", [{"status": "DONE", "count": n_e}, {"status": "WAITING", "count": n_w}]
+              + ([{"status": "EXPIRED", "count": expired}] if expired else []))
     _seconds(engine, sid, ["API-1", "API-2", "API-3", "API-4"], seconds, gap=gap, rps=rps)
     if vus:  # k6's own per-second VU samples
         with engine.begin() as c:
             c.execute(insert(store.k6_samples), [{"scenario_run_id": sid, "ts": T0 + i + 0.5, "metric": "vus",
                                                   "value": 100.0, "tags": {}} for i in range(seconds)])
     _server(engine, run_id, sid, seconds, {**SERVER_OK, **(server or {})})
-    _snap(engine, sid, "reservation", [{"id": 1, "show_id": 101, "seat_id": 1, "status": "CONFIRMED"},
-                                       {"id": 2, "show_id": 101, "seat_id": 2, "status": "CONFIRMED"}]
-          + ([{"id": 3, "show_id": 101, "seat_id": 1, "status": "CONFIRMED"}] if double_sold else []))
+    if snapshot:
+        _snap(engine, sid, "reservation", [{"id": 1, "show_id": 101, "seat_id": 1, "status": "CONFIRMED"},
+                                           {"id": 2, "show_id": 101, "seat_id": 2, "status": "CONFIRMED"}]
+              + ([{"id": 3, "show_id": 101, "seat_id": 1, "status": "CONFIRMED"}] if double_sold else []))
     base = {"p95_ms": 50.0, "p99_ms": 80.0, "p95_ms.API-1": 40.0, "p99_ms.API-2": 60.0, "throughput_rps": 1500.0,
             "error_rate": 0.0, "rate_5xx": 0.0, "saga_completion": 1.0, "saga_time_s": 6.0,
             "p95_ms@ramp_up": 60.0, "p95_ms@plateau": 55.0, "p95_ms@ramp_down": 40.0}
