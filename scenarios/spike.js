@@ -15,8 +15,12 @@
 // later polls keep the plan's 3 s cadence. POLL_SPREAD=auto (default: only when the ramp is shorter
 // than the interval), on, or off (the plan's first poll one interval after the token, always).
 //
-// Metrics: sc_token_status{status} (ENTERED/WAITING at issue: R-SPIKE-10), sc_wait_until_entered_s,
-// sc_poll_gave_up, sc_saga_time_s, sc_saga_completed, sc_saga_unfinished, sc_lock_timeouts.
+// Metrics: sc_token_status{status} (ENTERED/WAITING at issue: R-SPIKE-10), sc_wait_until_entered_s
+// (admissions, R-SPIKE-12), sc_poll_gave_up{why}, sc_saga_time_s (each terminal payment frees its user's
+// place), sc_saga_completed, sc_saga_unfinished, sc_lock_timeouts, and one sc_journey per user
+// (R-SPIKE-13): outcome entered | gave_up | failed and how —
+//   entered: paid_COMPLETED, paid_FAILED, payment_unfinished, seat_taken, reserve_<status>, pay_<status>;
+//   gave_up: limit, gone, error (see waitUntilEntered); failed: token_<status> (no token issued).
 //
 // Env (besides lib/common.js): POLL_INTERVAL_S (3; not time-scaled: it sets the polling rate),
 // POLL_LIMIT_S (1800 × TIME_SCALE), POLL_SPREAD (auto), SEAT_IDS (1,2), SPIKE_AMOUNT (150000), WATCH_LIMIT_S (120).
@@ -26,7 +30,7 @@ import { sleep } from 'k6';
 import {
   ABORT_ERROR_RATE, ABORT_P95_MS,
   SCALE, TIME_SCALE, USER_COUNT, USER_OFFSET, dur, issueToken, pay, reserve, scaled, uuid, waitEntered,
-  waitUntilEntered, watchPayment, checkTarget,
+  waitUntilEntered, watchPayment, checkTarget, journey,
 } from './lib/common.js';
 
 const N = scaled(10000);
@@ -90,20 +94,35 @@ export default function () {
   if (idx >= USER_COUNT) return; // more VUs than seeded users given to this scenario
   const user = USER_OFFSET + idx;
   const issuedAt = Date.now();
-  const { body } = issueToken(user);
-  if (!body || !body.token) return;
-  let entered = body.status === 'ENTERED';
-  if (entered) {
+  const { res, body } = issueToken(user);
+  if (!body || !body.token) {
+    journey.add(0, { outcome: 'failed', how: `token_${res.status}`, at_issue: 'NONE' });
+    return;
+  }
+  const atIssue = body.status === 'ENTERED' ? 'ENTERED' : 'WAITING';
+  let waited = 0;
+  if (atIssue === 'ENTERED') {
     waitEntered.add(0);
   } else {
     sleep(firstPollDelay(idx));
-    entered = waitUntilEntered(body.token, issuedAt, POLL_S, POLL_LIMIT_S);
+    const w = waitUntilEntered(body.token, issuedAt, POLL_S, POLL_LIMIT_S);
+    waited = w.waited;
+    if (!w.entered) {
+      journey.add(waited, { outcome: 'gave_up', how: w.why, at_issue: atIssue });
+      return;
+    }
   }
-  if (!entered) return;
-  const r = reserve(user, body.token, SEATS, uuid(), 'reserve');
-  if (r.res.status !== 200 || !r.body || !r.body.reservationId) return;
+  journey.add(waited, { outcome: 'entered', how: afterEntering(user, body.token), at_issue: atIssue });
+}
+
+// The rest of an admitted user's journey; returns how it ended.
+function afterEntering(user, token) {
+  const r = reserve(user, token, SEATS, uuid(), 'reserve');
+  if (r.res.status === 409) return 'seat_taken';
+  if (r.res.status !== 200 || !r.body || !r.body.reservationId) return `reserve_${r.res.status}`;
   const start = Date.now();
   const p = pay(user, r.body.reservationId, AMOUNT, uuid());
-  if (p.res.status !== 200 || !p.body || !p.body.paymentId) return;
-  watchPayment(user, p.body.paymentId, start, {}, 0.5, WATCH_LIMIT_S);
+  if (p.res.status !== 200 || !p.body || !p.body.paymentId) return `pay_${p.res.status}`;
+  const w = watchPayment(user, p.body.paymentId, start, {}, 0.5, WATCH_LIMIT_S);
+  return w.status ? `paid_${w.status}` : 'payment_unfinished';
 }

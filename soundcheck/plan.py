@@ -55,6 +55,20 @@ EXPECTED_ANSWERS: dict[str, frozenset[int]] = {
 EXACT_ANSWER_STAGES = frozenset({"spike", "race", "saga", "points"})
 
 
+# ---------------------------------------------------------------------------------- the queue
+
+#: The target's limits the checks compare with, by default the plan's (§2: 50 active tokens, a 30-min token
+#: TTL, a 3 s lock wait, 10-min holds). `admission_period_s`: how often the target gives freed places to the
+#: next waiting users (0: at once, as the plan's service does when a payment ends; a timer-driven queue
+#: sets its period). A profile states its target's own under `target`.
+TARGET_LIMITS: dict[str, float] = {"queue_capacity": 50, "queue_ttl_seconds": 1800.0, "admission_period_s": 1.0,
+                                   "lock_wait_seconds": 3.0, "hold_minutes": 10.0}
+#: The plan's poll interval (API-2 every 3 s, §3.1): a user sees an admission at most this late.
+POLL_INTERVAL_S = 3.0
+#: Slack on top of admission period + poll interval before a freed place counts as not given (R-SPIKE-12).
+ADMISSION_MARGIN_S = 2.0
+
+
 def expected_answer(endpoint: str, status: int) -> bool:
     """Is `status` an answer the plan expects of `endpoint`? An endpoint the plan does not name: 2xx."""
     expected = EXPECTED_ANSWERS.get(endpoint)
@@ -112,6 +126,7 @@ KPIS: dict[str, Kpi] = {
     "compensation_success": Kpi("ratio", Band(target=1.0, allowed=0.99, higher_is_better=True)),
     "wait_until_entered_s": Kpi("s"),
     "wait_until_entered_max_s": Kpi("s"),
+    "wait_censored_share": Kpi("ratio"),
     "tc1_release_spread_ms": Kpi("ms"),
     "tokens_entered_at_issue": Kpi("count"),
     "tokens_waiting_at_issue": Kpi("count"),

@@ -39,6 +39,13 @@ class Target(_Strict):
     #: The target's data the scenarios use (the plan's concert 1, show 101).
     concert_id: int = 1
     show_id: int = 101
+    #: The target's own limits, when they differ from the plan's (soundcheck.plan.TARGET_LIMITS): what the
+    #: queue, race and hold checks compare with. Unset: the local stack's settings, else the plan's.
+    queue_capacity: int | None = None
+    queue_ttl_seconds: float | None = None
+    admission_period_s: float | None = None  # how often freed places go to waiting users (0: at once)
+    lock_wait_seconds: float | None = None
+    hold_minutes: float | None = None
 
 
 class LocalEnv(_Strict):

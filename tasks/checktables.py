@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from soundcheck.plan import SETUP_TAG, expected_answer
+from soundcheck.plan import SETUP_TAG, TARGET_LIMITS, expected_answer
+from tasks import journeys
 from tasks.rundata import StageData, _ts
 
 INACTIVE_RESERVATION = {"CANCELLED", "CANCELED", "EXPIRED", "FAILED"}
@@ -504,21 +505,30 @@ def tables_for(st: StageData, kpis: pd.DataFrame, settings: dict[str, Any] | Non
     out = {**load_tables(st, kpis), **common}
     if st.scenario == "spike":
         out["queue"] = queue_table(st, settings or {})
+        flow = journeys.QueueFlow.from_samples(st.k6, settings or {}, _ts(st.finished_at))
+        out["queue_moving"] = flow.moving()
+        out["journeys"] = journeys.journey_summary(st.k6, flow)
     return out
 
 
 # --------------------------------------------------------------------------------------- spike queue
 
-#: The plan's queue limits (§2: capacity 50 active tokens, token TTL 30 min), used when the profile does not
-#: set the reference service's `queue_capacity` / `queue_ttl_seconds`.
-PLAN_LIMITS = {"queue_capacity": 50, "queue_ttl_seconds": 1800.0}
+#: Reference-service settings that state a limit under another name (infra/sut/settings.py).
+_LOCAL_NAMES = {"admission_period_s": "queue_sweep_seconds"}
 
 
 def target_limits(profile: Any) -> dict[str, Any]:
-    """The target's queue capacity and token TTL: the profile's reference-service settings, else the plan's."""
+    """The target's limits (soundcheck.plan.TARGET_LIMITS): the profile's `target`, else the local stack's
+    reference-service settings, else the plan's."""
+    target = getattr(profile, "target", None)
     local = getattr(getattr(profile, "environment", None), "local", None)
-    settings = dict(getattr(local, "settings", None) or {})
-    return {k: settings.get(k, v) for k, v in PLAN_LIMITS.items()}
+    kind = getattr(getattr(profile, "environment", None), "kind", "local")
+    settings = dict(getattr(local, "settings", None) or {}) if kind == "local" else {}
+    out: dict[str, Any] = {}
+    for k, default in TARGET_LIMITS.items():
+        own = getattr(target, k, None)
+        out[k] = own if own is not None else settings.get(_LOCAL_NAMES.get(k, k), default)
+    return out
 
 
 QUEUE_COLUMNS = ["capacity", "ttl_s", "issued", "entered_at_issue", "waiting_at_issue", "other_at_issue",
@@ -552,7 +562,8 @@ def queue_table(st: StageData, limits: dict[str, Any]) -> pd.DataFrame:
     tok = k6[k6["metric"] == "sc_token_status"] if not k6.empty else k6
     if tok.empty:
         return pd.DataFrame(columns=QUEUE_COLUMNS)
-    cap, ttl = int(limits.get("queue_capacity", 50)), float(limits.get("queue_ttl_seconds", 1800.0))
+    limits = {**TARGET_LIMITS, **limits}
+    cap, ttl = int(limits["queue_capacity"]), float(limits["queue_ttl_seconds"])
     status = tok["tags"].map(lambda t: str(_tag(t, "status") or "").upper())
     values = pd.to_numeric(tok["value"]).fillna(1.0)
     issued = float(values.sum())

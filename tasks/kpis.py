@@ -22,7 +22,10 @@ Definitions that the verdict depends on:
 - compensation_success: insufficient-points sagas fully compensated / all of them. From the database
   snapshot when there is one (payment FAILED, its reservation CANCELLED, its seats AVAILABLE, outbox
   UsePointCommand and CancelSeatsCommand PUBLISHED and no FAILED event), else from what the client saw.
-- wait_until_entered_s: p95 of the wait from token issue to ENTERED (users who entered).
+- wait_until_entered_s: p95 of the wait from token issue to ENTERED over every user who took a token, those
+  who gave up censored at the time they stopped (Kaplan–Meier, tasks.journeys); when more than 5 % never
+  entered, p95 is not reached and the value is the longest wait watched (a lower bound);
+  wait_censored_share: the share who gave up; wait_until_entered_max_s: the longest wait of those who entered.
 - tc1_release_spread_ms: max − min of the TC-1 send instants relative to the common release instant.
 - tokens_entered_at_issue / tokens_waiting_at_issue: API-1 answers by status (R-SPIKE-10: exactly the
   capacity ENTERED).
@@ -44,6 +47,7 @@ from soundcheck import store
 from soundcheck.models import KPI
 from soundcheck.plan import EXACT_ANSWER_STAGES, SETUP_TAG, SPIKE_PHASES, expected_answer
 from soundcheck.sketch import Histogram
+from tasks.journeys import wait_quantile
 
 EXCLUDED_ENDPOINTS = frozenset({SETUP_TAG})
 INSUFFICIENT = "INSUFFICIENT_POINTS"
@@ -128,6 +132,30 @@ def _snapshot_compensation(engine: Engine, sid: int) -> tuple[int, int] | None:
     return ok, len(failed_pay)
 
 
+def _wait_kpis(samples: dict[str, list[tuple[float, float, dict[str, str]]]], scenario: str) -> list[KPI]:
+    """The wait until ENTERED over every user who took a token (R-SPIKE-13, tasks.journeys): Kaplan–Meier
+    with give-ups censored; without journeys (an older script), the waits seen, when nobody gave up."""
+    journeys_ = [(v, tags) for _, v, tags in samples.get("sc_journey", [])
+                 if tags.get("at_issue") in ("ENTERED", "WAITING")]
+    if journeys_:
+        times = [v for v, _ in journeys_]
+        seen = [tags.get("outcome") == "entered" for _, tags in journeys_]
+    elif not samples.get("sc_poll_gave_up"):
+        times = [v for _, v, _ in samples.get("sc_wait_until_entered_s", [])]
+        seen = [True] * len(times)
+    else:
+        return []
+    if not times:
+        return []
+    p95, _reached = wait_quantile(times, seen, 0.95)
+    out = [KPI(name="wait_until_entered_s", scenario=scenario, value=p95, unit="s"),
+           KPI(name="wait_censored_share", scenario=scenario, value=1.0 - sum(seen) / len(seen), unit="ratio")]
+    entered = [t for t, s in zip(times, seen, strict=True) if s]
+    if entered:
+        out.append(KPI(name="wait_until_entered_max_s", scenario=scenario, value=max(entered), unit="s"))
+    return out
+
+
 def compute_kpis(engine: Engine, scenario_run_id: int, *, save: bool = True) -> list[KPI]:
     """Every client KPI of one scenario run; stored in `kpis` (replacing this run's earlier values)."""
     sr = store.scenario_runs
@@ -174,10 +202,7 @@ def compute_kpis(engine: Engine, scenario_run_id: int, *, save: bool = True) -> 
         kpis.append(KPI(name="compensation_success", scenario=scenario,
                         value=sum(v for _, v, _ in client_comp) / len(client_comp), unit="ratio"))
 
-    waits = [v for _, v, _ in samples.get("sc_wait_until_entered_s", [])]
-    if waits:
-        kpis += [KPI(name="wait_until_entered_s", scenario=scenario, value=_quantile(waits, 0.95), unit="s"),
-                 KPI(name="wait_until_entered_max_s", scenario=scenario, value=max(waits), unit="s")]
+    kpis += _wait_kpis(samples, scenario)
     offsets = [v for _, v, tags in samples.get("sc_release_offset_ms", []) if tags.get("tc", "tc1") == "tc1"]
     if offsets:
         kpis.append(KPI(name="tc1_release_spread_ms", scenario=scenario, value=max(offsets) - min(offsets),

@@ -18,3 +18,21 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def validator():
+    """The GX suites, loaded once (the verdict tests share them)."""
+    from tasks.expectations import Validator
+
+    return Validator()
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """A fresh result store in the test's folder (modules that need another kind define their own)."""
+    from tests.verdict_data import new_store
+
+    e = new_store(tmp_path)
+    yield e
+    e.dispose()

@@ -13,16 +13,10 @@ from soundcheck.plan import expected_answer
 from soundcheck.profile import parse_profile
 from tasks.checktables import answers, unexpected_answers
 from tasks.decide import judge as walk_tree
-from tasks.expectations import Validator
 from tasks.kpis import compute_kpis
 from tests.verdict_data import T0, build_run, new_store
 
 PROFILE = parse_profile({"name": "test"})
-
-
-@pytest.fixture(scope="module")
-def validator():
-    return Validator()
 
 
 def test_expected_answers_follow_the_plan():

@@ -7,21 +7,7 @@ import pytest
 from soundcheck.models import Decision
 from soundcheck.profile import parse_profile
 from tasks.decide import judge as walk_tree
-from tasks.expectations import Validator
-from tests.verdict_data import MB, build_run, new_store
-
-
-@pytest.fixture(scope="module")
-def validator():
-    return Validator()
-
-
-@pytest.fixture
-def engine(tmp_path):
-    e = new_store(tmp_path)
-    yield e
-    e.dispose()
-
+from tests.verdict_data import MB, build_run
 
 PROFILE = parse_profile({"name": "test"})
 

@@ -199,18 +199,29 @@ def points(engine: Engine, run_id: str, *, final: float = 20_000, **stage: Any) 
 def spike(engine: Engine, run_id: str, *, kpis: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
           gap: int | None = None, double_sold: bool = False, seconds: int = 30, vus: bool = False,
           load_kpis: bool = True, rps: int = 50, tokens: tuple[int, int, int] = (50, 150, 0), freed: int = 0,
-          expired: int = 0, snapshot: bool = True, **stage: Any) -> int:
+          expired: int = 0, snapshot: bool = True, journeys: bool = True,
+          samples: list[tuple[float, str, float, dict[str, str]]] = (), **stage: Any) -> int:
     """`load_kpis=False`: the load stage stored no client KPIs (a stage stopped early); `snapshot=False`: no
     target database to snapshot (no queue counts, no reservations). `tokens`: API-1
     answers (ENTERED, WAITING, other) as spike.js records them; `freed`: payments terminal while tokens were
-    still issued; `expired`: EXPIRED tokens in the snapshot's counts."""
+    still issued; `expired`: EXPIRED tokens in the snapshot's counts; `journeys=False`: no sc_journey samples;
+    `samples`: more k6 samples as (seconds after T0, metric, value, tags)."""
     sid = _stage(engine, run_id, "spike", seconds=seconds, **stage)
     n_e, n_w, n_o = tokens
     answers = ["ENTERED"] * n_e + ["WAITING"] * n_w + ["DONE"] * n_o
-    samples = [{"scenario_run_id": sid, "ts": T0 + 0.01 * i, "metric": "sc_token_status", "value": 1.0,
-                "tags": {"status": st}} for i, st in enumerate(answers)]
+    more = [{"scenario_run_id": sid, "ts": T0 + t, "metric": m, "value": v, "tags": tags} for t, m, v, tags in samples]
+    samples = more + [{"scenario_run_id": sid, "ts": T0 + 0.01 * i, "metric": "sc_token_status", "value": 1.0,
+                       "tags": {"status": st}} for i, st in enumerate(answers)]
     samples += [{"scenario_run_id": sid, "ts": T0 + 0.5, "metric": "sc_saga_time_s", "value": 0.4,
                  "tags": {"status": "COMPLETED", "reason": ""}} for _ in range(freed)]
+    if journeys:  # spike.js's journeys: ENTERED at issue; WAITING users give up at the poll limit (20 s)
+        samples += [{"scenario_run_id": sid, "ts": T0 + 0.01 * i + (20.0 if st == "WAITING" else 0.0),
+                     "metric": "sc_journey", "value": 20.0 if st == "WAITING" else 0.0,
+                     "tags": {"outcome": "gave_up" if st == "WAITING" else "entered",
+                              "how": "limit" if st == "WAITING" else "seat_taken", "at_issue": st}}
+                    for i, st in enumerate(answers) if st in ("ENTERED", "WAITING")]
+        samples += [{"scenario_run_id": sid, "ts": T0 + 0.01 * i + 20.0, "metric": "sc_poll_gave_up", "value": 1.0,
+                     "tags": {"why": "limit"}} for i, st in enumerate(answers) if st == "WAITING"]
     if samples:
         with engine.begin() as c:
             c.execute(insert(store.k6_samples), samples)

@@ -33,7 +33,10 @@ export const sagaTime = new Trend('sc_saga_time_s'); // payment request → term
 export const sagaUnfinished = new Counter('sc_saga_unfinished'); // not terminal when the client gave up
 export const sagaCompleted = new Rate('sc_saga_completed'); // COMPLETED among sagas (insufficient points excluded)
 export const waitEntered = new Trend('sc_wait_until_entered_s'); // token issue → ENTERED
-export const pollGaveUp = new Counter('sc_poll_gave_up'); // still WAITING at the poll limit
+export const pollGaveUp = new Counter('sc_poll_gave_up'); // stopped waiting, tag why: limit | gone | error
+// One per user who took a token (R-SPIKE-13): value = seconds in the queue (0: ENTERED at issue; the wait
+// until ENTERED; or until the give-up), tags outcome (entered | gave_up | failed), how, at_issue.
+export const journey = new Trend('sc_journey');
 export const releaseOffset = new Trend('sc_release_offset_ms'); // send instant − common release instant, tag tc
 export const tc3Reservation = new Counter('sc_tc3_reservation'); // one per TC-3 answer, tags status, reservationId
 export const tokenStatus = new Counter('sc_token_status'); // one per API-1 answer, tag status
@@ -98,20 +101,25 @@ export function pollToken(token, extraTags) {
   return { res, body: json(res) };
 }
 
-// Poll every `intervalS` until ENTERED or `limitS` passed; emits the wait. Returns true when ENTERED.
+// Poll every `intervalS` until ENTERED or `limitS` passed; emits the wait (ENTERED) or the give-up
+// (sc_poll_gave_up{why}: limit — the poll limit reached; gone — the token answered EXPIRED or DONE while
+// waiting; error — the poll answered no status). Returns {entered, waited (s since issue), why}.
 export function waitUntilEntered(token, issuedAtMs, intervalS, limitS, extraTags) {
+  let why = 'limit';
   while (true) {
-    const { body } = pollToken(token, extraTags);
+    const { res, body } = pollToken(token, extraTags);
     if (body && body.status === 'ENTERED') {
-      waitEntered.add((Date.now() - issuedAtMs) / 1000, extraTags);
-      return true;
+      const waited = (Date.now() - issuedAtMs) / 1000;
+      waitEntered.add(waited, extraTags);
+      return { entered: true, waited: waited, why: '' };
     }
-    if (body && (body.status === 'EXPIRED' || body.status === 'DONE')) break;
+    if (body && (body.status === 'EXPIRED' || body.status === 'DONE')) { why = 'gone'; break; }
+    if (!body || !body.status || res.status !== 200) { why = 'error'; break; }
     if ((Date.now() - issuedAtMs) / 1000 + intervalS > limitS) break;
     sleep(intervalS);
   }
-  pollGaveUp.add(1, extraTags);
-  return false;
+  pollGaveUp.add(1, Object.assign({ why: why }, extraTags || {}));
+  return { entered: false, waited: (Date.now() - issuedAtMs) / 1000, why: why };
 }
 
 // API-3: reserve seats. `name` is the test case (tc1/tc2/tc3) or the step ('reserve').
