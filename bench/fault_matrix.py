@@ -45,6 +45,7 @@ class Case:
     scale: float = 0.05
     time_scale: float = 0.02
     run_status: str = "COMPLETED"  # the run row's status: ABORTED when the case trips the harm alarm
+    local: dict[str, Any] = field(default_factory=dict)  # local-stack options (environment.local)
 
 
 #: Each case runs only the scenario that exercises it, at the smallest scale and time scale that still
@@ -77,6 +78,21 @@ CASES: list[Case] = [
          ("APPROVE_WITH_TUNING", "BLOCK"), (), ("raise_consumer_concurrency",),
          "one consumer per group reading one record at a time: the backlog of the plan's 100 concurrent "
          "payments grows (a pool of 20, so the 200 payments at scale 2 do not exhaust the pool first)", scale=2.0),
+    # defects seen in a real third-party service (issue 11)
+    Case("taken_seat_400", "fault", ("race",), {"faults": "taken_seat_400"}, ("BLOCK",), ("R-RACE-1", "R-SPIKE-11"),
+         ("fix_code_and_retest",), "a taken seat answered 400, not 409"),
+    Case("lock_timeout_500_bare", "fault", ("race",), {"faults": "lock_timeout_500_bare", "lock_wait_seconds": 0.05},
+         ("BLOCK",), ("R-RACE-4",), ("fix_code_and_retest",),
+         "a seat-lock timeout answered as a bare 500 (no code, no hint in the body): known by its timing",
+         run_status="ABORTED"),
+    Case("admission_stall", "fault", ("spike",), {"faults": "admission_stall"}, ("BLOCK",), ("R-SPIKE-12",),
+         ("fix_code_and_retest",), "a payment ending never frees its place: nobody waiting is admitted",
+         scale=0.02, time_scale=0.03),
+    Case("no_idempotency", "fault", ("race",), {"faults": "no_idempotency"}, ("BLOCK",), ("R-RACE-3",),
+         ("fix_code_and_retest",), "a replayed Idempotency-Key runs again: TC-3 creates more than one reservation"),
+    Case("slow_token_no_snapshot", "fault", ("spike",), {"token_delay_ms": 1700}, ("BLOCK",), ("R-SPIKE-1",),
+         (), "no target database for the checks and a token p95 of 1.7 s: the missing snapshot must not hide it",
+         scale=0.02, time_scale=0.03, local={"expose_database": False}),
 ]
 
 HEALTHY = Case("healthy", "healthy", ("race", "saga", "points", "spike", "soak"), {}, ("APPROVE",), (), (),
@@ -108,6 +124,7 @@ def profile_for(case: Case, workdir: Path) -> Path:
     data["name"] = f"matrix-{case.name}"
     data["environment"]["local"]["settings"] = {**data["environment"]["local"].get("settings", {}), **case.settings}
     data["environment"]["local"]["seed_users"] = 12000 if "spike" in case.scenarios else 2500
+    data["environment"]["local"].update(case.local)
     data["scenarios"] = list(case.scenarios)
     data["scale"], data["time_scale"] = case.scale, case.time_scale
     data["store_url"] = f"sqlite:///{workdir / 'store.db'}"

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from soundcheck import store
 from soundcheck.plan import RACE_TC1_SEAT_BESIDE_SPIKE, k6_abort_env
-from soundcheck.profile import Profile
+from soundcheck.profile import Profile, target_limits
 from tasks.provision import StageEnv
 from tasks.runs import RunContext
 from tasks.safety import StageAborted
@@ -56,9 +56,11 @@ def scenario_overrides(name: str, scenarios: list[str], time_scale: float = 1.0)
 
 
 def stage_env(name: str, profile: Profile) -> dict[str, str]:
-    """Every script variable the campaign sets for a stage: the target's concert and show, the
+    """Every script variable the campaign sets for a stage: the target's concert and show, its lock wait
+    (a contended reservation answered that late is a lock timeout, whatever its body says), the
     profile's abort levels (k6's abortOnFail thresholds) and `scenario_overrides`."""
     return {"CONCERT_ID": str(profile.target.concert_id), "SHOW_ID": str(profile.target.show_id),
+            "LOCK_WAIT_S": str(target_limits(profile)["lock_wait_seconds"]),
             **k6_abort_env(profile.abort.error_rate, profile.abort.p95_ms),
             **scenario_overrides(name, profile.scenarios, profile.time_scale)}
 

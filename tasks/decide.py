@@ -38,8 +38,7 @@ from soundcheck import store
 from soundcheck.bands import Judgement, band, bands_for, base_name
 from soundcheck.models import KPI, Decision, Remediation, TraceStep, Verdict
 from soundcheck.plan import CONCERT_LIST, DERIVED_KPIS, PLAN, REMEDIATIONS, fmt_value
-from soundcheck.profile import Profile
-from tasks.checktables import target_limits
+from soundcheck.profile import Profile, target_limits
 from tasks.expectations import CheckResult, Validator, evaluate_run
 from tasks.history import compare, format_delta, previous_values
 from tasks.rundata import RunData, load_run

@@ -236,7 +236,7 @@ def evaluate_run(run: Any, derived: dict[str, list[Any]], validator: Validator |
                  settings: dict[str, Any] | None = None) -> list[CheckResult]:
     """Every stage of a run (`tasks.rundata.RunData`) through its suite; `derived` are the verdict
     stage's own KPIs per scenario (`tasks.serverkpis.stage_kpis`); `settings` the target's limits the
-    checks compare with (queue capacity, token TTL: `tasks.checktables.target_limits`)."""
+    checks compare with (queue capacity, token TTL: `soundcheck.profile.target_limits`)."""
     from tasks.checktables import kpi_table, tables_for
     from tasks.serverkpis import UNITS
 

@@ -43,7 +43,10 @@ def svc_of(request: Request) -> Services:
 async def issue_token(request: Request) -> Response:
     """API-1 ``POST /api/v1/queues/tokens/{targetId}``: 201 new token, 200 the same token again."""
     user = user_id(request)
-    status, body = await queue.issue(svc_of(request), path_int(request, "targetId"), user)
+    svc = svc_of(request)
+    if svc.settings.token_delay_ms > 0:
+        await asyncio.sleep(svc.settings.token_delay_ms / 1000)
+    status, body = await queue.issue(svc, path_int(request, "targetId"), user)
     return json_response(body, status)
 
 

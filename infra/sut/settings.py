@@ -70,6 +70,8 @@ class Settings:
     concert_query_ms: float = _s(0.0, "Extra time the uncached concert-list query holds its DB connection, as the "
                                       "real service's heavy list query does (the 'slow concert list' tuning case; "
                                       "the concert-list cache avoids it).")
+    token_delay_ms: float = _s(0.0, "Extra time before API-1 answers, holding nothing, as a slowing proxy in front "
+                                    "of the service would add (the 'slow token issuance' case).")
     faults: str = _s("", f"Comma-separated faults to switch on: {', '.join(FAULTS)}.")
     leak_bytes: int = _s(16384, "Bytes kept forever per request with the 'leak' fault.")
     admin_token: str = _s("soundcheck-admin", "X-Admin-Token required by /admin/* endpoints.")

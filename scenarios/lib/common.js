@@ -26,9 +26,11 @@ export const ADMIN_TOKEN = __ENV.ADMIN_TOKEN || 'soundcheck-admin';
 // The plan's alarm levels (R-SAFE); the campaign passes the profile's `abort` levels here.
 export const ABORT_P95_MS = parseFloat(__ENV.ABORT_P95_MS || '3000');
 export const ABORT_ERROR_RATE = parseFloat(__ENV.ABORT_ERROR_RATE || '0.01');
+// The target's seat-lock wait (the plan's 3 s): a reservation refused at or after it timed out on the lock.
+export const LOCK_WAIT_MS = parseFloat(__ENV.LOCK_WAIT_S || '3') * 1000;
 
 // Custom metrics (k6_samples rows; see tasks/kpis.py for how each becomes a KPI).
-export const lockTimeouts = new Counter('sc_lock_timeouts'); // API-3 answers with error LOCK_TIMEOUT
+export const lockTimeouts = new Counter('sc_lock_timeouts'); // API-3 lock timeouts (by code or by time), tag status
 export const sagaTime = new Trend('sc_saga_time_s'); // payment request → terminal, tags status, reason, case
 export const sagaUnfinished = new Counter('sc_saga_unfinished'); // not terminal when the client gave up
 export const sagaCompleted = new Rate('sc_saga_completed'); // COMPLETED among sagas (insufficient points excluded)
@@ -136,9 +138,14 @@ export function reserveRequest(userId, token, seatIds, key, name, extraTags) {
 export function sendReserve(req) {
   const res = http.post(req.url, req.body, req.params);
   const code = res.status >= 400 ? errorCode(res) : null;
-  // LOCK_TIMEOUT is a 409 by contract; a lock timeout answered 5xx is the R-RACE-4 defect and counts too.
-  if (code === 'LOCK_TIMEOUT' || (res.status >= 500 && /lock/i.test(String(res.body)))) {
-    lockTimeouts.add(1, Object.assign({ status: String(res.status) }, req.params.tags)); // endpoint, name, tc, seat
+  // A lock timeout is known by behaviour on any target: a refusal that came at or after the lock wait and
+  // is a 5xx, unanswered, or names no error (a bare 500 says nothing of a lock); or an answer that names it
+  // (LOCK_TIMEOUT is a 409 by contract). A refusal naming another error (SEAT_TAKEN) is taken at its word:
+  // the client's time includes queueing the service's lock wait does not. Answered 5xx: the R-RACE-4 defect.
+  const late = res.status !== 200 && res.timings.duration >= LOCK_WAIT_MS && (res.status >= 500 || !code);
+  if (code === 'LOCK_TIMEOUT' || late || (res.status >= 500 && /lock/i.test(String(res.body)))) {
+    lockTimeouts.add(1, Object.assign({ status: String(res.status), by: code === 'LOCK_TIMEOUT' ? 'code' : 'time' },
+      req.params.tags)); // endpoint, name, tc, seat
   }
   return { res, body: json(res), code };
 }
