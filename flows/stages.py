@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
 
 from soundcheck import store
+from soundcheck.dialect import dialect_path
 from soundcheck.plan import RACE_TC1_SEAT_BESIDE_SPIKE, k6_abort_env
 from soundcheck.profile import Profile, target_limits
 from tasks.provision import StageEnv
@@ -61,6 +62,7 @@ def stage_env(name: str, profile: Profile) -> dict[str, str]:
     profile's abort levels (k6's abortOnFail thresholds) and `scenario_overrides`."""
     return {"CONCERT_ID": str(profile.target.concert_id), "SHOW_ID": str(profile.target.show_id),
             "LOCK_WAIT_S": str(target_limits(profile)["lock_wait_seconds"]),
+            "DIALECT": profile.target.dialect, "DIALECT_FILE": str(dialect_path(profile.target.dialect)),
             **k6_abort_env(profile.abort.error_rate, profile.abort.p95_ms),
             **scenario_overrides(name, profile.scenarios, profile.time_scale)}
 

@@ -11,7 +11,9 @@ import http from 'k6/http';
 import { check } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { BASE_URL, SCALE, USER_OFFSET, auth, charge, checkTarget, json, sleepUntil, warmUp } from './lib/common.js';
+import {
+  SCALE, USER_OFFSET, auth, charge, checkTarget, isOk, json, sleepUntil, stepRequest, warmUp,
+} from './lib/common.js';
 
 const VUS = Math.max(1, Math.round(parseInt(__ENV.POINT_VUS || '100', 10) * SCALE));
 const PER_VU = parseInt(__ENV.POINT_CHARGES_PER_VU || '10', 10);
@@ -35,11 +37,12 @@ export const options = {
 };
 
 function readBalance(phase) {
-  const res = http.get(`${BASE_URL}/api/v1/users/me/points`, {
+  const r = stepRequest('balance', { userId: USER_OFFSET });
+  const res = http.request(r.method, r.url, r.body, {
     headers: auth(USER_OFFSET), tags: { endpoint: 'ADMIN', name: `balance-${phase}` },
   });
   const body = json(res);
-  if (res.status !== 200 || !body || typeof body.balance !== 'number') {
+  if (!isOk('balance', res.status) || !body || typeof body.balance !== 'number') {
     throw new Error(`balance of user ${USER_OFFSET}: ${res.status} ${String(res.body).slice(0, 200)}`);
   }
   balance.add(body.balance, { phase: phase });
@@ -57,9 +60,9 @@ export default function (data) {
     sleepUntil(data.release);
   }
   const { res } = charge(USER_OFFSET, AMOUNT);
-  if (res.status === 200) charged.add(AMOUNT);
-  chargeOk.add(res.status === 200);
-  check(res, { 'charge answered 200': (r) => r.status === 200 });
+  if (isOk('charge', res.status)) charged.add(AMOUNT);
+  chargeOk.add(isOk('charge', res.status));
+  check(res, { 'charge answered success': (r) => isOk('charge', r.status) });
 }
 
 export function teardown(data) {

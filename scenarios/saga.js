@@ -17,7 +17,7 @@ import exec from 'k6/execution';
 import { check } from 'k6';
 import { Rate } from 'k6/metrics';
 import {
-  USER_OFFSET, SCALE, admin, checkTarget, enteredTokens, http_get_reservation, pay, reserve, sleepUntil, uuid,
+  USER_OFFSET, SCALE, admin, checkTarget, enteredTokens, http_get_reservation, isOk, pay, reserve, sleepUntil, uuid,
   warmUp, watchPayment,
 } from './lib/common.js';
 
@@ -63,10 +63,10 @@ function seatsOf(index) {
 export function compensate(data) {
   const user = data.users[0];
   const r = reserve(user, data.tokens[0], seatsOf(0), uuid(), 'reserve', { case: 'compensation' });
-  if (!check(r.res, { 'compensation: seats reserved': (x) => x.status === 200 })) return;
+  if (!check(r.res, { 'compensation: seats reserved': (x) => isOk('reserve', x.status) })) return;
   const start = Date.now();
   const p = pay(user, r.body.reservationId, AMOUNT, uuid(), { case: 'compensation' });
-  if (!check(p.res, { 'compensation: payment accepted': (x) => x.status === 200 })) {
+  if (!check(p.res, { 'compensation: payment accepted': (x) => isOk('pay', x.status) })) {
     compensation.add(false);
     return;
   }
@@ -83,11 +83,11 @@ export function concurrent(data) {
   const user = data.users[idx];
   warmUp();
   const r = reserve(user, data.tokens[idx], seatsOf(idx), uuid(), 'reserve', { case: 'concurrent' });
-  if (!check(r.res, { 'concurrent: seats reserved': (x) => x.status === 200 })) return;
+  if (!check(r.res, { 'concurrent: seats reserved': (x) => isOk('reserve', x.status) })) return;
   sleepUntil(data.release);
   const start = Date.now();
   const p = pay(user, r.body.reservationId, AMOUNT, uuid(), { case: 'concurrent' });
-  if (!check(p.res, { 'concurrent: payment accepted': (x) => x.status === 200 })) return;
+  if (!check(p.res, { 'concurrent: payment accepted': (x) => isOk('pay', x.status) })) return;
   const end = watchPayment(user, p.body.paymentId, start, { case: 'concurrent' });
   check(end, { 'concurrent: COMPLETED': (e) => e.status === 'COMPLETED' });
 }

@@ -30,7 +30,7 @@ import { sleep } from 'k6';
 import {
   ABORT_ERROR_RATE, ABORT_P95_MS,
   SCALE, TIME_SCALE, USER_COUNT, USER_OFFSET, dur, issueToken, pay, reserve, scaled, uuid, waitEntered,
-  waitUntilEntered, watchPayment, checkTarget, journey,
+  waitUntilEntered, watchPayment, checkTarget, journey, isOk, isTaken,
 } from './lib/common.js';
 
 const N = scaled(10000);
@@ -105,7 +105,7 @@ export default function () {
     waitEntered.add(0);
   } else {
     sleep(firstPollDelay(idx));
-    const w = waitUntilEntered(body.token, issuedAt, POLL_S, POLL_LIMIT_S);
+    const w = waitUntilEntered(body.token, issuedAt, POLL_S, POLL_LIMIT_S, {}, user);
     waited = w.waited;
     if (!w.entered) {
       journey.add(waited, { outcome: 'gave_up', how: w.why, at_issue: atIssue });
@@ -118,11 +118,11 @@ export default function () {
 // The rest of an admitted user's journey; returns how it ended.
 function afterEntering(user, token) {
   const r = reserve(user, token, SEATS, uuid(), 'reserve');
-  if (r.res.status === 409) return 'seat_taken';
-  if (r.res.status !== 200 || !r.body || !r.body.reservationId) return `reserve_${r.res.status}`;
+  if (isTaken('reserve', r.res.status)) return 'seat_taken';
+  if (!isOk('reserve', r.res.status) || !r.body || !r.body.reservationId) return `reserve_${r.res.status}`;
   const start = Date.now();
   const p = pay(user, r.body.reservationId, AMOUNT, uuid());
-  if (p.res.status !== 200 || !p.body || !p.body.paymentId) return `pay_${p.res.status}`;
+  if (!isOk('pay', p.res.status) || !p.body || !p.body.paymentId) return `pay_${p.res.status}`;
   const w = watchPayment(user, p.body.paymentId, start, {}, 0.5, WATCH_LIMIT_S);
   return w.status ? `paid_${w.status}` : 'payment_unfinished';
 }

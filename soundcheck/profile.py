@@ -39,6 +39,9 @@ class Target(_Strict):
     #: The target's data the scenarios use (the plan's concert 1, show 101).
     concert_id: int = 1
     show_id: int = 101
+    #: How the target spells the plan's API (soundcheck.dialect): `plan`, `original` (the service the plan was
+    #: written for), or the path of a JSON file of the same shape.
+    dialect: str = "plan"
     #: The target's own limits, when they differ from the plan's (soundcheck.plan.TARGET_LIMITS): what the
     #: queue, race and hold checks compare with. Unset: the local stack's settings, else the plan's.
     queue_capacity: int | None = None
@@ -231,6 +234,12 @@ def _missing_urls(p: Profile) -> str | None:
         if not (DEPLOYMENTS / "metric_maps" / f"{m.map}.yaml").exists() and not Path(m.map).exists():
             known = ", ".join(sorted(f.stem for f in (DEPLOYMENTS / "metric_maps").glob("*.yaml")))
             return f"key 'metrics.map' is invalid: no map named {m.map!r} (known: {known}, or a YAML file path)"
+    from soundcheck.dialect import DialectError, load_dialect
+
+    try:
+        load_dialect(p.target.dialect)
+    except DialectError as e:
+        return f"key 'target.dialect' is invalid: {e}"
     return None
 
 

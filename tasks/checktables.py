@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from soundcheck.plan import SETUP_TAG, TARGET_LIMITS, expected_answer
+from soundcheck.dialect import Dialect, load_dialect
+from soundcheck.plan import SETUP_TAG, TARGET_LIMITS
 from tasks import journeys
 from tasks.rundata import StageData, _ts
 
@@ -73,6 +74,11 @@ def _col(df: pd.DataFrame, *names: str) -> pd.Series | None:
 
 def _status(s: pd.Series | None) -> pd.Series:
     return s.astype(str).str.upper() if s is not None else pd.Series(dtype=str)
+
+
+def dialect_of(st: StageData) -> Dialect:
+    """The API dialect the stage's k6 run spoke (recorded by the load stage; the plan's by default)."""
+    return load_dialect(str((st.details or {}).get("dialect") or "plan"))
 
 
 def lock_timeouts(st: StageData) -> pd.DataFrame:
@@ -118,15 +124,19 @@ def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
         reservations = reservations[reservations["show_id"].astype(str) == str(show)]
     seats_cfg = st.details.get("seats") or {}
     locks_all = lock_timeouts(st)
+    d = dialect_of(st)
+    ok_codes = list(d.success("API-3"))
+    taken_codes = [c for c in (d.expected("API-3") or {409}) if c not in ok_codes]
     rows = []
     for tc, g in (req[req["tc"].notna()].groupby("tc") if not req.empty else []):
         status = g["status"].astype(int)
         n = len(g)
-        n200, n409 = int((status == 200).sum()), int((status == 409).sum())
+        # n_200 / n_409: the success and seat-taken answers in the target's dialect (the plan's 200 and 409)
+        n200, n409 = int(status.isin(ok_codes).sum()), int(status.isin(taken_codes).sum())
         mine = locks_all[locks_all["tc"] == tc]
         locks = int(mine["count"].sum())
         locks_5xx = int(mine.loc[mine["status"] >= 500, "count"].sum())
-        ok_tags = g.loc[status == 200, "tags"]
+        ok_tags = g.loc[status.isin(ok_codes), "tags"]
         rids = {str(r) for r in ok_tags.map(lambda t: _tag(t, "reservationId", "reservation_id")) if r is not None}
         if tc == "tc3":
             rids |= tc3_reservation_ids(st)
@@ -158,8 +168,9 @@ def tc3_reservation_ids(st: StageData) -> set[str]:
     if k6.empty:
         return set()
     hit = k6[k6["metric"] == "sc_tc3_reservation"]
+    ok = {str(c) for c in dialect_of(st).success("API-3")}
     return {str(_tag(t, "reservationId")) for t in hit["tags"]
-            if str(_tag(t, "status")) == "200" and _tag(t, "reservationId")}
+            if str(_tag(t, "status")) in ok and _tag(t, "reservationId")}
 
 
 def active_seats(reservations: pd.DataFrame) -> pd.DataFrame:
@@ -333,7 +344,7 @@ def points_tables(st: StageData) -> dict[str, pd.DataFrame]:
     expected: dict[str, float] = {str(k): float(v) for k, v in (st.details.get("expected_balances") or {}).items()}
     req = st.requests
     if not expected and "initial_balance" in st.details and not req.empty:
-        ok = req[(req["endpoint"] == "API-6") & (req["status"] == 200)]
+        ok = req[(req["endpoint"] == "API-6") & (req["status"].isin(list(dialect_of(st).success("API-6"))))]
         init = st.details["initial_balance"]
         for _, r in ok.iterrows():
             user = str(_tag(r["tags"], "userId", "user_id") or st.details.get("user_id", ""))
@@ -468,7 +479,7 @@ def load_tables(st: StageData, kpis: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
-def answers(seconds: pd.DataFrame) -> pd.DataFrame:
+def answers(seconds: pd.DataFrame, dialect: Dialect | None = None) -> pd.DataFrame:
     """Every answer of the stage by endpoint and status, with `expected`: is it one the plan expects of that
     step (soundcheck.plan.EXPECTED_ANSWERS, R-SPIKE-11)? Set-up requests, unanswered requests (status 0) and
     5xx (both in the error rate, judged by its band) are left out; `unexpected` holds only the rows that are not."""
@@ -482,20 +493,21 @@ def answers(seconds: pd.DataFrame) -> pd.DataFrame:
                 status = int(code)
                 if 0 < status < 500:  # 5xx: judged by the error-rate band (R-SPIKE-6, tuning)
                     counts[(ep, status)] = counts.get((ep, status), 0) + int(n)
-    rows = [{"endpoint": ep, "status": st, "count": n, "expected": expected_answer(ep, st)}
+    dialect = dialect or load_dialect("plan")
+    rows = [{"endpoint": ep, "status": st, "count": n, "expected": dialect.answer_expected(ep, st)}
             for (ep, st), n in sorted(counts.items())]
     return pd.DataFrame(rows, columns=cols)
 
 
-def unexpected_answers(seconds: pd.DataFrame) -> pd.DataFrame:
-    a = answers(seconds)
+def unexpected_answers(seconds: pd.DataFrame, dialect: Dialect | None = None) -> pd.DataFrame:
+    a = answers(seconds, dialect)
     return a[~a["expected"].astype(bool)].reset_index(drop=True) if not a.empty else a
 
 
 def tables_for(st: StageData, kpis: pd.DataFrame, settings: dict[str, Any] | None = None) -> dict[str, pd.DataFrame]:
     """Every table the scenario's suite runs on; `kpis` is `kpi_table(...)` for the stage; `settings` the
     target's limits (`target_limits`). Every stage gets `unexpected_answers` (R-SPIKE-11)."""
-    common = {"kpis": kpis, "unexpected_answers": unexpected_answers(st.seconds)}
+    common = {"kpis": kpis, "unexpected_answers": unexpected_answers(st.seconds, dialect_of(st))}
     if st.scenario == "race":
         return {**race_tables(st), **common}
     if st.scenario == "saga":

@@ -38,7 +38,7 @@ import pandas as pd
 from soundcheck.plan import ADMISSION_MARGIN_S, POLL_INTERVAL_S, TARGET_LIMITS
 
 MOVING_COLUMNS = ["capacity", "allowed_s", "freed", "freed_while_waiting", "given", "stalled",
-                  "first_stall_s", "waiting_at_stall"]
+                  "first_stall_s", "waiting_at_stall", "stall_note"]
 SUMMARY_COLUMNS = ["issued", "journeys", "unaccounted", "entered_at_issue", "admitted", "gave_up", "failed",
                    "gave_up_limit", "unexplained_give_ups", "unexplained_detail", "censored_share"]
 JOURNEY_COLUMNS = ["outcome", "how", "at_issue", "count"]
@@ -122,7 +122,9 @@ class QueueFlow:
                     waiting_then = float(self.waiting(deadline))
         return pd.DataFrame([{"capacity": self.capacity, "allowed_s": self.allowed_s, "freed": len(self.freed),
                               "freed_while_waiting": while_waiting, "given": self.given(float("inf")),
-                              "stalled": stalled, "first_stall_s": first, "waiting_at_stall": waiting_then}],
+                              "stalled": stalled, "first_stall_s": first, "waiting_at_stall": waiting_then,
+                              "stall_note": "" if not stalled else
+                              f" (the first {first:.0f} s after the first token, {waiting_then:.0f} users still waiting)"}],
                             columns=MOVING_COLUMNS)
 
     def unexplained_give_ups(self) -> dict[str, int]:

@@ -44,8 +44,9 @@ import numpy as np
 from sqlalchemy import Engine, delete, insert, select
 
 from soundcheck import store
+from soundcheck.dialect import Dialect, load_dialect
 from soundcheck.models import KPI
-from soundcheck.plan import EXACT_ANSWER_STAGES, SETUP_TAG, SPIKE_PHASES, expected_answer
+from soundcheck.plan import EXACT_ANSWER_STAGES, SETUP_TAG, SPIKE_PHASES
 from soundcheck.sketch import Histogram
 from tasks.journeys import wait_quantile
 
@@ -57,12 +58,13 @@ def _quantile(values: list[float], q: float) -> float | None:
     return float(np.quantile(np.asarray(values, dtype=float), q, method="lower")) if values else None
 
 
-def _latency_kpis(rows: list[Any], scenario: str, phase: str | None) -> list[KPI]:
+def _latency_kpis(rows: list[Any], scenario: str, phase: str | None, dialect: Dialect | None = None) -> list[KPI]:
     """p95/p99 overall and per endpoint, throughput, error rates, from second_aggregates rows."""
     per_ep: dict[str, Histogram] = defaultdict(Histogram)
     total = Histogram()
     n = s5 = failed = unexpected = 0
     seconds: list[int] = []
+    dialect = dialect or load_dialect("plan")
     for r in rows:
         h = Histogram.from_bytes(r.sketch) if r.sketch else None
         if h is not None:
@@ -73,7 +75,7 @@ def _latency_kpis(rows: list[Any], scenario: str, phase: str | None) -> list[KPI
         failed += r.failed
         if scenario in EXACT_ANSWER_STAGES:
             unexpected += sum(int(c) for code, c in (getattr(r, "codes", None) or {}).items()
-                              if 0 < int(code) < 500 and not expected_answer(r.endpoint, int(code)))
+                              if 0 < int(code) < 500 and not dialect.answer_expected(r.endpoint, int(code)))
         seconds.append(r.second)
     out = [KPI(name="requests", scenario=scenario, value=float(n), unit="count", phase=phase)]
     if not n:
@@ -169,12 +171,13 @@ def compute_kpis(engine: Engine, scenario_run_id: int, *, save: bool = True) -> 
     details = run.details or {}
     time_scale = float(details.get("time_scale") or time_scale or 1.0)
     rows = [r for r in rows if r.endpoint not in EXCLUDED_ENDPOINTS]
-    kpis = _latency_kpis(rows, scenario, None)
+    dialect = load_dialect(details.get("dialect") or "plan")
+    kpis = _latency_kpis(rows, scenario, None, dialect)
     if scenario == "spike" and rows:
         t0 = min(r.second for r in rows)
         for phase, (a, b) in SPIKE_PHASES.items():
             lo, hi = t0 + a * time_scale, t0 + b * time_scale
-            kpis += _latency_kpis([r for r in rows if lo <= r.second < hi], scenario, phase)
+            kpis += _latency_kpis([r for r in rows if lo <= r.second < hi], scenario, phase, dialect)
 
     samples = _samples(engine, scenario_run_id)
     api3 = sum(r.count for r in rows if r.endpoint == "API-3")

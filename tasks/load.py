@@ -246,7 +246,8 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
     log_path = out / f"k6-{scenario}-{sid}.log"
     t_start = time.time()
     details: dict[str, Any] = {"base_url": base_url, "scale": scale, "time_scale": time_scale,
-                               "csv": str(csv_path), "k6_log": str(log_path)}
+                               "csv": str(csv_path), "k6_log": str(log_path),
+                               "dialect": (env or {}).get("DIALECT", "plan")}
 
     def done(status: ScenarioStatus, reason: str | None, code: int | None = None, dropped: int = 0,
              cpu: float | None = None, summary: IngestSummary | None = None) -> ScenarioResult:

@@ -9,6 +9,8 @@
 //                 overlap between the scenarios of one campaign: one queue token per (target, user))
 //   CONCERT_ID    queue target / concert (default 1); SHOW_ID (default 101)
 //   ADMIN_TOKEN   X-Admin-Token for /admin/* set-up calls (default: the reference service's default)
+//   DIALECT_FILE  how the target spells the plan's API (deployments/dialects/*.json; default: the plan's):
+//                 paths, where the queue token goes, which answers mean success (see soundcheck/dialect.py)
 // Every custom metric is named sc_* so the ingest stage can pick them out of k6's CSV output.
 
 import http from 'k6/http';
@@ -28,6 +30,53 @@ export const ABORT_P95_MS = parseFloat(__ENV.ABORT_P95_MS || '3000');
 export const ABORT_ERROR_RATE = parseFloat(__ENV.ABORT_ERROR_RATE || '0.01');
 // The target's seat-lock wait (the plan's 3 s): a reservation refused at or after it timed out on the lock.
 export const LOCK_WAIT_MS = parseFloat(__ENV.LOCK_WAIT_S || '3') * 1000;
+
+// The target's API dialect. open() resolves relative to this file, so every script still runs alone.
+export const DIALECT = JSON.parse(open(__ENV.DIALECT_FILE || '../../deployments/dialects/plan.json'));
+const STEPS = DIALECT.steps;
+
+// Is `status` a success of `step` in the dialect (e.g. reserve: 200 in the plan's, 201 in the original's)?
+export function isOk(step, status) {
+  return STEPS[step].ok.indexOf(status) >= 0;
+}
+
+// Is `status` the step's expected refusal (reserve: the seat is taken)?
+export function isTaken(step, status) {
+  return (STEPS[step].taken || []).indexOf(status) >= 0;
+}
+
+// The plan's payment status for the target's (e.g. SUCCEEDED → COMPLETED); unknown ones pass through.
+export function paymentStatus(s) {
+  return (DIALECT.payment_status || {})[s] || s;
+}
+
+// Fill a path or body template: "{name}" alone takes the typed value, inside a string its text.
+function fill(t, vars) {
+  if (typeof t === 'string') {
+    const whole = /^\{(\w+)\}$/.exec(t);
+    if (whole) return vars[whole[1]];
+    return t.replace(/\{(\w+)\}/g, (_, k) => String(vars[k]));
+  }
+  if (Array.isArray(t)) return t.map((x) => fill(x, vars));
+  if (t && typeof t === 'object') {
+    const o = {};
+    Object.keys(t).forEach((k) => { o[k] = fill(t[k], vars); });
+    return o;
+  }
+  return t;
+}
+
+// One step's request as the dialect spells it: {method, url, body (JSON text or null)}.
+export function stepRequest(step, vars) {
+  const s = STEPS[step];
+  const v = Object.assign({ concertId: CONCERT_ID, showId: SHOW_ID }, vars);
+  return { method: s.method, url: `${BASE_URL}${fill(s.path, v)}`, body: s.body ? JSON.stringify(fill(s.body, v)) : null };
+}
+
+function send(step, vars, p) {
+  const r = stepRequest(step, vars);
+  return http.request(r.method, r.url, r.body, p);
+}
 
 // Custom metrics (k6_samples rows; see tasks/kpis.py for how each becomes a KPI).
 export const lockTimeouts = new Counter('sc_lock_timeouts'); // API-3 lock timeouts (by code or by time), tag status
@@ -90,33 +139,35 @@ function errorCode(res) {
 
 // API-1: issue a queue token. Returns {res, body}.
 export function issueToken(userId, extraTags) {
-  const res = http.post(`${BASE_URL}/api/v1/queues/tokens/${CONCERT_ID}`, null,
-    params('API-1', 'token', Object.assign({ 'Idempotency-Key': uuid() }, auth(userId)), extraTags));
+  const res = send('token', { userId: userId }, params('API-1', 'token',
+    Object.assign({ 'Idempotency-Key': uuid() }, auth(userId)), extraTags));
   const body = json(res);
   if (body && body.status) tokenStatus.add(1, { status: body.status });
   return { res, body };
 }
 
 // API-2: poll a token's status.
-export function pollToken(token, extraTags) {
-  const res = http.post(`${BASE_URL}/api/v1/queues/enter`, null, params('API-2', 'poll', { 'Queue-Token': token }, extraTags));
+export function pollToken(token, extraTags, userId) {
+  const headers = STEPS.poll.token_in === 'body' ? {} : { 'Queue-Token': token };
+  if (userId !== undefined) Object.assign(headers, auth(userId));
+  const res = send('poll', { token: token }, params('API-2', 'poll', headers, extraTags));
   return { res, body: json(res) };
 }
 
 // Poll every `intervalS` until ENTERED or `limitS` passed; emits the wait (ENTERED) or the give-up
 // (sc_poll_gave_up{why}: limit — the poll limit reached; gone — the token answered EXPIRED or DONE while
 // waiting; error — the poll answered no status). Returns {entered, waited (s since issue), why}.
-export function waitUntilEntered(token, issuedAtMs, intervalS, limitS, extraTags) {
+export function waitUntilEntered(token, issuedAtMs, intervalS, limitS, extraTags, userId) {
   let why = 'limit';
   while (true) {
-    const { res, body } = pollToken(token, extraTags);
+    const { res, body } = pollToken(token, extraTags, userId);
     if (body && body.status === 'ENTERED') {
       const waited = (Date.now() - issuedAtMs) / 1000;
       waitEntered.add(waited, extraTags);
       return { entered: true, waited: waited, why: '' };
     }
     if (body && (body.status === 'EXPIRED' || body.status === 'DONE')) { why = 'gone'; break; }
-    if (!body || !body.status || res.status !== 200) { why = 'error'; break; }
+    if (!body || !body.status || !isOk('poll', res.status)) { why = 'error'; break; }
     if ((Date.now() - issuedAtMs) / 1000 + intervalS > limitS) break;
     sleep(intervalS);
   }
@@ -127,22 +178,20 @@ export function waitUntilEntered(token, issuedAtMs, intervalS, limitS, extraTags
 // API-3: reserve seats. `name` is the test case (tc1/tc2/tc3) or the step ('reserve').
 // Built in two steps so barrier scenarios prepare everything before the release instant.
 export function reserveRequest(userId, token, seatIds, key, name, extraTags) {
-  return {
-    url: `${BASE_URL}/api/v1/reservations/${SHOW_ID}`,
-    body: JSON.stringify({ seatIds: seatIds }),
+  return Object.assign(stepRequest('reserve', { seatIds: seatIds, userId: userId }), {
     params: params('API-3', name || 'reserve', Object.assign({ 'Idempotency-Key': key || uuid(), 'Queue-Token': token },
       auth(userId)), extraTags),
-  };
+  });
 }
 
 export function sendReserve(req) {
-  const res = http.post(req.url, req.body, req.params);
+  const res = http.request(req.method, req.url, req.body, req.params);
   const code = res.status >= 400 ? errorCode(res) : null;
   // A lock timeout is known by behaviour on any target: a refusal that came at or after the lock wait and
   // is a 5xx, unanswered, or names no error (a bare 500 says nothing of a lock); or an answer that names it
   // (LOCK_TIMEOUT is a 409 by contract). A refusal naming another error (SEAT_TAKEN) is taken at its word:
   // the client's time includes queueing the service's lock wait does not. Answered 5xx: the R-RACE-4 defect.
-  const late = res.status !== 200 && res.timings.duration >= LOCK_WAIT_MS && (res.status >= 500 || !code);
+  const late = !isOk('reserve', res.status) && res.timings.duration >= LOCK_WAIT_MS && (res.status >= 500 || !code);
   if (code === 'LOCK_TIMEOUT' || late || (res.status >= 500 && /lock/i.test(String(res.body)))) {
     lockTimeouts.add(1, Object.assign({ status: String(res.status), by: code === 'LOCK_TIMEOUT' ? 'code' : 'time' },
       req.params.tags)); // endpoint, name, tc, seat
@@ -156,7 +205,7 @@ export function reserve(userId, token, seatIds, key, name, extraTags) {
 
 // API-4: pay for a reservation.
 export function pay(userId, reservationId, amount, key, extraTags) {
-  const res = http.post(`${BASE_URL}/api/v1/payments/`, JSON.stringify({ reservationId: reservationId, amount: amount }),
+  const res = send('pay', { reservationId: reservationId, amount: amount, userId: userId },
     params('API-4', 'pay', Object.assign({ 'Idempotency-Key': key || uuid() }, auth(userId)), extraTags));
   return { res, body: json(res) };
 }
@@ -167,14 +216,16 @@ export function watchPayment(userId, paymentId, startMs, extraTags, intervalS, l
   intervalS = intervalS || parseFloat(__ENV.WATCH_INTERVAL_S || '0.25');
   limitS = limitS || parseFloat(__ENV.WATCH_LIMIT_S || '120');
   while (true) {
-    const res = http.get(`${BASE_URL}/api/v1/payments/${paymentId}`, params('API-PAY-GET', 'pay-get', auth(userId), extraTags));
+    const res = send('payment_read', { paymentId: paymentId, userId: userId },
+      params('API-PAY-GET', 'pay-get', auth(userId), extraTags));
     const body = json(res);
     const seconds = (Date.now() - startMs) / 1000;
-    if (body && (body.status === 'COMPLETED' || body.status === 'FAILED')) {
+    const status = body ? paymentStatus(body.status) : null;
+    if (status === 'COMPLETED' || status === 'FAILED') {
       const reason = body.failureReason || '';
-      sagaTime.add(seconds, Object.assign({ status: body.status, reason: reason }, extraTags || {}));
-      if (reason !== 'INSUFFICIENT_POINTS') sagaCompleted.add(body.status === 'COMPLETED', extraTags);
-      return { status: body.status, reason: reason, seconds: seconds };
+      sagaTime.add(seconds, Object.assign({ status: status, reason: reason }, extraTags || {}));
+      if (reason !== 'INSUFFICIENT_POINTS') sagaCompleted.add(status === 'COMPLETED', extraTags);
+      return { status: status, reason: reason, seconds: seconds };
     }
     if (seconds + intervalS > limitS) {
       sagaUnfinished.add(1, extraTags);
@@ -187,20 +238,21 @@ export function watchPayment(userId, paymentId, startMs, extraTags, intervalS, l
 
 // The reservation as the service reports it (GET /api/v1/reservations/by-id/{id}); null if not readable.
 export function http_get_reservation(userId, reservationId) {
-  const res = http.get(`${BASE_URL}/api/v1/reservations/by-id/${reservationId}`,
+  const res = send('reservation_read', { reservationId: reservationId, userId: userId },
     params('API-RES-GET', 'reservation-get', auth(userId)));
-  return res.status === 200 ? json(res) : null;
+  return isOk('reservation_read', res.status) ? json(res) : null;
 }
 
 // API-5: the concert list.
 export function concerts(extraTags) {
-  return http.get(`${BASE_URL}/api/v1/concerts/`, params('API-5', 'concerts', {}, extraTags));
+  return send('concerts', {}, params('API-5', 'concerts', {}, extraTags));
 }
 
 // API-6: charge points.
 export function charge(userId, amount, extraTags) {
-  const res = http.post(`${BASE_URL}/api/v1/users/me/points/charges`, JSON.stringify({ amount: amount }),
-    params('API-6', 'charge', Object.assign({ 'Idempotency-Key': uuid() }, auth(userId)), extraTags));
+  const key = uuid();
+  const res = send('charge', { amount: amount, userId: String(userId), key: key },
+    params('API-6', 'charge', Object.assign({ 'Idempotency-Key': key }, auth(userId)), extraTags));
   return { res, body: json(res) };
 }
 
@@ -213,7 +265,7 @@ export function enteredTokens(users, firstTarget, maxTargets) {
   let target = firstTarget;
   return users.map((userId) => {
     for (let tries = 0; tries < maxTargets; tries++) {
-      const res = http.post(`${BASE_URL}/api/v1/queues/tokens/${target}`, null,
+      const res = send('token', { concertId: target, userId: userId },
         params('API-1', 'setup-token', Object.assign({ 'Idempotency-Key': uuid() }, auth(userId))));
       const body = json(res);
       if (body && body.status === 'ENTERED') return body.token;
