@@ -51,7 +51,14 @@ async def issue_token(request: Request) -> Response:
 
 
 async def enter(request: Request) -> Response:
-    """API-2 ``POST /api/v1/queues/enter``: Queue-Token header, or body ``{targetId, token}``."""
+    """API-2 ``POST /api/v1/queues/enter``: Queue-Token header, or body ``{targetId, token}`` (the only way in
+    foreign mode, as in the original service's EnterQueueRequest)."""
+    svc = svc_of(request)
+    if svc.settings.foreign:
+        body = await json_body(request, required=False)
+        if not isinstance(body.get("token"), str) or not body.get("token") or body.get("targetId") is None:
+            raise ApiError(400, "VALIDATION_FAILED", "body {token, targetId} is required")
+        return json_response(await queue.status_of(svc, body["token"]))
     token = request.headers.get("queue-token")
     if not token:
         body = await json_body(request, required=False)
@@ -67,8 +74,11 @@ async def reserve(request: Request) -> Response:
     key = idempotency_key(request)
     show_id = path_int(request, "showId")
     body = await json_body(request)
-    status, answer = await reservations.reserve(svc_of(request), user=user, show_id=show_id, body=body, key=key,
+    svc = svc_of(request)
+    status, answer = await reservations.reserve(svc, user=user, show_id=show_id, body=body, key=key,
                                                 token=request.headers.get("queue-token"), path=request.url.path)
+    if svc.settings.foreign and status == 200:  # the original's createReservation answers 201 Created
+        status = 201
     return json_response(answer, status)
 
 
@@ -87,8 +97,11 @@ async def pay(request: Request) -> Response:
 
 
 async def get_payment(request: Request) -> Response:
-    return json_response(await payments.get_payment(svc_of(request), user_id(request),
-                                                    path_int(request, "paymentId")))
+    svc = svc_of(request)
+    body = await payments.get_payment(svc, user_id(request), path_int(request, "paymentId"))
+    if svc.settings.foreign and body.get("status") == "COMPLETED":  # the original's PaymentStatus
+        body = {**body, "status": "SUCCEEDED"}
+    return json_response(body)
 
 
 async def list_concerts(request: Request) -> Response:
@@ -100,7 +113,13 @@ async def charge_points(request: Request) -> Response:
     """API-6 ``POST /api/v1/users/me/points/charges`` body ``{"amount"}``."""
     user = user_id(request)
     body = await json_body(request)
-    return json_response(await points.charge(svc_of(request), user, positive_int(body, "amount", points.MAX_CHARGE)))
+    svc = svc_of(request)
+    if svc.settings.foreign:  # the original's PointRequest: requestId, userId, amount, useType
+        missing = [k for k in ("requestId", "userId", "amount", "useType") if body.get(k) in (None, "")]
+        if missing or body.get("useType") != "CHARGE":
+            raise ApiError(400, "VALIDATION_FAILED", f"PointRequest needs requestId, userId, amount and useType "
+                                                     f"CHARGE (missing: {', '.join(missing) or 'useType CHARGE'})")
+    return json_response(await points.charge(svc, user, positive_int(body, "amount", points.MAX_CHARGE)))
 
 
 async def my_points(request: Request) -> Response:
@@ -144,7 +163,10 @@ async def metrics_endpoint(request: Request) -> Response:
             shared.append(("sut_queue_waiting", "WAITING tokens per target.", {"target": str(target)}, waiting))
     size, in_use, waiting = svc.db.pool_stats()
     metrics.refresh_process_gauges(size, in_use, waiting)
-    return Response(metrics.render(shared), media_type="text/plain; version=0.0.4; charset=utf-8")
+    text = metrics.render(shared)
+    if svc.settings.foreign:
+        text = metrics.as_micrometer(text)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def require_admin(request: Request) -> None:
@@ -222,8 +244,12 @@ ROUTES = [
     Route("/api/v1/concerts", list_concerts, methods=["GET"]),
     Route("/api/v1/users/me/points/charges", charge_points, methods=["POST"]),
     Route("/api/v1/users/me/points", my_points, methods=["GET"]),
+    Route("/api/v1/users/me/points/", my_points, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
+]
+#: The reference service's test-data API (soundcheck's fast path); absent in foreign mode, as in a real service.
+ADMIN_ROUTES = [
     Route("/admin/seed", admin_seed, methods=["POST"]),
     Route("/admin/cleanup", admin_cleanup, methods=["POST"]),
     Route("/admin/reset", admin_reset, methods=["POST"]),
@@ -338,8 +364,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             asyncio.create_task(_every(s.hold_sweep_seconds, lambda: _leader_pass(
                 svc, "holds", s.hold_sweep_seconds * 0.9, lambda: reservations.sweep_holds(svc)), "holds"),
                 name="hold-sweeper"),
-            asyncio.create_task(_every(s.queue_sweep_seconds, lambda: _leader_pass(
-                svc, "queue", s.queue_sweep_seconds * 0.9, lambda: queue.sweep(svc)), "queue"), name="queue-sweeper"),
+            asyncio.create_task(_every(s.queue_timer_seconds, lambda: _leader_pass(
+                svc, "queue", s.queue_timer_seconds * 0.9, lambda: queue.sweep(svc)), "queue"), name="queue-sweeper"),
             asyncio.create_task(_every(s.metrics_interval_seconds, lambda: _refresh(svc), "metrics"),
                                 name="process-metrics"),
         ]
@@ -354,7 +380,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await redis.aclose()
             await db.dispose()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan,
+    app = Starlette(routes=ROUTES + ([] if settings.foreign else ADMIN_ROUTES), lifespan=lifespan,
                     exception_handlers={ApiError: on_api_error, PoolTimeout: on_pool_timeout, Exception: on_error})
     return Instrument(app, lambda: holder.get("svc"))  # type: ignore[return-value]
 

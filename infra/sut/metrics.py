@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import gc
 import os
+import re
 import time
 
 from prometheus_client import (
@@ -155,3 +156,35 @@ def render(shared_gauges: list[tuple[str, str, dict[str, str], float]]) -> bytes
     extra = CollectorRegistry()
     extra.register(_Snapshot(shared_gauges))
     return body + generate_latest(extra)
+
+
+#: Foreign mode: the reference service's metrics under the names a Spring Boot service exposes through
+#: Actuator and micrometer-registry-prometheus (deployments/metric_maps/spring-boot.yaml reads them). Every
+#: other sut_* family is dropped, as a real service would not have it.
+MICROMETER_NAMES = {
+    "sut_db_pool_size": "hikaricp_connections_max",
+    "sut_db_pool_in_use": "hikaricp_connections_active",
+    "sut_db_pool_waiting": "hikaricp_connections_pending",
+    "sut_db_pool_timeouts": "hikaricp_connections_timeout",
+    "sut_process_resident_memory_bytes": "process_resident_memory_bytes",
+    "sut_gc_pause_max_seconds": "jvm_gc_pause_seconds_max",
+    "sut_bus_consumer_lag_messages": "kafka_consumer_fetch_manager_records_lag_max",
+    "sut_http_request_duration_seconds": "http_server_requests_seconds",
+}
+_FAMILY = re.compile(rb"^(# (?:HELP|TYPE) )?(sut_[a-z_]+?)(_total|_created|_bucket|_count|_sum)?([ {])")
+
+
+def as_micrometer(body: bytes) -> bytes:
+    """`body` (Prometheus text) with the reference names turned into Micrometer's; unmapped sut_* dropped."""
+    out = []
+    for line in body.split(b"\n"):
+        m = _FAMILY.match(line)
+        if m is None:
+            out.append(line)
+            continue
+        base = m.group(2).decode()
+        new = MICROMETER_NAMES.get(base)
+        if new is None:
+            continue
+        out.append(line.replace(m.group(2), new.encode(), 1))
+    return b"\n".join(out)

@@ -141,8 +141,12 @@ def _keys(svc: Services, target: int) -> tuple[str, str, str]:
 
 
 async def issue(svc: Services, target: int, user: int) -> tuple[int, dict]:
-    """API-1: a token for (target, user); 201 when new, 200 with the same token when issued before."""
+    """API-1: a token for (target, user); 201 when new, 200 with the same token when issued before. In foreign
+    mode every target shares one global queue (target 0) and the answer is always 201."""
     s = svc.settings
+    asked = target
+    if s.foreign:
+        target = 0
     token = str(uuid.uuid4())
     now = time.time()
     exp_epoch = now + s.queue_ttl_seconds
@@ -152,8 +156,9 @@ async def issue(svc: Services, target: int, user: int) -> tuple[int, dict]:
                                        svc.key("q", "seq"), svc.key("q", "targets")],
                                [s.queue_capacity, exp_epoch, int(s.queue_ttl_seconds * 1000), target, user, token,
                                 exp_epoch])
+    again = 201 if s.foreign else 200
     if res[0] == "DUP":
-        return 200, await status_of(svc, res[1])
+        return again, await status_of(svc, res[1])
     status, tid, rank = res[0], int(res[1]), res[2]
     now_dt = utcnow()
     row = {"id": tid, "target_id": target, "user_id": user, "token": token, "status": status,
@@ -173,11 +178,11 @@ async def issue(svc: Services, target: int, user: int) -> tuple[int, dict]:
                 queue_token.c.target_id == target, queue_token.c.user_id == user))).first()
         if row is None:
             raise
-        return 200, await status_of(svc, row.token)
+        return again, await status_of(svc, row.token)
     except BaseException:
         await svc.run_script(UNDO, [active, waiting, wexp, svc.key("qt", token), svc.key("qu", target, user)], [tid])
         raise
-    body = {"token": token, "targetId": target, "userId": user, "status": status, "position": None,
+    body = {"token": token, "targetId": asked, "userId": user, "status": status, "position": None,
             "expiresAt": iso(expires_at)}
     if status == "WAITING":
         # The position at admission, from the same atomic script: exact even while lower ids are still being
@@ -254,7 +259,8 @@ async def finish(svc: Services, token_id: int) -> None:
                                                                                    updated_at=utcnow()))
     active, _, _ = _keys(svc, row.target_id)
     await svc.redis.zrem(active, token_id)
-    await promote(svc, row.target_id)
+    if not svc.settings.foreign:  # foreign mode: the place waits for the admission timer
+        await promote(svc, row.target_id)
 
 
 async def sweep(svc: Services) -> None:

@@ -91,4 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
+    # the table names follow foreign mode (infra.sut.tables reads it once, at import): set it before that
+    os.environ["SUT_FOREIGN"] = "1" if settings.foreign else "0"
+    assert "infra.sut.tables" not in sys.modules, "infra.sut.tables imported before the settings were read"
     serve(settings)

@@ -70,6 +70,14 @@ class Settings:
     concert_query_ms: float = _s(0.0, "Extra time the uncached concert-list query holds its DB connection, as the "
                                       "real service's heavy list query does (the 'slow concert list' tuning case; "
                                       "the concert-list cache avoids it).")
+    foreign: bool = _s(False, "Behave as a typical real service nobody here wrote: no /admin API; only the original "
+                              "service's dialect (juhwan-Ki/concert-reservation: the poll takes the token in its body, "
+                              "a reservation answers 201, a payment SUCCEEDED, a charge names requestId, userId and "
+                              "useType); one global queue whose waiting users are promoted by a timer every "
+                              "admission_period_seconds; tables and columns under the original's names (payments."
+                              "reservaion_id …); metrics under Micrometer names (hikaricp_*, jvm_*, kafka_*).")
+    admission_period_seconds: float = _s(5.0, "Foreign mode: how often the timer promotes waiting users into freed "
+                                              "places (a payment ending frees its place; nobody moves up until then).")
     token_delay_ms: float = _s(0.0, "Extra time before API-1 answers, holding nothing, as a slowing proxy in front "
                                     "of the service would add (the 'slow token issuance' case).")
     faults: str = _s("", f"Comma-separated faults to switch on: {', '.join(FAULTS)}.")
@@ -88,6 +96,11 @@ class Settings:
     http_keep_alive_seconds: float = _s(75.0, "Idle keep-alive timeout of client connections (longer than the "
                                               "clients' and an ALB's 60 s, so a reused connection is never cut).")
     log_level: str = _s("warning", "uvicorn log level.")
+
+    @property
+    def queue_timer_seconds(self) -> float:
+        """The queue sweeper's period: the admission timer in foreign mode, else the expiry sweep."""
+        return self.admission_period_seconds if self.foreign else self.queue_sweep_seconds
 
     @property
     def fault_set(self) -> frozenset[str]:

@@ -10,6 +10,7 @@ plan's §6.2 cleanup can delete the rows a test created.
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 from sqlalchemy import (
     BigInteger,
@@ -20,10 +21,10 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
-    Table,
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import Table as _Table
 from sqlalchemy.dialects import mysql
 
 from soundcheck.plan import TEST_DATA_TABLES as PLAN_TEST_DATA_TABLES
@@ -32,6 +33,37 @@ from soundcheck.plan import TEST_DATA_TABLES as PLAN_TEST_DATA_TABLES
 def utcnow() -> dt.datetime:
     """Naive UTC, the one clock every table uses (portable across SQLite, MySQL, PostgreSQL)."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+#: Foreign mode (SUT_FOREIGN=1, read once at import: every worker process gets the settings as SUT_* variables):
+#: the tables and columns under the original service's names (its JPA entities: `payments.reservaion_id` is its
+#: own spelling). The code keeps the plan's names as column keys, so only the SQL the database sees changes.
+FOREIGN_NAMES: dict[str, tuple[str, dict[str, str]]] = {
+    "concert": ("concerts", {}),
+    "concert_show": ("shows", {}),
+    "seat": ("seats", {}),
+    "reservation": ("reservations", {"id": "reservation_code"}),
+    "point_wallet": ("points", {}),
+    "point_history": ("point_history", {"delta": "amount", "kind": "use_type"}),
+    "payment": ("payments", {"reservation_id": "reservaion_id", "completed_at": "paid_at"}),
+}
+FOREIGN = os.environ.get("SUT_FOREIGN", "0").lower() in ("1", "true", "yes")
+
+
+def N(table: str) -> str:  # noqa: N802 - reads as a name
+    """The database name of the plan's table `table` (renamed in foreign mode)."""
+    return FOREIGN_NAMES.get(table, (table, {}))[0] if FOREIGN else table
+
+
+def Table(name: str, meta: MetaData, *items):  # noqa: N802 - stands in for sqlalchemy.Table
+    """sqlalchemy.Table under the foreign names when FOREIGN; columns keep the plan's names as keys."""
+    if not FOREIGN or name not in FOREIGN_NAMES:
+        return _Table(name, meta, *items)
+    new, cols = FOREIGN_NAMES[name]
+    for c in items:
+        if isinstance(c, Column) and c.name in cols:
+            c.key, c.name = c.name, cols[c.name]
+    return _Table(new, meta, *items)
 
 
 metadata = MetaData()
@@ -55,7 +87,7 @@ concert = Table(
 concert_show = Table(  # "show" is a reserved word in MySQL
     "concert_show", metadata,
     Column("id", ID, primary_key=True, autoincrement=False),
-    Column("concert_id", ID, ForeignKey("concert.id"), nullable=False),
+    Column("concert_id", ID, ForeignKey(f"{N('concert')}.id"), nullable=False),
     Column("starts_at", TS, nullable=False),
     _created(),
 )
@@ -63,7 +95,7 @@ concert_show = Table(  # "show" is a reserved word in MySQL
 seat = Table(
     "seat", metadata,
     Column("id", ID, primary_key=True, autoincrement=False),
-    Column("show_id", ID, ForeignKey("concert_show.id"), nullable=False),
+    Column("show_id", ID, ForeignKey(f"{N('concert_show')}.id"), nullable=False),
     Column("seat_no", Integer, nullable=False),
     Column("price", Integer, nullable=False),
     Column("status", String(16), nullable=False, default="AVAILABLE"),  # AVAILABLE | HELD | SOLD
@@ -168,4 +200,4 @@ consumed_message = Table(  # the inbox that makes every consumer idempotent
 )
 
 # Rows a test creates, deleted by the §6.2 cleanup (children first): the plan catalogue's list.
-TEST_DATA_TABLES = tuple(metadata.tables[name] for name in PLAN_TEST_DATA_TABLES)
+TEST_DATA_TABLES = tuple(metadata.tables[N(name)] for name in PLAN_TEST_DATA_TABLES)
