@@ -21,7 +21,10 @@ def test_the_plan_dialect_is_the_plan_catalogue():
 def test_the_original_dialect():
     d = load_dialect("original")
     assert d.expected("API-3") == {201, 409} and d.success("API-3") == {201}
-    assert d.steps["poll"].token_in == "body" and d.steps["poll"].body == {"token": "{token}", "targetId": "{concertId}"}
+    assert d.steps["poll"].token_in == "body" and d.steps["poll"].body == {
+        "token": "{token}",
+        "targetId": "{concertId}",
+    }
     assert d.payment_status["SUCCEEDED"] == "COMPLETED"
     assert d.answer_expected("API-1", 201) and not d.answer_expected("API-1", 200)
     assert not d.answer_expected("API-3", 200)  # a 200 from a service that answers 201 is not its contract

@@ -14,8 +14,14 @@ from sut_harness import auth, client, run_sut
 
 @pytest.fixture(scope="module")
 def foreign(tmp_path_factory):
-    with run_sut(tmp_path_factory.mktemp("foreign"), foreign=1, queue_capacity=2, admission_period_seconds=3,
-                 seed_balance=0, outbox_interval_seconds=0.2) as s:
+    with run_sut(
+        tmp_path_factory.mktemp("foreign"),
+        foreign=1,
+        queue_capacity=2,
+        admission_period_seconds=3,
+        seed_balance=0,
+        outbox_interval_seconds=0.2,
+    ) as s:
         yield s
 
 
@@ -38,16 +44,21 @@ def test_the_original_dialect_only(foreign):
     polled = post(foreign, "/api/v1/queues/enter", 501, json={"token": token, "targetId": 1})
     assert polled.status_code == 200 and polled.json()["status"] == "ENTERED"
     assert post(foreign, "/api/v1/users/me/points/charges", 501, json={"amount": 200_000}).status_code == 400
-    charged = post(foreign, "/api/v1/users/me/points/charges", 501,
-                   json={"requestId": "r-1", "userId": "501", "amount": 200_000, "useType": "CHARGE"})
+    charged = post(
+        foreign,
+        "/api/v1/users/me/points/charges",
+        501,
+        json={"requestId": "r-1", "userId": "501", "amount": 200_000, "useType": "CHARGE"},
+    )
     assert charged.status_code == 200 and charged.json()["balance"] == 200_000
     res = post(foreign, "/api/v1/reservations/101", 501, json={"seatIds": [30]}, headers={"Queue-Token": token})
     assert res.status_code == 201, res.text
     pay = post(foreign, "/api/v1/payments/", 501, json={"reservationId": res.json()["reservationId"], "amount": 75_000})
     assert pay.status_code == 200
     deadline = time.monotonic() + 10
-    while (st := httpx.get(f"{foreign.base}/api/v1/payments/{pay.json()['paymentId']}", headers=auth(501)).json()
-           ["status"]) not in ("SUCCEEDED", "FAILED") and time.monotonic() < deadline:
+    while (
+        st := httpx.get(f"{foreign.base}/api/v1/payments/{pay.json()['paymentId']}", headers=auth(501)).json()["status"]
+    ) not in ("SUCCEEDED", "FAILED") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert st == "SUCCEEDED"
 
@@ -58,8 +69,11 @@ def test_one_global_queue_promoted_by_a_timer(foreign):
 
     async def run():
         async with client(foreign.base) as c:
+
             async def token(user, target):
-                r = await c.post(f"/api/v1/queues/tokens/{target}", headers={**auth(user), "Idempotency-Key": f"t{user}"})
+                r = await c.post(
+                    f"/api/v1/queues/tokens/{target}", headers={**auth(user), "Idempotency-Key": f"t{user}"}
+                )
                 return r.json()
 
             async def status(tok, target):
@@ -71,14 +85,24 @@ def test_one_global_queue_promoted_by_a_timer(foreign):
             a, b = await token(601, 11), await token(602, 12)
             c3 = await token(603, 13)
             assert [a["status"], b["status"], c3["status"]] == ["ENTERED", "ENTERED", "WAITING"], (a, b, c3)
-            await c.post("/api/v1/users/me/points/charges", headers=auth(601),
-                         json={"requestId": "r-601", "userId": "601", "amount": 100_000, "useType": "CHARGE"})
-            res = await c.post("/api/v1/reservations/101", json={"seatIds": [31]},
-                               headers={**auth(601), "Queue-Token": a["token"], "Idempotency-Key": "r601"})
-            pay = await c.post("/api/v1/payments/", json={"reservationId": res.json()["reservationId"], "amount": 75_000},
-                               headers={**auth(601), "Idempotency-Key": "p601"})
-            while (await c.get(f"/api/v1/payments/{pay.json()['paymentId']}", headers=auth(601))).json()["status"] \
-                    not in ("SUCCEEDED", "FAILED"):
+            await c.post(
+                "/api/v1/users/me/points/charges",
+                headers=auth(601),
+                json={"requestId": "r-601", "userId": "601", "amount": 100_000, "useType": "CHARGE"},
+            )
+            res = await c.post(
+                "/api/v1/reservations/101",
+                json={"seatIds": [31]},
+                headers={**auth(601), "Queue-Token": a["token"], "Idempotency-Key": "r601"},
+            )
+            pay = await c.post(
+                "/api/v1/payments/",
+                json={"reservationId": res.json()["reservationId"], "amount": 75_000},
+                headers={**auth(601), "Idempotency-Key": "p601"},
+            )
+            while (await c.get(f"/api/v1/payments/{pay.json()['paymentId']}", headers=auth(601))).json()[
+                "status"
+            ] not in ("SUCCEEDED", "FAILED"):
                 await asyncio.sleep(0.05)
             right_after = await status(c3, 13)
             t0 = time.monotonic()
