@@ -21,6 +21,7 @@ from soundcheck import store
 from soundcheck.dialect import dialect_path
 from soundcheck.plan import RACE_TC1_SEAT_BESIDE_SPIKE, k6_abort_env
 from soundcheck.profile import Profile, target_limits
+from soundcheck.schema_map import load_schema_map
 from tasks.provision import StageEnv
 from tasks.runs import RunContext
 from tasks.safety import StageAborted
@@ -110,7 +111,8 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
             backfill_task(profile, env.endpoints, run.store_url, run.run_id, result.started_at, result.finished_at,
                           scenario_run_id)
         if env.database_url:
-            snapshot_task(engine, scenario_run_id, env.database_url, stage_start)  # retried: read-only
+            snapshot_task(engine, scenario_run_id, env.database_url, stage_start,  # retried: read-only
+                          load_schema_map(profile.target.schema_map))
         compute_kpis_task(engine, scenario_run_id)
         log.info("stage %s: %s%s", name, result.status.value, f" ({result.reason})" if result.reason else "")
         return result.status.value

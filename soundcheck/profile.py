@@ -42,6 +42,9 @@ class Target(_Strict):
     #: How the target spells the plan's API (soundcheck.dialect): `plan`, `original` (the service the plan was
     #: written for), or the path of a JSON file of the same shape.
     dialect: str = "plan"
+    #: The target's names for the tables and columns the plan's SQL reads (soundcheck.schema_map): `original`, or
+    #: the path of a YAML file; unset: the plan's names.
+    schema_map: str | None = None
     #: The target's own limits, when they differ from the plan's (soundcheck.plan.TARGET_LIMITS): what the
     #: queue, race and hold checks compare with. Unset: the local stack's settings, else the plan's.
     queue_capacity: int | None = None
@@ -240,6 +243,12 @@ def _missing_urls(p: Profile) -> str | None:
         load_dialect(p.target.dialect)
     except DialectError as e:
         return f"key 'target.dialect' is invalid: {e}"
+    from soundcheck.schema_map import SchemaMapError, load_schema_map
+
+    try:
+        load_schema_map(p.target.schema_map)
+    except SchemaMapError as e:
+        return f"key 'target.schema_map' is invalid: {e}"
     return None
 
 

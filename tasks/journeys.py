@@ -37,10 +37,30 @@ import pandas as pd
 
 from soundcheck.plan import ADMISSION_MARGIN_S, POLL_INTERVAL_S, TARGET_LIMITS
 
-MOVING_COLUMNS = ["capacity", "allowed_s", "freed", "freed_while_waiting", "given", "stalled",
-                  "first_stall_s", "waiting_at_stall", "stall_note"]
-SUMMARY_COLUMNS = ["issued", "journeys", "unaccounted", "entered_at_issue", "admitted", "gave_up", "failed",
-                   "gave_up_limit", "unexplained_give_ups", "unexplained_detail", "censored_share"]
+MOVING_COLUMNS = [
+    "capacity",
+    "allowed_s",
+    "freed",
+    "freed_while_waiting",
+    "given",
+    "stalled",
+    "first_stall_s",
+    "waiting_at_stall",
+    "stall_note",
+]
+SUMMARY_COLUMNS = [
+    "issued",
+    "journeys",
+    "unaccounted",
+    "entered_at_issue",
+    "admitted",
+    "gave_up",
+    "failed",
+    "gave_up_limit",
+    "unexplained_give_ups",
+    "unexplained_detail",
+    "censored_share",
+]
 JOURNEY_COLUMNS = ["outcome", "how", "at_issue", "count"]
 
 
@@ -75,16 +95,23 @@ class QueueFlow:
         entered = sorted(t for t, s in zip(ts, status, strict=True) if s == "ENTERED")
         waiting = sorted(t for t, s in zip(ts, status, strict=True) if s == "WAITING")
         w = rows("sc_wait_until_entered_s")
-        admitted = sorted(float(t) for t, v in zip(w["ts"], w["value"], strict=True) if float(v) > 0) \
-            if not w.empty else []
+        admitted = (
+            sorted(float(t) for t, v in zip(w["ts"], w["value"], strict=True) if float(v) > 0) if not w.empty else []
+        )
         g = rows("sc_poll_gave_up")
-        gave_up = sorted((float(t), _tag(tags, "why") or "limit") for t, tags in zip(g["ts"], g["tags"], strict=True)) \
-            if not g.empty else []
+        gave_up = (
+            sorted((float(t), _tag(tags, "why") or "limit") for t, tags in zip(g["ts"], g["tags"], strict=True))
+            if not g.empty
+            else []
+        )
         s = rows("sc_saga_time_s")
         freed = [float(t) for t in s["ts"]] if not s.empty else []
         # an ENTERED token's TTL running out frees its place (admitted: issue = admission − wait)
-        starts = entered + ([float(t) - float(v) for t, v in zip(w["ts"], w["value"], strict=True) if float(v) > 0]
-                            if not w.empty else [])
+        starts = entered + (
+            [float(t) - float(v) for t, v in zip(w["ts"], w["value"], strict=True) if float(v) > 0]
+            if not w.empty
+            else []
+        )
         freed += [t + ttl for t in starts if end is not None and t + ttl <= end]
         return cls(entered, waiting, admitted, gave_up, sorted(freed), int(lim["queue_capacity"]), allowed)
 
@@ -120,12 +147,24 @@ class QueueFlow:
                 if np.isnan(first):
                     first = f - (t0 if t0 is not None else f)
                     waiting_then = float(self.waiting(deadline))
-        return pd.DataFrame([{"capacity": self.capacity, "allowed_s": self.allowed_s, "freed": len(self.freed),
-                              "freed_while_waiting": while_waiting, "given": self.given(float("inf")),
-                              "stalled": stalled, "first_stall_s": first, "waiting_at_stall": waiting_then,
-                              "stall_note": "" if not stalled else
-                              f" (the first {first:.0f} s after the first token, {waiting_then:.0f} users still waiting)"}],
-                            columns=MOVING_COLUMNS)
+        return pd.DataFrame(
+            [
+                {
+                    "capacity": self.capacity,
+                    "allowed_s": self.allowed_s,
+                    "freed": len(self.freed),
+                    "freed_while_waiting": while_waiting,
+                    "given": self.given(float("inf")),
+                    "stalled": stalled,
+                    "first_stall_s": first,
+                    "waiting_at_stall": waiting_then,
+                    "stall_note": ""
+                    if not stalled
+                    else f" (the first {first:.0f} s after the first token, {waiting_then:.0f} users still waiting)",
+                }
+            ],
+            columns=MOVING_COLUMNS,
+        )
 
     def unexplained_give_ups(self) -> dict[str, int]:
         """Give-ups neither the poll limit nor a full queue explains, by cause."""
@@ -143,8 +182,13 @@ def journey_counts(k6: pd.DataFrame) -> pd.DataFrame:
     if j.empty:
         return pd.DataFrame(columns=JOURNEY_COLUMNS)
     keys = pd.DataFrame({c: [_tag(t, c) for t in j["tags"]] for c in ("outcome", "how", "at_issue")})
-    return keys.value_counts().rename("count").reset_index()[JOURNEY_COLUMNS].sort_values(
-        ["outcome", "how", "at_issue"]).reset_index(drop=True)
+    return (
+        keys.value_counts()
+        .rename("count")
+        .reset_index()[JOURNEY_COLUMNS]
+        .sort_values(["outcome", "how", "at_issue"])
+        .reset_index(drop=True)
+    )
 
 
 def journey_summary(k6: pd.DataFrame, flow: QueueFlow) -> pd.DataFrame:
@@ -164,13 +208,25 @@ def journey_summary(k6: pd.DataFrame, flow: QueueFlow) -> pd.DataFrame:
     unexplained = flow.unexplained_give_ups()
     gave_up = n(outcome="gave_up")
     judged = n(outcome="entered") + gave_up
-    return pd.DataFrame([{
-        "issued": issued, "journeys": int(counts["count"].sum()), "unaccounted": issued - with_token,
-        "entered_at_issue": n(at_issue="ENTERED"), "admitted": n(outcome="entered", at_issue="WAITING"),
-        "gave_up": gave_up, "failed": n(outcome="failed"), "gave_up_limit": n(outcome="gave_up", how="limit"),
-        "unexplained_give_ups": sum(unexplained.values()),
-        "unexplained_detail": ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(unexplained.items())) or "none",
-        "censored_share": gave_up / judged if judged else np.nan}], columns=SUMMARY_COLUMNS)
+    return pd.DataFrame(
+        [
+            {
+                "issued": issued,
+                "journeys": int(counts["count"].sum()),
+                "unaccounted": issued - with_token,
+                "entered_at_issue": n(at_issue="ENTERED"),
+                "admitted": n(outcome="entered", at_issue="WAITING"),
+                "gave_up": gave_up,
+                "failed": n(outcome="failed"),
+                "gave_up_limit": n(outcome="gave_up", how="limit"),
+                "unexplained_give_ups": sum(unexplained.values()),
+                "unexplained_detail": ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(unexplained.items()))
+                or "none",
+                "censored_share": gave_up / judged if judged else np.nan,
+            }
+        ],
+        columns=SUMMARY_COLUMNS,
+    )
 
 
 def kaplan_meier(times: list[float], observed: list[bool]) -> tuple[np.ndarray, np.ndarray]:

@@ -49,6 +49,7 @@ from soundcheck.allowlist import (  # noqa: F401  (re-exported: the safety API i
 from soundcheck.plan import ABORT, SETUP_TAG, TEST_DATA_TABLES
 from soundcheck.profile import Abort, Profile
 from soundcheck.redact import install_redaction, redact, redact_json, redact_tree  # noqa: F401
+from soundcheck.schema_map import PLAN_NAMES, SchemaMap, load_schema_map
 
 log = logging.getLogger("tasks.safety")
 
@@ -418,8 +419,10 @@ def rollback(engine: Any, run_id: str, *, deregister: Callable[[], str | None] |
     ]
 
 
-def delete_test_data_sql(database_url: str, since: datetime, tables: Iterable[str] = TEST_DATA_TABLES) -> str:
-    """DELETE the rows created at or after `since` from the plan's test-data tables (§6.2) — nothing else.
+def delete_test_data_sql(database_url: str, since: datetime, tables: Iterable[str] = TEST_DATA_TABLES,
+                         names: SchemaMap = PLAN_NAMES) -> str:
+    """DELETE the rows created at or after `since` from the plan's test-data tables (§6.2) — nothing else;
+    under the target's names (`names`, its schema map).
 
     Tables without a `created_at` column or missing from the database are skipped, and said so.
     `since` is compared in UTC; a naive `created_at` column is assumed to hold UTC.
@@ -433,19 +436,21 @@ def delete_test_data_sql(database_url: str, since: datetime, tables: Iterable[st
         insp = inspect(eng)
         present = set(insp.get_table_names())
         with eng.begin() as c:
-            for t in tables:
+            for plan_table in tables:
+                t, created = names.table(plan_table), names.column(plan_table, "created_at")
                 if t not in present:
                     done.append(f"{t}: absent")
                     continue
                 cols = {col["name"]: col for col in insp.get_columns(t)}
-                if "created_at" not in cols:
-                    done.append(f"{t}: no created_at, left alone")
+                if created not in cols:
+                    done.append(f"{t}: no {created}, left alone")
                     continue
-                tz_aware = bool(getattr(cols["created_at"]["type"], "timezone", False))
+                tz_aware = bool(getattr(cols[created]["type"], "timezone", False))
                 param = since_utc if tz_aware else since_utc.replace(tzinfo=None)
                 if eng.dialect.name == "sqlite":  # stored as text: compare in the same ISO form
                     param = since_utc.replace(tzinfo=None).isoformat(sep=" ")
-                n = c.execute(text(f"DELETE FROM {t} WHERE created_at >= :since"), {"since": param}).rowcount
+                # names come from the plan catalogue and the profile's schema map, never from data
+                n = c.execute(text(f"DELETE FROM {t} WHERE {created} >= :since"), {"since": param}).rowcount
                 done.append(f"{t}: {n} deleted")
     finally:
         eng.dispose()
@@ -493,7 +498,8 @@ def rollback_steps_for(profile: Profile, handle: Any, since: datetime | str,
     db = profile.target.database_url or (database_url if profile.environment.kind != "local" else None)
     url = base_url or getattr(handle, "base_url", None) or profile.target.base_url
     if db:
-        steps["delete_test_data"] = lambda: delete_test_data_sql(db, start)
+        names = load_schema_map(profile.target.schema_map)
+        steps["delete_test_data"] = lambda: delete_test_data_sql(db, start, names=names)
     elif url:
         import os
 

@@ -12,7 +12,8 @@ the profile's read-only database URL:
 
 Each row goes into `db_snapshots` as JSON (datetimes as ISO strings). Only SELECTs are issued; SQLite is
 opened read-only (`mode=ro`), MySQL/PostgreSQL sessions are set READ ONLY. The target's async driver
-URLs (aiosqlite, aiomysql, asyncpg) are mapped to their sync drivers.
+URLs (aiosqlite, aiomysql, asyncpg) are mapped to their sync drivers. Table and column names go through the
+target's schema map (soundcheck.schema_map); the stored rows carry the plan's names.
 """
 
 from __future__ import annotations
@@ -25,11 +26,16 @@ from sqlalchemy import Engine, MetaData, Table, create_engine, func, insert, sel
 from sqlalchemy.engine import make_url
 
 from soundcheck import store
+from soundcheck.schema_map import PLAN_NAMES, SchemaMap
 
 TABLES = ("reservation", "payment", "payment_outbox")
 MAX_ROWS_PER_TABLE = 200_000
-_SYNC_DRIVERS = {"sqlite+aiosqlite": "sqlite", "mysql+aiomysql": "mysql+pymysql", "mysql+asyncmy": "mysql+pymysql",
-                 "postgresql+asyncpg": "postgresql+psycopg"}
+_SYNC_DRIVERS = {
+    "sqlite+aiosqlite": "sqlite",
+    "mysql+aiomysql": "mysql+pymysql",
+    "mysql+asyncmy": "mysql+pymysql",
+    "postgresql+asyncpg": "postgresql+psycopg",
+}
 
 
 def sync_readonly_url(url: str) -> tuple[str, dict[str, Any]]:
@@ -60,8 +66,11 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def snapshot(engine: Engine, scenario_run_id: int, database_url: str, since: dt.datetime) -> dict[str, int]:
-    """Copy this scenario's rows of the target's database into `db_snapshots`; rows per table."""
+def snapshot(
+    engine: Engine, scenario_run_id: int, database_url: str, since: dt.datetime, names: SchemaMap = PLAN_NAMES
+) -> dict[str, int]:
+    """Copy this scenario's rows of the target's database into `db_snapshots`; rows per table, stored under
+    the plan's table and column names whatever `names` (the target's schema map) calls them."""
     url, connect_args = sync_readonly_url(database_url)
     target = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
     since_n = _naive_utc(since)
@@ -74,35 +83,48 @@ def snapshot(engine: Engine, scenario_run_id: int, database_url: str, since: dt.
                 c.execute(text("SET SESSION TRANSACTION READ ONLY"))
             elif target.dialect.name == "postgresql":
                 c.execute(text("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"))
-            tables = {n: Table(n, md, autoload_with=c) for n in (*TABLES, "seat", "queue_token")}
+            tables = {n: Table(names.table(n), md, autoload_with=c) for n in (*TABLES, "seat", "queue_token")}
+
+            def col(table: str, column: str) -> Any:
+                return tables[table].c[names.column(table, column)]
+
             rows_by: dict[str, list[dict[str, Any]]] = {}
             for name in TABLES:
-                t = tables[name]
-                q = select(t).where(t.c.created_at >= since_n).limit(MAX_ROWS_PER_TABLE)
-                rows_by[name] = [dict(r._mapping) for r in c.execute(q)]
+                q = select(tables[name]).where(col(name, "created_at") >= since_n).limit(MAX_ROWS_PER_TABLE)
+                rows_by[name] = [names.to_plan(name, dict(r._mapping)) for r in c.execute(q)]
             seat_ids = sorted({r["seat_id"] for r in rows_by["reservation"] if r.get("seat_id") is not None})
             seat = tables["seat"]
             seats: dict[Any, dict[str, Any]] = {}
             for i in range(0, len(seat_ids), 500):
-                for r in c.execute(select(seat).where(seat.c.id.in_(seat_ids[i:i + 500]))):
-                    seats[r.id] = dict(r._mapping)
-            if "updated_at" in seat.c:
-                for r in c.execute(select(seat).where(seat.c.updated_at >= since_n).limit(MAX_ROWS_PER_TABLE)):
-                    seats[r.id] = dict(r._mapping)
+                for r in c.execute(select(seat).where(col("seat", "id").in_(seat_ids[i : i + 500]))):
+                    row = names.to_plan("seat", dict(r._mapping))
+                    seats[row["id"]] = row
+            if names.column("seat", "updated_at") in seat.c:
+                for r in c.execute(select(seat).where(col("seat", "updated_at") >= since_n).limit(MAX_ROWS_PER_TABLE)):
+                    row = names.to_plan("seat", dict(r._mapping))
+                    seats[row["id"]] = row
             rows_by["seat"] = list(seats.values())
-            qt = tables["queue_token"]
             rows_by["queue_token_counts"] = [
-                {"status": s, "count": int(n)} for s, n in c.execute(
-                    select(qt.c.status, func.count()).where(qt.c.created_at >= since_n).group_by(qt.c.status))]
+                {"status": s, "count": int(n)}
+                for s, n in c.execute(
+                    select(col("queue_token", "status"), func.count())
+                    .where(col("queue_token", "created_at") >= since_n)
+                    .group_by(col("queue_token", "status"))
+                )
+            ]
     finally:
         target.dispose()
     with engine.begin() as c:
         for name, rows in rows_by.items():
             counts[name] = len(rows)
             if rows:
-                c.execute(insert(store.db_snapshots), [
-                    {"scenario_run_id": scenario_run_id, "taken_at": taken, "table_name": name, "row": _jsonable(r)}
-                    for r in rows])
+                c.execute(
+                    insert(store.db_snapshots),
+                    [
+                        {"scenario_run_id": scenario_run_id, "taken_at": taken, "table_name": name, "row": _jsonable(r)}
+                        for r in rows
+                    ],
+                )
     return counts
 
 
@@ -111,7 +133,9 @@ try:  # thin Prefect wrapper
     from prefect.cache_policies import NO_CACHE
 
     @task(name="db-snapshot", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-    def snapshot_task(engine: Engine, scenario_run_id: int, database_url: str, since: dt.datetime) -> dict[str, int]:
-        return snapshot(engine, scenario_run_id, database_url, since)
+    def snapshot_task(
+        engine: Engine, scenario_run_id: int, database_url: str, since: dt.datetime, names: SchemaMap = PLAN_NAMES
+    ) -> dict[str, int]:
+        return snapshot(engine, scenario_run_id, database_url, since, names)
 except ImportError:  # pragma: no cover
     pass

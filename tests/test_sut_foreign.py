@@ -123,3 +123,29 @@ def test_tables_and_metrics_under_other_names(foreign):
     assert "hikaricp_connections_max" in text and "hikaricp_connections_active" in text
     assert "jvm_gc_pause_seconds_max" in text and "process_resident_memory_bytes" in text
     assert "sut_" not in text
+
+
+def test_snapshot_and_cleanup_through_the_schema_map(foreign, tmp_path):
+    """The checks read the foreign tables through deployments/schema_maps/original.yaml and store the rows under
+    the plan's names; the §6.2 cleanup deletes through it too."""
+    import datetime as dt
+
+    from soundcheck import store
+    from soundcheck.schema_map import load_schema_map
+    from tasks.safety import delete_test_data_sql
+    from tasks.snapshot import snapshot
+
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    results = store.open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.start_run(results, "r1", "test", scale=1.0, time_scale=1.0, scenarios=["saga"], target=foreign.base)
+    sid = store.start_scenario(results, "r1", "saga")
+    counts = snapshot(results, sid, foreign.db_url, since, load_schema_map("original"))
+    assert counts["payment"] >= 1 and counts["reservation"] >= 1
+    with results.connect() as c:
+        rows = {r.table_name: r.row for r in c.execute(store.db_snapshots.select())}
+    assert {"reservation_id", "status", "completed_at"} <= set(rows["payment"])  # the plan's names again
+    assert "reservaion_id" not in rows["payment"] and "id" in rows["reservation"]
+    sync = foreign.db_url.replace("+aiosqlite", "")
+    said = delete_test_data_sql(sync, since, names=load_schema_map("original"))
+    assert "payments: " in said and "reservations: " in said
+    assert foreign.sql("SELECT COUNT(*) FROM payments")[0][0] == 0

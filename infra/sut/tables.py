@@ -28,6 +28,7 @@ from sqlalchemy import Table as _Table
 from sqlalchemy.dialects import mysql
 
 from soundcheck.plan import TEST_DATA_TABLES as PLAN_TEST_DATA_TABLES
+from soundcheck.schema_map import load_schema_map
 
 
 def utcnow() -> dt.datetime:
@@ -36,17 +37,11 @@ def utcnow() -> dt.datetime:
 
 
 #: Foreign mode (SUT_FOREIGN=1, read once at import: every worker process gets the settings as SUT_* variables):
-#: the tables and columns under the original service's names (its JPA entities: `payments.reservaion_id` is its
-#: own spelling). The code keeps the plan's names as column keys, so only the SQL the database sees changes.
+#: the tables and columns under the original service's names, from the schema map a profile names for it
+#: (deployments/schema_maps/original.yaml: `payments.reservaion_id` is its own spelling). The code keeps the
+#: plan's names as column keys, so only the SQL the database sees changes.
 FOREIGN_NAMES: dict[str, tuple[str, dict[str, str]]] = {
-    "concert": ("concerts", {}),
-    "concert_show": ("shows", {}),
-    "seat": ("seats", {}),
-    "reservation": ("reservations", {"id": "reservation_code"}),
-    "point_wallet": ("points", {}),
-    "point_history": ("point_history", {"delta": "amount", "kind": "use_type"}),
-    "payment": ("payments", {"reservation_id": "reservaion_id", "completed_at": "paid_at"}),
-}
+    plan: (t.table, dict(t.columns)) for plan, t in load_schema_map("original").tables.items()}
 FOREIGN = os.environ.get("SUT_FOREIGN", "0").lower() in ("1", "true", "yes")
 
 
