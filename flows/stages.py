@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
@@ -23,7 +24,7 @@ from soundcheck.plan import RACE_TC1_SEAT_BESIDE_SPIKE, k6_abort_env
 from soundcheck.profile import Profile, target_limits
 from soundcheck.schema_map import load_schema_map
 from tasks.provision import StageEnv
-from tasks.runs import RunContext
+from tasks.runs import RunContext, first_line
 from tasks.safety import StageAborted
 
 
@@ -64,6 +65,7 @@ def stage_env(name: str, profile: Profile) -> dict[str, str]:
     return {"CONCERT_ID": str(profile.target.concert_id), "SHOW_ID": str(profile.target.show_id),
             "LOCK_WAIT_S": str(target_limits(profile)["lock_wait_seconds"]),
             "DIALECT": profile.target.dialect, "DIALECT_FILE": str(dialect_path(profile.target.dialect)),
+            "ADMISSION": profile.target.admission.mode, "ADMISSION_WAIT_S": str(profile.target.admission.wait_s),
             **k6_abort_env(profile.abort.error_rate, profile.abort.p95_ms),
             **scenario_overrides(name, profile.scenarios, profile.time_scale)}
 
@@ -71,6 +73,7 @@ def stage_env(name: str, profile: Profile) -> dict[str, str]:
 def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> str:
     """The stage recipe as a plain function; returns the scenario run's status (models.ScenarioStatus)."""
     from tasks.collect import backfill_task, start_sampler
+    from tasks.fixtures import fixtures_task
     from tasks.kpis import compute_kpis_task
     from tasks.load import run_scenario
     from tasks.safety import AbortWatcher, record_abort, rollback, rollback_steps_for
@@ -82,8 +85,18 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
 
     log = get_run_logger()
     engine = store.open_store(run.store_url)
+    restore = None
     try:
         scenario_run_id = store.start_scenario(engine, run.run_id, name)
+        try:  # set-up traffic, before the stage's clock and samplers start
+            log.info("fixtures: %s", fixtures_task(profile, name, env.base_url, _admin_token(profile, env),
+                                                   _write_dsn(env)))
+            restore = raise_capacity(name, profile, env)
+        except Exception as exc:  # noqa: BLE001 - a stage that could not be set up is recorded, not fatal
+            reason = f"set-up failed: {first_line(exc)}"
+            store.finish_scenario(engine, scenario_run_id, "INVALID", reason=reason)
+            log.error("stage %s: %s", name, reason)
+            return "INVALID"
         stage_start = store.now()
         abort = threading.Event()
         watcher = AbortWatcher(profile, abort)
@@ -117,7 +130,27 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
         log.info("stage %s: %s%s", name, result.status.value, f" ({result.reason})" if result.reason else "")
         return result.status.value
     finally:
+        if restore is not None:
+            restore()
         engine.dispose()
+
+
+def raise_capacity(name: str, profile: Profile, env: StageEnv) -> Callable[[], None] | None:
+    """For race and saga with `target.admission.raise_capacity`: set the target's queue capacity through the
+    environment (the local stack restarts the reference service with it) and return how to restore it."""
+    cap = profile.target.admission.raise_capacity
+    apply = getattr(env.handle, "apply_settings", None)
+    if not cap or name not in ("race", "saga") or not callable(apply):
+        return None
+    before = target_limits(profile)["queue_capacity"]
+    apply({"queue_capacity": cap})
+    get_run_logger().info("%s: queue capacity raised to %s for the stage (restored to %s after)", name, cap, before)
+    return lambda: apply({"queue_capacity": before})
+
+
+def _write_dsn(env: StageEnv) -> str | None:
+    """The local stack's database with write rights (SQL fixtures), when the environment has one."""
+    return (getattr(env.endpoints, "extra", None) or {}).get("write_database_url")
 
 
 @flow(name="stage-spike")

@@ -9,8 +9,9 @@
 // the TC-1 spread (max − min) is a KPI. The race runs at the plan's full 100 users whatever SCALE says.
 //
 // Queue tokens: a reservation needs an ENTERED token, and a queue target admits its capacity (50) at a
-// time, so the race's users take their tokens (API-1, in setup) on queue targets of their own from
-// RACE_TARGET_FIRST up (see enteredTokens in lib/common.js) — never on the concert's queue.
+// time. By ADMISSION (admittedUsers in lib/common.js): on queue targets of their own from RACE_TARGET_FIRST
+// up (private_targets, never the concert's queue), on the concert's queue at the target's pace (wait), or one
+// user's token shared by all (shared_token, the plan's TC example).
 //
 // Env (besides lib/common.js): RACE_USERS (100), TC1_SEAT (1), TC2_SEAT_FIRST (101), TC3_SEAT (201),
 // TC3_VUS (50), TC3_ROUNDS (2), TC3_ROUND_GAP_MS (5000), TC_GAP_MS (6000), RACE_TARGET_FIRST (9001),
@@ -18,7 +19,7 @@
 import exec from 'k6/execution';
 import { check } from 'k6';
 import {
-  DIALECT, USER_OFFSET, checkTarget, enteredTokens, isOk, isTaken, releaseOffset, reserveRequest, sendReserve, tc3Reservation,
+  ADMISSION_WAIT_S, DIALECT, USER_OFFSET, admittedUsers, checkTarget, isOk, isTaken, releaseOffset, reserveRequest, sendReserve, tc3Reservation,
   uuid, warmUp, sleepUntil,
 } from './lib/common.js';
 
@@ -40,7 +41,7 @@ const TAKEN = (DIALECT.steps.reserve.taken || [409])[0];
 const perVu = (vus, iterations) => ({ executor: 'per-vu-iterations', vus, iterations, maxDuration: '120s' });
 
 export const options = {
-  setupTimeout: '120s',
+  setupTimeout: `${ADMISSION_WAIT_S + 120}s`,
   scenarios: {
     race_tc1: Object.assign(perVu(N, 1), { exec: 'tc1' }),
     race_tc2: Object.assign(perVu(N, 1), { exec: 'tc2' }),
@@ -62,11 +63,11 @@ export function setup() {
   checkTarget();
   const users = [];
   for (let i = 0; i < 2 * N + 1; i++) users.push(USER_OFFSET + i);
-  const tokens = enteredTokens(users, TARGET_FIRST);
+  const admitted = admittedUsers(users, TARGET_FIRST);
   const base = __ENV.RELEASE_AT ? parseInt(__ENV.RELEASE_AT, 10) : Date.now() + DELAY;
   const release = { tc1: base, tc2: base + TC_GAP, tc3: [] };
   for (let r = 0; r < TC3_ROUNDS; r++) release.tc3.push(base + 2 * TC_GAP + r * TC3_GAP);
-  return { users, tokens, release, tc3Key: `tc3-${uuid()}` };
+  return { users: admitted.users, tokens: admitted.tokens, release, tc3Key: `tc3-${uuid()}` };
 }
 
 function fire(data, index, seat, name, releaseAt, key) {

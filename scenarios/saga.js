@@ -11,13 +11,14 @@
 // Env (besides lib/common.js): SAGA_USERS (100, × SCALE), SAGA_SEAT_FIRST (301: two seats per user),
 // SAGA_AMOUNT (150000), SAGA_LOW_BALANCE (10000), SAGA_TARGET_FIRST (9501: private queue targets),
 // RELEASE_DELAY_MS (3000), WATCH_INTERVAL_S (0.25), WATCH_LIMIT_S (120).
-// Users: USER_OFFSET (compensation) and USER_OFFSET+1 … +SAGA_USERS (concurrent). Needs ADMIN_TOKEN to
-// set the compensation user's balance (POST /admin/seed).
+// Users: USER_OFFSET (compensation: must hold exactly SAGA_LOW_BALANCE points) and USER_OFFSET+1 …
+// +SAGA_USERS (concurrent: at least SAGA_AMOUNT each). The campaign's fixtures step sets the balances
+// (tasks/fixtures.py); run alone, set them first.
 import exec from 'k6/execution';
 import { check } from 'k6';
 import { Rate } from 'k6/metrics';
 import {
-  USER_OFFSET, SCALE, admin, checkTarget, enteredTokens, http_get_reservation, isOk, pay, reserve, sleepUntil, uuid,
+  ADMISSION_WAIT_S, USER_OFFSET, SCALE, admittedUsers, checkTarget, http_get_reservation, isOk, pay, reserve, sleepUntil, uuid,
   warmUp, watchPayment,
 } from './lib/common.js';
 
@@ -31,7 +32,7 @@ const DELAY = parseInt(__ENV.RELEASE_DELAY_MS || '3000', 10);
 const compensation = new Rate('sc_compensation');
 
 export const options = {
-  setupTimeout: '120s',
+  setupTimeout: `${ADMISSION_WAIT_S + 120}s`,
   scenarios: {
     saga_compensation: { executor: 'per-vu-iterations', vus: 1, iterations: 1, maxDuration: '180s', exec: 'compensate' },
     saga_concurrent: { executor: 'per-vu-iterations', vus: N, iterations: 1, maxDuration: '300s', exec: 'concurrent' },
@@ -48,12 +49,12 @@ export const options = {
 
 export function setup() {
   checkTarget();
-  const compUser = USER_OFFSET;
-  admin('POST', '/admin/seed', { userStart: compUser, users: 1, balance: LOW_BALANCE, seats: 0 }, 'set-balance');
-  const users = [compUser];
-  for (let i = 1; i <= N; i++) users.push(USER_OFFSET + i);
-  const tokens = enteredTokens(users, TARGET_FIRST);
-  return { users, tokens, release: Date.now() + DELAY + N * 20 };
+  const comp = admittedUsers([USER_OFFSET], TARGET_FIRST);
+  const others = [];
+  for (let i = 1; i <= N; i++) others.push(USER_OFFSET + i);
+  const rest = admittedUsers(others, TARGET_FIRST + 1);
+  return { users: comp.users.concat(rest.users), tokens: comp.tokens.concat(rest.tokens),
+    release: Date.now() + DELAY + N * 20 };
 }
 
 function seatsOf(index) {

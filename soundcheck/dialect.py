@@ -10,9 +10,10 @@ A team whose service speaks otherwise writes a small file of its own and names i
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -65,6 +66,26 @@ class Dialect(BaseModel):
             if ep == endpoint and step in self.steps:
                 return frozenset(self.steps[step].ok)
         return frozenset({200})
+
+
+    def request(self, step: str, **values: Any) -> tuple[str, str, Any]:
+        """(method, path, JSON body or None) of `step` with its placeholders filled (as lib/common.js does)."""
+        s = self.steps[step]
+        return s.method, _fill(s.path, values), _fill(s.body, values) if s.body is not None else None
+
+
+def _fill(t: Any, values: dict[str, Any]) -> Any:
+    """"{name}" alone takes the typed value; inside a longer string, its text."""
+    if isinstance(t, str):
+        whole = re.fullmatch(r"\{(\w+)\}", t)
+        if whole:
+            return values[whole.group(1)]
+        return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]), t)
+    if isinstance(t, list):
+        return [_fill(x, values) for x in t]
+    if isinstance(t, dict):
+        return {k: _fill(v, values) for k, v in t.items()}
+    return t
 
 
 def dialect_path(name_or_path: str) -> Path:

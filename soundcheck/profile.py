@@ -27,6 +27,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Admission(_Strict):
+    """How race and saga get their users ENTERED at once (scenarios/lib/common.js admittedUsers)."""
+
+    #: private_targets: queue targets of their own (the reference service admits per target); wait: the
+    #: concert's queue, polled until ENTERED at the target's pace; shared_token: one user's token for all.
+    mode: Literal["private_targets", "wait", "shared_token"] = "private_targets"
+    wait_s: float = 120.0  # longest set-up wait for admission (wait, shared_token)
+    #: Queue capacity the environment sets for race and saga and restores after (a staging setting); the local
+    #: stack applies it to the reference service. None: the target's own capacity.
+    raise_capacity: int | None = None
+
+
+class Fixtures(_Strict):
+    """Test data (users' balances) through the plan's own means, before each stage (tasks/fixtures.py)."""
+
+    #: api: API-6 charges onto the scenario's users (fresh users start at zero); sql: the statements of
+    #: `sql` through a write DSN; admin: the reference service's /admin fast path; none; auto: admin for the
+    #: local reference service (not in foreign mode), else api.
+    mode: Literal["auto", "api", "sql", "admin", "none"] = "auto"
+    sql: str = "original"  # deployments/fixtures/<name>.sql, or a path
+    #: Environment variable holding a DSN with write rights for `sql` (unset: the local stack's database).
+    write_dsn_env: str | None = None
+
+
 class Target(_Strict):
     #: Base URL of the system under test; None means the local stack starts the reference service.
     base_url: str | None = None
@@ -42,6 +66,7 @@ class Target(_Strict):
     #: How the target spells the plan's API (soundcheck.dialect): `plan`, `original` (the service the plan was
     #: written for), or the path of a JSON file of the same shape.
     dialect: str = "plan"
+    admission: Admission = Field(default_factory=Admission)
     #: The target's names for the tables and columns the plan's SQL reads (soundcheck.schema_map): `original`, or
     #: the path of a YAML file; unset: the plan's names.
     schema_map: str | None = None
@@ -175,6 +200,7 @@ class Profile(_Strict):
     output_dir: str = "runs"
     k6: K6 = Field(default_factory=K6)
     abort: Abort = Field(default_factory=Abort)
+    fixtures: Fixtures = Field(default_factory=Fixtures)
     #: A regression beyond this share against the previous comparable run is flagged, even inside its band.
     regression_tolerance: float = 0.10
 
@@ -243,6 +269,9 @@ def _missing_urls(p: Profile) -> str | None:
         load_dialect(p.target.dialect)
     except DialectError as e:
         return f"key 'target.dialect' is invalid: {e}"
+    if p.target.admission.raise_capacity and env.kind != "local":
+        return ("key 'target.admission.raise_capacity' needs an environment that can change the target's settings "
+                "(the local stack); on staging raise the capacity yourself and set target.admission.mode: wait")
     from soundcheck.schema_map import SchemaMapError, load_schema_map
 
     try:

@@ -101,8 +101,6 @@ def scenario_env(scenario: str, base_url: str, *, scale: float, time_scale: floa
     first, count = USER_RANGES.get(scenario, (1, 100))
     env = {"BASE_URL": base_url.rstrip("/"), "SCALE": repr(float(scale)), "TIME_SCALE": repr(float(time_scale)),
            "USER_OFFSET": str(first), "USER_COUNT": str(count), **SEAT_DEFAULTS.get(scenario, {})}
-    if admin_token:
-        env["ADMIN_TOKEN"] = admin_token
     env.update(extra or {})
     return env
 

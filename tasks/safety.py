@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from infra.reference_admin import delete_test_data_admin  # noqa: F401 - the fast path, re-exported
 from soundcheck.allowlist import (  # noqa: F401  (re-exported: the safety API in one place)
     AllowlistError,
     check_allowlist,
@@ -455,26 +456,6 @@ def delete_test_data_sql(database_url: str, since: datetime, tables: Iterable[st
     finally:
         eng.dispose()
     return f"rows created since {since_utc.isoformat()}: " + ", ".join(done)
-
-
-#: The reference service's admin endpoint that deletes rows created at or after a time (infra/sut).
-ADMIN_CLEANUP_PATH = "/admin/cleanup"
-
-
-def delete_test_data_admin(base_url: str, since: datetime, *, admin_token: str | None,
-                           allowlist: Iterable[str] | None = None, timeout_s: float = 30.0) -> str:
-    """Ask the reference service to delete the rows created at or after `since` (its admin cleanup)."""
-    since_utc = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
-    headers = {"X-Admin-Token": admin_token} if admin_token else {}
-    with guarded_client(allowlist, base_url=base_url, timeout=timeout_s) as c:
-        r = c.post(ADMIN_CLEANUP_PATH, json={"since": since_utc.isoformat()}, headers=headers)
-    if r.status_code >= 400:
-        raise RuntimeError(f"{ADMIN_CLEANUP_PATH} answered {r.status_code}: {r.text[:200]}")
-    try:
-        body = r.json()
-    except ValueError:
-        body = r.text[:200]
-    return f"rows created since {since_utc.isoformat()} deleted by the service: {body}"
 
 
 def _as_datetime(since: datetime | str) -> datetime:

@@ -8,7 +8,9 @@
 //   USER_OFFSET   first seeded user id this scenario may use; USER_COUNT how many (ranges must not
 //                 overlap between the scenarios of one campaign: one queue token per (target, user))
 //   CONCERT_ID    queue target / concert (default 1); SHOW_ID (default 101)
-//   ADMIN_TOKEN   X-Admin-Token for /admin/* set-up calls (default: the reference service's default)
+//   ADMISSION     how race and saga get users ENTERED at once (admittedUsers): private_targets (default),
+//                 wait (tokens on CONCERT_ID, polled until ENTERED at the target's pace, for up to
+//                 ADMISSION_WAIT_S, 120) or shared_token (the plan's TC example: one user's ENTERED token for all)
 //   DIALECT_FILE  how the target spells the plan's API (deployments/dialects/*.json; default: the plan's):
 //                 paths, where the queue token goes, which answers mean success (see soundcheck/dialect.py)
 // Every custom metric is named sc_* so the ingest stage can pick them out of k6's CSV output.
@@ -24,7 +26,8 @@ export const USER_OFFSET = parseInt(__ENV.USER_OFFSET || '1', 10);
 export const USER_COUNT = parseInt(__ENV.USER_COUNT || '100000', 10);
 export const CONCERT_ID = parseInt(__ENV.CONCERT_ID || '1', 10);
 export const SHOW_ID = parseInt(__ENV.SHOW_ID || '101', 10);
-export const ADMIN_TOKEN = __ENV.ADMIN_TOKEN || 'soundcheck-admin';
+export const ADMISSION = __ENV.ADMISSION || 'private_targets';
+export const ADMISSION_WAIT_S = parseFloat(__ENV.ADMISSION_WAIT_S || '120');
 // The plan's alarm levels (R-SAFE); the campaign passes the profile's `abort` levels here.
 export const ABORT_P95_MS = parseFloat(__ENV.ABORT_P95_MS || '3000');
 export const ABORT_ERROR_RATE = parseFloat(__ENV.ABORT_ERROR_RATE || '0.01');
@@ -278,14 +281,46 @@ export function enteredTokens(users, firstTarget, maxTargets) {
   });
 }
 
-// Set-up and inspection calls (tagged ADMIN: excluded from every KPI).
-export function admin(method, path, body, name) {
-  const res = http.request(method, `${BASE_URL}${path}`, body === undefined || body === null ? null : JSON.stringify(body),
-    params('ADMIN', name || 'admin', { 'X-Admin-Token': ADMIN_TOKEN }));
-  if (res.status >= 300) {
-    throw new Error(`admin ${method} ${path} answered ${res.status}: ${String(res.body).slice(0, 300)}`);
+// Users ENTERED at once for a stage that needs them all (race, saga): {users, tokens}, index for index.
+// private_targets: enteredTokens above. wait: each user takes a token on the concert's queue and polls every
+// 3 s until ENTERED, for up to ADMISSION_WAIT_S — the target's own pace (a raised capacity, or a queue that
+// admits everyone in time); a target that admits fewer stops the set-up with what it saw. shared_token: the
+// first user waits so, and every index shares that user and token (fresh Idempotency-Keys each request).
+export function admittedUsers(users, firstTarget) {
+  if (ADMISSION === 'private_targets') return { users: users, tokens: enteredTokens(users, firstTarget) };
+  if (ADMISSION === 'shared_token') {
+    const token = waitAdmitted([users[0]])[0];
+    return { users: users.map(() => users[0]), tokens: users.map(() => token) };
   }
-  return json(res);
+  if (ADMISSION === 'wait') return { users: users, tokens: waitAdmitted(users) };
+  throw new Error(`ADMISSION must be private_targets, wait or shared_token, not ${ADMISSION}`);
+}
+
+function waitAdmitted(users) {
+  const tokens = users.map((userId) => {
+    const { res, body } = issueToken(userId, { name: 'setup-token' });
+    if (!body || !body.token) {
+      throw new Error(`API-1 for user ${userId} answered ${res.status}: ${String(res.body).slice(0, 200)}`);
+    }
+    return { token: body.token, entered: body.status === 'ENTERED', userId: userId };
+  });
+  const start = Date.now();
+  while (true) {
+    const waiting = tokens.filter((t) => !t.entered);
+    if (waiting.length === 0) break;
+    const waited = (Date.now() - start) / 1000;
+    if (waited > ADMISSION_WAIT_S) {
+      throw new Error(`the target admitted ${tokens.length - waiting.length} of ${tokens.length} users within ` +
+        `${ADMISSION_WAIT_S} s (ADMISSION=wait); it should admit them all (raise its capacity for the stage, or ` +
+        `use ADMISSION=shared_token)`);
+    }
+    sleep(3);
+    waiting.forEach((t) => {
+      const { body } = pollToken(t.token, { name: 'setup-poll' }, t.userId);
+      if (body && body.status === 'ENTERED') t.entered = true;
+    });
+  }
+  return tokens.map((t) => t.token);
 }
 
 // Open the VU's keep-alive connection before a barrier, so the released request does not pay for it.
