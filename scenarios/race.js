@@ -19,7 +19,7 @@
 import exec from 'k6/execution';
 import { check } from 'k6';
 import {
-  ADMISSION_WAIT_S, DIALECT, USER_OFFSET, admittedUsers, checkTarget, isOk, isTaken, releaseOffset, reserveRequest, sendReserve, tc3Reservation,
+  ADMISSION, ADMISSION_WAIT_S, DIALECT, USER_OFFSET, admittedUsers, checkTarget, isOk, releasePlace, isTaken, releaseOffset, reserveRequest, sendReserve, tc3Reservation,
   uuid, warmUp, sleepUntil,
 } from './lib/common.js';
 
@@ -68,6 +68,12 @@ export function setup() {
   const release = { tc1: base, tc2: base + TC_GAP, tc3: [] };
   for (let r = 0; r < TC3_ROUNDS; r++) release.tc3.push(base + 2 * TC_GAP + r * TC3_GAP);
   return { users: admitted.users, tokens: admitted.tokens, release, tc3Key: `tc3-${uuid()}` };
+}
+
+// With one shared token, its user is done after the race: a purchase frees the place (lib/common.js).
+export function teardown(data) {
+  if (ADMISSION !== 'shared_token') return;
+  console.log(`race: the shared user's place: ${releasePlace(data.users[0], data.tokens[0], TC3_SEAT + 1)}`);
 }
 
 function fire(data, index, seat, name, releaseAt, key) {

@@ -17,6 +17,7 @@ from tasks.fixtures import Balance, FixtureError, api_balances, needs, resolved_
 
 def test_what_each_scenario_needs():
     assert needs("race", 1.0) == [] and needs("points", 0.5) == []
+    assert needs("race", 1.0, "shared_token") == [Balance(1, 1, 1_000_000)]
     assert needs("spike", 0.02) == [Balance(1601, 200, 1_000_000)]
     comp, rest = needs("saga", 0.02)
     assert comp == Balance(301, 1, 10_000, exact=True) and rest == Balance(302, 2, 1_000_000)

@@ -323,6 +323,22 @@ function waitAdmitted(users) {
   return tokens.map((t) => t.token);
 }
 
+// A shared-token user is done, as a real user would be: reserve `seat`, pay for it and watch the payment end,
+// which frees its place in the queue (the plan: a payment ending ends the user's turn). Without this the
+// stage's token would hold a place until its TTL, and a target with one global queue would start the next
+// stage with a place taken. Returns the payment's end status, or why it could not.
+export function releasePlace(userId, token, seat) {
+  const r = reserve(userId, token, [seat], uuid(), 'release');
+  const rid = r.body && r.body.reservationId;
+  if (!isOk('reserve', r.res.status) || !rid) return `reserve answered ${r.res.status}`;
+  const amount = r.body.amount || r.body.totalAmount;
+  const start = Date.now();
+  const p = pay(userId, rid, amount, uuid(), { name: 'release' });
+  if (!isOk('pay', p.res.status) || !p.body || !p.body.paymentId) return `pay answered ${p.res.status}`;
+  const end = watchPayment(userId, p.body.paymentId, start, { case: 'release' }, 0.5, 60);
+  return end.status || `payment not terminal after ${end.seconds.toFixed(0)} s`;
+}
+
 // Open the VU's keep-alive connection before a barrier, so the released request does not pay for it.
 export function warmUp() {
   http.get(`${BASE_URL}/health`, params('ADMIN', 'warmup'));
