@@ -3,7 +3,7 @@
 For each fault of the reference service and each tuning case, run a small-scale campaign on the local
 stack (loopback only) and compare the verdict, the failing requirement ids and the remediation codes
 with what the plan says they must be; the healthy service must APPROVE several runs in a row.
-Prints a Markdown table for the README (`--markdown PATH` also writes it).
+Prints a Markdown table for docs/fault-matrix.md (`--markdown PATH` also writes it).
 
     uv run python bench/fault_matrix.py                   # every case
     uv run python bench/fault_matrix.py --case no_lock    # one case

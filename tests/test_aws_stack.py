@@ -3,7 +3,7 @@
 moto creates the VPC, subnets, security groups, ALB, target group, launch template, auto-scaling group
 and RDS instance from the real template; it cannot create ElastiCache, MSK, a DB parameter group
 reference or a scaling policy through CloudFormation, so those are switched off by parameters here
-(see README, "what moto cannot emulate").
+(see docs/environments.md, "what moto cannot emulate").
 """
 
 from __future__ import annotations

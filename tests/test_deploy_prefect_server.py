@@ -143,7 +143,7 @@ def test_manual_run_from_the_ui_path(prefect_server, tmp_path):
     assert body["profile"] == "prefect-server-test"
     assert body["verdict"] in ("APPROVE", "APPROVE_WITH_TUNING", "BLOCK", "INCONCLUSIVE")
     print(f"deploy {deployed_s:.1f} s; worker run {run_s:.1f} s; state {fr.state.name}; verdict {body['verdict']}")
-    # Pausing the nightly schedule, as the README says.
+    # Pausing the nightly schedule, as docs/running.md says.
     listing = _cli(["deployment", "schedule", "ls", "campaign/nightly"], env)
     sched_id = re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", listing).group(0)
     _cli(["deployment", "schedule", "pause", "campaign/nightly", sched_id], env)

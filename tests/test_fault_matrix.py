@@ -2,7 +2,7 @@
 small-scale campaign on the local stack, must give the right verdict, failing requirement ids and
 remediation codes; the healthy service must APPROVE three runs in a row (no false alarm).
 
-The table is `bench/fault_matrix.py` (which also prints it for the README). Every case is a whole
+The table is `bench/fault_matrix.py` (which also prints it for docs/fault-matrix.md). Every case is a whole
 campaign of the one scenario that shows it, at the smallest scale that still shows it, all under one
 Prefect test server (its start costs 15–30 s); the module is marked slow.
 """
