@@ -1,8 +1,9 @@
 """Streaming ingest of k6's output into the result store, while k6 runs.
 
 Format, chosen by measurement (`bench/output_format.py`, figures in docs/load.md): k6's **CSV** output
-with ``K6_CSV_TIME_FORMAT=unix_milli`` and the system tags cut down to ``status, method, name, scenario, error_code, expected_response`` is ~3.5× smaller than the JSON output
-for the same requests (947 vs ~3,300 bytes per one-request iteration) and, because every row starts
+with ``K6_CSV_TIME_FORMAT=unix_milli`` and the system tags cut down to
+``status, method, name, scenario, error_code, expected_response`` is ~3.5× smaller than the JSON output for the
+same requests (947 vs ~3,300 bytes per one-request iteration) and, because every row starts
 with its metric name, the rows we need can be cut out of a chunk by a vectorised scan of the line
 starts (numpy) and parsed in bulk with pyarrow, never touching the other 12 rows per request. k6 writes ~13 rows per
 request; only ``http_req_duration`` (one per request, carrying status, endpoint and name), the
