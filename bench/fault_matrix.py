@@ -118,9 +118,14 @@ class Outcome:
                 and set(c.remediations) <= set(self.remediations) and self.run_status == c.run_status)
 
 
-def profile_for(case: Case, workdir: Path) -> Path:
-    """The shipped local profile with the case's reference-service settings, results under `workdir`."""
-    data = yaml.safe_load((ROOT / "deployments" / "local.yaml").read_text())
+#: The profile each mode starts from: the reference service as shipped, or in foreign mode (a service nobody
+#: here wrote, driven through nothing but deployments/foreign.yaml and its SQL fixtures).
+MODES = {"default": "local.yaml", "foreign": "foreign.yaml"}
+
+
+def profile_for(case: Case, workdir: Path, mode: str = "default") -> Path:
+    """The mode's shipped profile with the case's reference-service settings, results under `workdir`."""
+    data = yaml.safe_load((ROOT / "deployments" / MODES[mode]).read_text())
     data["name"] = f"matrix-{case.name}"
     data["environment"]["local"]["settings"] = {**data["environment"]["local"].get("settings", {}), **case.settings}
     data["environment"]["local"]["seed_users"] = 12000 if "spike" in case.scenarios else 2500
@@ -135,7 +140,7 @@ def profile_for(case: Case, workdir: Path) -> Path:
     return p
 
 
-def run_case(case: Case, workdir: Path, run: int = 1) -> Outcome:
+def run_case(case: Case, workdir: Path, run: int = 1, mode: str = "default") -> Outcome:
     """One campaign, in-process (the caller provides the Prefect server or lets Prefect start one)."""
     from soundcheck.cli import run_campaign as run_from_cli
 
@@ -144,7 +149,7 @@ def run_case(case: Case, workdir: Path, run: int = 1) -> Outcome:
     out = d / "out"
     t0 = time.monotonic()
     try:
-        code = run_from_cli(profile=profile_for(case, d), output=out, notify=False)
+        code = run_from_cli(profile=profile_for(case, d, mode), output=out, notify=False)
     except Exception as e:  # noqa: BLE001 - a crashed case is a row in the table, not the end of the matrix
         return Outcome(case, None, None, [], [], time.monotonic() - t0, f"{type(e).__name__}: {e}", run)
     secs = time.monotonic() - t0
@@ -197,6 +202,8 @@ def main() -> int:
     ap.add_argument("--healthy-runs", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/soundcheck-fault-matrix"))
     ap.add_argument("--markdown", type=Path, help="also write the table here")
+    ap.add_argument("--mode", choices=sorted(MODES), default="default",
+                    help="foreign: the reference service in foreign mode, through deployments/foreign.yaml")
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
@@ -216,7 +223,7 @@ def main() -> int:
         for c in chosen:
             if stopped.is_set():
                 break
-            o = run_case(c, args.workdir)
+            o = run_case(c, args.workdir, mode=args.mode)
             rows.append(o)
             print(f"{c.name}: {o.verdict} exit {o.exit_code} run {o.run_status} failed={o.failed} "
                   f"remediations={o.remediations} "
@@ -224,7 +231,7 @@ def main() -> int:
         for i in range(healthy):
             if stopped.is_set():
                 break
-            o = run_case(HEALTHY, args.workdir, run=i + 1)
+            o = run_case(HEALTHY, args.workdir, run=i + 1, mode=args.mode)
             rows.append(o)
             print(f"healthy {i + 1}: {o.verdict} exit {o.exit_code} failed={o.failed} remediations={o.remediations} "
                   f"{o.seconds:.0f}s {'OK' if o.ok else 'MISMATCH'}{' ' + o.error if o.error else ''}", flush=True)
