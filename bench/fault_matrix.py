@@ -95,7 +95,7 @@ CASES: list[Case] = [
          scale=0.02, time_scale=0.03, local={"expose_database": False}),
 ]
 
-HEALTHY = Case("healthy", "healthy", ("race", "saga", "points", "spike", "soak"), {}, ("APPROVE",), (), (),
+HEALTHY = Case("healthy", "healthy", ("race", "saga", "points", "soak", "spike"), {}, ("APPROVE",), (), (),
                "the reference service as shipped", scale=0.02, time_scale=0.01)
 
 

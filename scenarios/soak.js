@@ -16,17 +16,23 @@
 // are in flight only while the mean latency exceeds USERS / RATE. Dropped iterations therefore mean the
 // target or the generator really could not keep up (mean latency past 0.5 s faster than k6 can add VUs,
 // or past SOAK_VU_LATENCY_S, or k6 starved of CPU): the runner marks the stage INVALID rather than reporting the optimistic latencies of a closed loop.
-// Each VU's first iteration issues its user's queue token (API-1, concert queue), every later one polls
-// with it, lists concerts, or reserves one seat of SOAK_SEAT_FIRST … +SOAK_SEAT_COUNT.
+// Queue tokens, by ADMISSION (lib/common.js): private_targets — each VU's first iteration issues its
+// user's token on a queue target of its own (SOAK_TARGET_FIRST + user index), so the soak's users are
+// admitted whatever the spike left holding the concert's places; shared_token — one user is admitted in
+// setup and every VU acts for it (its place is freed at the end, as the race's is); wait — every user's
+// token on the concert's queue, polled until ENTERED in setup. Every later iteration polls, lists concerts,
+// or (once its token is ENTERED) reserves one seat of SOAK_SEAT_FIRST … +SOAK_SEAT_COUNT; a user still
+// waiting polls instead of reserving (the plan answers reservations only to admitted users, R-SPIKE-11).
 // The plan's watch bands are thresholds; the alarm levels abort the run (errors > 1 %, p95 > 3 s).
 //
 // Env (besides lib/common.js): SOAK_USERS (1000), SOAK_RATE (3333), SOAK_DURATION_S (1800),
 // SOAK_SEAT_FIRST (601), SOAK_SEAT_COUNT (400), SOAK_PREALLOC_LATENCY_S (0.5), SOAK_VU_LATENCY_S (2),
-// SOAK_MIN_VUS (50). Users: USER_OFFSET … +SOAK_USERS·SCALE − 1.
+// SOAK_MIN_VUS (50), SOAK_TARGET_FIRST (20001). Users: USER_OFFSET … +SOAK_USERS·SCALE − 1.
 import exec from 'k6/execution';
 import {
   ABORT_ERROR_RATE, ABORT_P95_MS,
-  SCALE, USER_OFFSET, checkTarget, concerts, dur, issueToken, pollToken, reserve, scaled, uuid,
+  ADMISSION, ADMISSION_WAIT_S, SCALE, USER_OFFSET, admittedUsers, checkTarget, concerts, dur, issueToken,
+  pollToken, releasePlace, reserve, scaled, uuid,
 } from './lib/common.js';
 
 const USERS = scaled(parseInt(__ENV.SOAK_USERS || '1000', 10));
@@ -37,10 +43,12 @@ const SEAT_COUNT = parseInt(__ENV.SOAK_SEAT_COUNT || '400', 10);
 const VU_LATENCY_S = parseFloat(__ENV.SOAK_VU_LATENCY_S || '2');
 const MIN_VUS = parseInt(__ENV.SOAK_MIN_VUS || '50', 10);
 const PREALLOC_LATENCY_S = parseFloat(__ENV.SOAK_PREALLOC_LATENCY_S || '0.5');
+const TARGET_FIRST = parseInt(__ENV.SOAK_TARGET_FIRST || '20001', 10);
 const PRE_VUS = Math.max(USERS, Math.ceil(RATE * PREALLOC_LATENCY_S), MIN_VUS);
 const MAX_VUS = Math.max(PRE_VUS, Math.ceil(RATE * VU_LATENCY_S));
 
 export const options = {
+  setupTimeout: `${ADMISSION_WAIT_S + 120}s`,
   scenarios: {
     soak: {
       executor: 'constant-arrival-rate',
@@ -62,21 +70,44 @@ export const options = {
 
 export function setup() {
   checkTarget();
-  return { users: USERS, rate: RATE, scale: SCALE, preAllocatedVUs: PRE_VUS, maxVUs: MAX_VUS };
+  const out = { users: USERS, rate: RATE, scale: SCALE, preAllocatedVUs: PRE_VUS, maxVUs: MAX_VUS };
+  if (ADMISSION === 'private_targets') return out;
+  const all = [];
+  for (let i = 0; i < (ADMISSION === 'shared_token' ? 1 : USERS); i++) all.push(USER_OFFSET + i);
+  const admitted = admittedUsers(all, TARGET_FIRST);
+  return Object.assign(out, { admittedUsers: admitted.users, tokens: admitted.tokens });
+}
+
+// With one shared token, its user is done after the soak: a purchase frees the place (lib/common.js).
+export function teardown(data) {
+  if (ADMISSION !== 'shared_token') return;
+  console.log(`soak: the shared user's place: ${releasePlace(data.admittedUsers[0], data.tokens[0], SEAT_FIRST + SEAT_COUNT)}`);
 }
 
 let token = null;
+let entered = false; // what this user's last token or poll answer said: only an admitted user reserves
 
-export default function () {
-  const user = USER_OFFSET + ((exec.vu.idInTest - 1) % USERS);
+export default function (data) {
+  const idx = (exec.vu.idInTest - 1) % USERS;
+  let user = USER_OFFSET + idx;
+  if (data.tokens) {  // admitted in setup (shared_token, wait)
+    const k = idx % data.tokens.length;
+    user = data.admittedUsers[k];
+    if (token === null) {
+      token = data.tokens[k];
+      entered = true;
+    }
+  }
   if (token === null) {
-    const { body } = issueToken(user);
+    const { body } = issueToken(user, {}, TARGET_FIRST + idx);
     token = body && body.token ? body.token : '';
+    entered = !!(body && body.status === 'ENTERED');
     return;
   }
   const r = Math.random();
-  if (r < 0.7) {
-    pollToken(token || 'none');
+  if (r < 0.7 || (r >= 0.9 && !entered)) {
+    const { body } = pollToken(token || 'none', {}, user);
+    if (body && body.status) entered = body.status === 'ENTERED';
   } else if (r < 0.9) {
     concerts();
   } else {

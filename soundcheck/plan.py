@@ -49,10 +49,9 @@ EXPECTED_ANSWERS: dict[str, frozenset[int]] = {
 }
 
 
-#: Stages judged on exact answers (R-SPIKE-11, and unexpected answers counted in their error rate). Not yet
-#: the soak: its mix sends the reservation share of users the queue has not admitted (they answer 403
-#: NOT_ENTERED while the spike's users hold the capacity); judging it needs the admission work of issue 11.
-EXACT_ANSWER_STAGES = frozenset({"spike", "race", "saga", "points"})
+#: Stages judged on exact answers (R-SPIKE-11, and unexpected answers counted in their error rate): all of
+#: them (the soak's users are admitted before they reserve; a user still waiting polls instead).
+EXACT_ANSWER_STAGES = frozenset({"spike", "race", "saga", "points", "soak"})
 
 
 # ---------------------------------------------------------------------------------- the queue

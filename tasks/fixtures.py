@@ -2,7 +2,7 @@
 
 What each scenario needs (`needs`): the spike's users and the saga's concurrent users enough points to pay
 150,000; the saga's compensation user exactly 10,000 (plan §3.3); with a shared token, the race's user enough
-to buy the seat that frees its place. Points and soak need no balance.
+to buy the seat that frees its place (race, soak). Points need no balance.
 
 How (`profile.fixtures.mode`):
 - `api`: the public API on any target — read each user's balance (the dialect's `balance` step) and charge
@@ -56,7 +56,7 @@ class Balance:
 def needs(scenario: str, scale: float, admission: str = "private_targets") -> list[Balance]:
     """The balances `scenario` needs at `scale` (the k6 scripts' user counts)."""
     first, most = PLAN[scenario].users
-    if scenario == "race" and admission == "shared_token":  # its user buys a seat at the end (releasePlace)
+    if scenario in ("race", "soak") and admission == "shared_token":  # its user buys a seat at the end
         return [Balance(first, 1, RICH)]
     if scenario == "spike":
         return [Balance(first, min(most, max(1, round(10_000 * scale))), RICH)]

@@ -32,9 +32,18 @@ def prefect_server(prefect_harness):
         Path(os.environ["SOUNDCHECK_MATRIX_MARKDOWN"]).write_text(markdown(OUTCOMES) + "\n")
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_fault_is_caught(prefect_server, case, tmp_path):
-    o = run_case(case, tmp_path)
+#: Foreign mode in the suite: the defects of a real third-party service (the whole matrix in foreign mode is
+#: `bench/fault_matrix.py --mode foreign`, its table in docs/fault-matrix.md; twice the suite's matrix time).
+FOREIGN_CASES = ("taken_seat_400", "lock_timeout_500_bare", "admission_stall", "no_idempotency")
+RUNS = [(c, "default") for c in CASES] + [(c, "foreign") for c in CASES if c.name in FOREIGN_CASES]
+
+
+@pytest.mark.parametrize(("case", "mode"), RUNS, ids=[f"{c.name}-{m}" for c, m in RUNS])
+def test_fault_is_caught(prefect_server, case, mode, tmp_path):
+    """Every case on the reference service as shipped; the real-service defects also in foreign mode, through
+    nothing but deployments/foreign.yaml (its dialect, SQL fixtures, shared-token admission, schema and
+    metric maps)."""
+    o = run_case(case, tmp_path, mode=mode)
     OUTCOMES.append(o)
     assert o.error is None, o.error
     assert o.verdict in case.verdicts, (o.verdict, o.failed, o.remediations)
@@ -49,3 +58,10 @@ def test_healthy_service_approves_three_times_in_a_row(prefect_server, tmp_path)
         o = run_case(HEALTHY, tmp_path, run=i + 1)
         OUTCOMES.append(o)
         assert (o.verdict, o.exit_code) == ("APPROVE", 0), (i + 1, o.verdict, o.failed, o.remediations, o.error)
+
+
+def test_foreign_mode_healthy_service_approves(prefect_server, tmp_path):
+    """The healthy service in foreign mode approves (three in a row: bench/fault_matrix.py --mode foreign)."""
+    o = run_case(HEALTHY, tmp_path, mode="foreign")
+    OUTCOMES.append(o)
+    assert (o.verdict, o.exit_code) == ("APPROVE", 0), (o.verdict, o.failed, o.remediations, o.error)

@@ -141,8 +141,9 @@ function errorCode(res) {
 }
 
 // API-1: issue a queue token. Returns {res, body}.
-export function issueToken(userId, extraTags) {
-  const res = send('token', { userId: userId }, params('API-1', 'token',
+export function issueToken(userId, extraTags, target) {
+  const vars = target === undefined ? { userId: userId } : { userId: userId, concertId: target };
+  const res = send('token', vars, params('API-1', 'token',
     Object.assign({ 'Idempotency-Key': uuid() }, auth(userId)), extraTags));
   const body = json(res);
   if (body && body.status) tokenStatus.add(1, { status: body.status });
