@@ -27,7 +27,8 @@
 //
 // Env (besides lib/common.js): SOAK_USERS (1000), SOAK_RATE (3333), SOAK_DURATION_S (1800),
 // SOAK_SEAT_FIRST (601), SOAK_SEAT_COUNT (400), SOAK_PREALLOC_LATENCY_S (0.5), SOAK_VU_LATENCY_S (2),
-// SOAK_MIN_VUS (50), SOAK_TARGET_FIRST (20001). Users: USER_OFFSET … +SOAK_USERS·SCALE − 1.
+// SOAK_MIN_VUS (50), SOAK_TARGET_FIRST (20001), SOAK_RELEASE_SEAT (SOAK_SEAT_FIRST − 1: the seat the
+// shared user buys). Users: USER_OFFSET … +SOAK_USERS·SCALE − 1.
 import exec from 'k6/execution';
 import {
   ABORT_ERROR_RATE, ABORT_P95_MS,
@@ -44,6 +45,7 @@ const VU_LATENCY_S = parseFloat(__ENV.SOAK_VU_LATENCY_S || '2');
 const MIN_VUS = parseInt(__ENV.SOAK_MIN_VUS || '50', 10);
 const PREALLOC_LATENCY_S = parseFloat(__ENV.SOAK_PREALLOC_LATENCY_S || '0.5');
 const TARGET_FIRST = parseInt(__ENV.SOAK_TARGET_FIRST || '20001', 10);
+const RELEASE_SEAT = parseInt(__ENV.SOAK_RELEASE_SEAT || String(SEAT_FIRST - 1), 10); // outside the mix's seats
 const PRE_VUS = Math.max(USERS, Math.ceil(RATE * PREALLOC_LATENCY_S), MIN_VUS);
 const MAX_VUS = Math.max(PRE_VUS, Math.ceil(RATE * VU_LATENCY_S));
 
@@ -81,7 +83,7 @@ export function setup() {
 // With one shared token, its user is done after the soak: a purchase frees the place (lib/common.js).
 export function teardown(data) {
   if (ADMISSION !== 'shared_token') return;
-  console.log(`soak: the shared user's place: ${releasePlace(data.admittedUsers[0], data.tokens[0], SEAT_FIRST + SEAT_COUNT)}`);
+  console.log(`soak: the shared user's place: ${releasePlace(data.admittedUsers[0], data.tokens[0], RELEASE_SEAT)}`);
 }
 
 let token = null;
