@@ -73,7 +73,7 @@ def resolved_mode(profile: Profile) -> str:
     if mode != "auto":
         return mode
     local = profile.environment.kind == "local" and not profile.environment.local.settings.get("foreign")
-    return "admin" if local and profile.target.base_url is None else "api"
+    return "admin" if local else "api"
 
 
 def apply_fixtures(profile: Profile, scenario: str, base_url: str, *, admin_token: str | None = None,

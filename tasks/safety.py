@@ -467,23 +467,30 @@ def rollback_steps_for(profile: Profile, handle: Any, since: datetime | str,
     """The rollback callables this environment offers, for `rollback(engine, run_id, **steps)`.
 
     - deregister: the environment handle's `deregister_targets()` (AWS: ALB target group), if it has one;
-    - delete test data: SQL DELETE through the profile's database URL when one is configured (a real
-      target), else the reference service's admin cleanup (local stack / reference service);
+    - delete test data: the plan's §6.2 SQL through a DSN with write rights — the fixtures' write DSN
+      (`fixtures.write_dsn_env`), else the local stack's own database, else the profile's database URL —
+      under the target's schema map; the reference service's admin cleanup only where the fixtures use its
+      admin fast path;
     - restart: the handle's `restart()` (local stack process or AWS instances), if it has one.
     """
+    import os
+
+    from tasks.fixtures import resolved_mode
+
     start = _as_datetime(since)
     steps: dict[str, Any] = {}
     dereg = getattr(handle, "deregister_targets", None)
     if callable(dereg):
         steps["deregister"] = lambda: _describe(dereg())
-    db = profile.target.database_url or (database_url if profile.environment.kind != "local" else None)
+    env_dsn = os.environ.get(profile.fixtures.write_dsn_env) if profile.fixtures.write_dsn_env else None
+    local_dsn = (getattr(getattr(handle, "endpoints", None), "extra", None) or {}).get("write_database_url")
+    db = env_dsn or (local_dsn if resolved_mode(profile) != "admin" else None) or profile.target.database_url \
+        or (database_url if profile.environment.kind != "local" else None)
     url = base_url or getattr(handle, "base_url", None) or profile.target.base_url
     if db:
         names = load_schema_map(profile.target.schema_map)
         steps["delete_test_data"] = lambda: delete_test_data_sql(db, start, names=names)
-    elif url:
-        import os
-
+    elif url and resolved_mode(profile) == "admin":
         token = os.environ.get(profile.target.admin_token_env) or getattr(handle, "admin_token", None)
         steps["delete_test_data"] = lambda: delete_test_data_admin(url, start, admin_token=token,
                                                                    allowlist=profile.target.allowlist)

@@ -149,3 +149,21 @@ def test_snapshot_and_cleanup_through_the_schema_map(foreign, tmp_path):
     said = delete_test_data_sql(sync, since, names=load_schema_map("original"))
     assert "payments: " in said and "reservations: " in said
     assert foreign.sql("SELECT COUNT(*) FROM payments")[0][0] == 0
+
+
+def test_rollback_cleans_up_through_sql_where_there_is_no_admin_api(foreign):
+    """A harm abort's cleanup on a service without /admin: the §6.2 SQL through the local stack's write DSN,
+    under the target's names (never the admin endpoint, which answers 404 here)."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from soundcheck.profile import parse_profile
+    from tasks.safety import rollback_steps_for
+
+    prof = parse_profile({"name": "f", "target": {"dialect": "original", "schema_map": "original"},
+                          "environment": {"local": {"settings": {"foreign": True}}}})
+    handle = SimpleNamespace(base_url=foreign.base, endpoints=SimpleNamespace(
+        extra={"write_database_url": foreign.db_url.replace("+aiosqlite", "")}))
+    steps = rollback_steps_for(prof, handle, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
+    said = steps["delete_test_data"]()
+    assert "payments: " in said and "reservations: " in said
