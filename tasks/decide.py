@@ -28,6 +28,7 @@ API-5 (or no per-endpoint figure exists), else that endpoint's own remedy.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +37,7 @@ from sqlalchemy import Engine, delete, insert, update
 
 from soundcheck import store
 from soundcheck.bands import Judgement, band, bands_for, base_name
-from soundcheck.models import KPI, Decision, Remediation, TraceStep, Verdict
+from soundcheck.models import KPI, Check, Decision, Remediation, TraceStep, Verdict
 from soundcheck.plan import CONCERT_LIST, DERIVED_KPIS, PLAN, REMEDIATIONS, fmt_value
 from soundcheck.profile import Profile, target_limits
 from tasks.expectations import CheckResult, Validator, evaluate_run
@@ -432,6 +433,25 @@ def stage_facts(run: RunData) -> list[StageFacts]:
     return facts
 
 
+#: What lib/common.js's admission set-up says when the target did not admit the users a stage needs.
+NOT_ADMITTED = re.compile(r"the target admitted (\d+) of (\d+) users within ([\d.]+) s")
+
+
+def admission_findings(run: RunData) -> list[CheckResult]:
+    """A stage whose set-up waited for admission in vain measured the target: users it should admit were not
+    (R-SPIKE-12, a finding about the queue — BLOCK), besides the stage itself being unmeasured."""
+    out = []
+    for scenario, st in run.stages.items():
+        m = NOT_ADMITTED.search(st.reason or "")
+        if m:
+            out.append(CheckResult(Check(
+                id="R-SPIKE-12", scenario=scenario, passed=False, source="gx",
+                expected="every user the stage needs admitted at the target's pace (within target.admission.wait_s)",
+                observed=f"the target admitted {m.group(1)} of {m.group(2)} users within {m.group(3)} s"),
+                kind="correctness"))
+    return out
+
+
 def _iso(dt: datetime | None) -> str:
     if dt is None:
         return ""
@@ -446,7 +466,7 @@ def judge(engine: Engine, run_id: str, profile: Profile, *, validator: Validator
     Returns the verdict and the loaded run data (the report draws its charts from it)."""
     run = load_run(engine, run_id)
     derived = {s: stage_kpis(st, run.time_scale) for s, st in run.stages.items()}
-    checks = evaluate_run(run, derived, validator, target_limits(profile))
+    checks = evaluate_run(run, derived, validator, target_limits(profile)) + admission_findings(run)
     kpis = kpis_of(run, derived, previous_values(engine, run_id), profile.regression_tolerance, profile)
     verdict = decide(run_id=run_id, profile=profile, started_at=_iso(run.started_at),
                      finished_at=_iso(run.finished_at), stages=stage_facts(run), checks=checks, kpis=kpis,

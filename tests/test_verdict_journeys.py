@@ -137,3 +137,15 @@ def test_journeys_missing_are_not_measured(engine, validator):
     v = judge(engine, validator, ("spike",), spike={"journeys": False})
     assert v.verdict == Decision.INCONCLUSIVE
     assert any(t.subject == "check R-SPIKE-13" and t.branch == Decision.INCONCLUSIVE for t in v.trace)
+
+
+def test_a_target_that_never_admits_the_stage_users_is_a_finding(engine, validator):
+    """The saga's set-up waited for admission in vain: the stage is unmeasured (INCONCLUSIVE item) and the
+    target failed R-SPIKE-12 (BLOCK), named with what the set-up saw."""
+    why = ('k6 exited with code 107: level=error msg="Error: the target admitted 0 of 1 users within 60 s '
+           '(ADMISSION=wait); it should admit them all"')
+    v = judge(engine, validator, ("saga",), saga={"status": "K6_CRASHED", "reason": why})
+    assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
+    finding = next(c for c in v.checks if c.id == "R-SPIKE-12")
+    assert finding.observed == "the target admitted 0 of 1 users within 60 s" and not finding.passed
+    assert "fix_code_and_retest" in [r.code for r in v.remediations]
