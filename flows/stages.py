@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from soundcheck import store
 from soundcheck.dialect import dialect_path
-from soundcheck.plan import RACE_TC1_SEAT_BESIDE_SPIKE, k6_abort_env
+from soundcheck.plan import PLAN, RACE_TC1_SEAT_BESIDE_SPIKE, k6_abort_env, shift_seats
 from soundcheck.profile import Profile, target_limits
 from soundcheck.schema_map import load_schema_map
 from tasks.provision import StageEnv
@@ -59,15 +59,20 @@ def scenario_overrides(name: str, scenarios: list[str], time_scale: float = 1.0)
 
 
 def stage_env(name: str, profile: Profile) -> dict[str, str]:
-    """Every script variable the campaign sets for a stage: the target's concert and show, its lock wait
-    (a contended reservation answered that late is a lock timeout, whatever its body says), the
-    profile's abort levels (k6's abortOnFail thresholds) and `scenario_overrides`."""
-    return {"CONCERT_ID": str(profile.target.concert_id), "SHOW_ID": str(profile.target.show_id),
+    """Every script variable the campaign sets for a stage: the target's concert and show, the stage's users
+    and seats (moved by `target.user_offset` / `seat_offset`, with `scenario_overrides`), the target's lock
+    wait (a contended reservation answered that late is a lock timeout, whatever its body says), its API
+    dialect and admission mode, and the profile's abort levels (k6's abortOnFail thresholds)."""
+    t = profile.target
+    first, count = PLAN[name].users
+    seats = shift_seats({**PLAN[name].seats, **scenario_overrides(name, profile.scenarios, profile.time_scale)},
+                        t.seat_offset)
+    return {"CONCERT_ID": str(t.concert_id), "SHOW_ID": str(t.show_id),
+            "USER_OFFSET": str(first + t.user_offset), "USER_COUNT": str(count), **seats,
             "LOCK_WAIT_S": str(target_limits(profile)["lock_wait_seconds"]),
             "DIALECT": profile.target.dialect, "DIALECT_FILE": str(dialect_path(profile.target.dialect)),
             "ADMISSION": profile.target.admission.mode, "ADMISSION_WAIT_S": str(profile.target.admission.wait_s),
-            **k6_abort_env(profile.abort.error_rate, profile.abort.p95_ms),
-            **scenario_overrides(name, profile.scenarios, profile.time_scale)}
+            **k6_abort_env(profile.abort.error_rate, profile.abort.p95_ms)}
 
 
 def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> str:

@@ -219,6 +219,16 @@ SCENARIOS: tuple[str, ...] = ("spike", "race", "saga", "soak", "points")
 #: The plan puts both the spike's reservations and race TC-1 on seat 1 of show 101. A campaign does not
 #: reset the service between stages, so when both run TC-1 moves to a seat no other scenario touches.
 RACE_TC1_SEAT_BESIDE_SPIKE = "3"
+#: The script variables that name seat ids (a profile's `target.seat_offset` shifts them to a real show's seats).
+SEAT_VARIABLES = frozenset({"SEAT_IDS", "TC1_SEAT", "TC2_SEAT_FIRST", "TC3_SEAT", "SAGA_SEAT_FIRST", "SOAK_SEAT_FIRST"})
+
+
+def shift_seats(variables: dict[str, str], offset: int) -> dict[str, str]:
+    """`variables` with every seat id moved by `offset` (SEAT_IDS is a comma-separated list)."""
+    if not offset:
+        return dict(variables)
+    return {k: (",".join(str(int(x) + offset) for x in v.split(",")) if k in SEAT_VARIABLES else v)
+            for k, v in variables.items()}
 
 
 # ------------------------------------------------------------------------------ remediations

@@ -63,6 +63,11 @@ class Target(_Strict):
     #: The target's data the scenarios use (the plan's concert 1, show 101).
     concert_id: int = 1
     show_id: int = 101
+    #: Added to every scenario's user ids (race 1–300, saga 301–500, points 501–600, soak 601–1600, spike
+    #: 1601–11600): another block of test users, e.g. fresh ones per run for API fixtures.
+    user_offset: int = 0
+    #: Added to every seat id the scenarios reserve (the plan's show 101 has seats 1…1000).
+    seat_offset: int = 0
     #: How the target spells the plan's API (soundcheck.dialect): `plan`, `original` (the service the plan was
     #: written for), or the path of a JSON file of the same shape.
     dialect: str = "plan"

@@ -53,9 +53,10 @@ class Balance:
     exact: bool = False
 
 
-def needs(scenario: str, scale: float, admission: str = "private_targets") -> list[Balance]:
-    """The balances `scenario` needs at `scale` (the k6 scripts' user counts)."""
+def needs(scenario: str, scale: float, admission: str = "private_targets", user_offset: int = 0) -> list[Balance]:
+    """The balances `scenario` needs at `scale` (the k6 scripts' user counts), users moved by `user_offset`."""
     first, most = PLAN[scenario].users
+    first += user_offset
     if scenario in ("race", "soak") and admission == "shared_token":  # its user buys a seat at the end
         return [Balance(first, 1, RICH)]
     if scenario == "spike":
@@ -79,7 +80,7 @@ def resolved_mode(profile: Profile) -> str:
 def apply_fixtures(profile: Profile, scenario: str, base_url: str, *, admin_token: str | None = None,
                    write_dsn: str | None = None) -> str:
     """Put `scenario`'s test data in place; a short account of what was done (or why nothing was needed)."""
-    wanted = needs(scenario, profile.scale, profile.target.admission.mode)
+    wanted = needs(scenario, profile.scale, profile.target.admission.mode, profile.target.user_offset)
     if not wanted:
         return f"{scenario}: no test data needed"
     mode = resolved_mode(profile)

@@ -18,3 +18,20 @@ def test_saga_watch_limit_follows_the_time_scale_above_the_action_band():
     assert scenario_overrides("saga", ["saga"], 1.0) == {"WATCH_LIMIT_S": "120"}  # the plan's
     floor = float(scenario_overrides("saga", ["saga"], 0.03)["WATCH_LIMIT_S"])
     assert floor == 30 and floor > DEFAULT_BANDS["saga_time_s"].allowed  # a stuck saga still lands in action
+
+
+def test_stage_env_carries_the_profiles_target_to_k6():
+    from flows.stages import stage_env
+    from soundcheck.profile import parse_profile
+
+    p = parse_profile({"name": "x", "scenarios": ["race", "spike"],
+                       "target": {"concert_id": 7, "show_id": 707, "user_offset": 100_000, "seat_offset": 5000,
+                                  "dialect": "original", "lock_wait_seconds": 1.5,
+                                  "admission": {"mode": "shared_token", "wait_s": 30}}})
+    race, spike = stage_env("race", p), stage_env("spike", p)
+    assert (race["CONCERT_ID"], race["SHOW_ID"], race["USER_OFFSET"]) == ("7", "707", "100001")
+    assert race["TC1_SEAT"] == "5003" and race["TC2_SEAT_FIRST"] == "5101"  # TC-1 beside the spike, moved
+    assert race["RACE_TARGET_FIRST"] == "9001"  # a queue target, not a seat
+    assert spike["SEAT_IDS"] == "5001,5002" and spike["USER_OFFSET"] == "101601"
+    assert race["DIALECT"] == "original" and race["DIALECT_FILE"].endswith("deployments/dialects/original.json")
+    assert (race["ADMISSION"], race["ADMISSION_WAIT_S"], race["LOCK_WAIT_S"]) == ("shared_token", "30.0", "1.5")
