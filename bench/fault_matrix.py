@@ -44,7 +44,9 @@ class Case:
     why: str = ""
     scale: float = 0.05
     time_scale: float = 0.02
-    run_status: str = "COMPLETED"  # the run row's status: ABORTED when the case trips the harm alarm
+    #: The run row's acceptable statuses: ABORTED when the case trips the harm alarm; both for the tuning
+    #: cases whose load sits at the pool-exhaustion alarm on a busy 2-core machine (same verdict and remedy).
+    run_status: tuple[str, ...] = ("COMPLETED",)
     local: dict[str, Any] = field(default_factory=dict)  # local-stack options (environment.local)
 
 
@@ -66,25 +68,26 @@ CASES: list[Case] = [
     Case("lock_timeout_500", "fault", ("race",), {"faults": "lock_timeout_500", "lock_wait_seconds": 0.05},
          ("BLOCK",), ("R-RACE-4",), ("fix_code_and_retest",),
          "a seat-lock timeout answered 500: the harm alarm stops the race, what it measured BLOCKs",
-         run_status="ABORTED"),
+         run_status=("ABORTED",)),
     Case("pool_too_small", "tuning", ("spike",), {"db_pool_size": 1}, ("APPROVE_WITH_TUNING", "BLOCK"), (),
-         ("raise_db_pool",), "DB pool of 1 for the spike: pool use near or at exhaustion", scale=0.05,
-         time_scale=0.03),
+         ("raise_db_pool",), "DB pool of 1 for the spike: pool use near or at exhaustion (sustained exhaustion "
+         "may also trip the harm alarm)", scale=0.05, time_scale=0.03, run_status=("COMPLETED", "ABORTED")),
     Case("slow_concert_list", "tuning", ("soak",), {"concert_query_ms": 1000, "db_pool_size": 10},
          ("APPROVE_WITH_TUNING", "BLOCK"), (), ("cache_concert_list",),
          "the uncached concert list holds its DB connection 1 s: API-5 p95 in the allowed band", scale=0.005),
     Case("low_consumer_concurrency", "tuning", ("saga",),
-         {"consumer_concurrency": 1, "consumer_batch": 1, "consumer_block_ms": 1000, "db_pool_size": 20},
+         {"consumer_concurrency": 1, "consumer_batch": 1, "consumer_block_ms": 1000, "db_pool_size": 50},
          ("APPROVE_WITH_TUNING", "BLOCK"), (), ("raise_consumer_concurrency",),
          "one consumer per group reading one record at a time: the backlog of the plan's 100 concurrent "
-         "payments grows (a pool of 20, so the 200 payments at scale 2 do not exhaust the pool first)", scale=2.0),
+         "payments grows (a pool of 50: the 200 payments and their watchers at scale 2 may still exhaust the "
+         "pool of this busy machine and trip the harm alarm)", scale=2.0, run_status=("COMPLETED", "ABORTED")),
     # defects seen in a real third-party service (issue 11)
     Case("taken_seat_400", "fault", ("race",), {"faults": "taken_seat_400"}, ("BLOCK",), ("R-RACE-1", "R-SPIKE-11"),
          ("fix_code_and_retest",), "a taken seat answered 400, not 409"),
     Case("lock_timeout_500_bare", "fault", ("race",), {"faults": "lock_timeout_500_bare", "lock_wait_seconds": 0.05},
          ("BLOCK",), ("R-RACE-4",), ("fix_code_and_retest",),
          "a seat-lock timeout answered as a bare 500 (no code, no hint in the body): known by its timing",
-         run_status="ABORTED"),
+         run_status=("ABORTED",)),
     Case("admission_stall", "fault", ("spike",), {"faults": "admission_stall"}, ("BLOCK",), ("R-SPIKE-12",),
          ("fix_code_and_retest",), "a payment ending never frees its place: nobody waiting is admitted",
          scale=0.02, time_scale=0.03),
@@ -115,7 +118,7 @@ class Outcome:
     def ok(self) -> bool:
         c = self.case
         return (self.error is None and self.verdict in c.verdicts and set(c.must_fail) <= set(self.failed)
-                and set(c.remediations) <= set(self.remediations) and self.run_status == c.run_status)
+                and set(c.remediations) <= set(self.remediations) and self.run_status in c.run_status)
 
 
 #: The profile each mode starts from: the reference service as shipped, or in foreign mode (a service nobody
@@ -188,8 +191,8 @@ def markdown(rows: list[Outcome]) -> str:
             (f"; {', '.join(c.remediations)}" if c.remediations else "")
         got = f"{o.verdict or o.error} ({o.exit_code})"
         name = c.name if c.kind != "healthy" else f"healthy run {o.run}"
-        if c.run_status != "COMPLETED":
-            expected += f"; run {c.run_status}"
+        if c.run_status != ("COMPLETED",):
+            expected += f"; run {'/'.join(c.run_status)}"
         lines.append(f"| {name} | {c.kind} | {', '.join(c.scenarios)} ({c.scale:g}, {c.time_scale:g}) | {settings} | "
                      f"{got} | {o.run_status or '–'} | {', '.join(o.failed) or '–'} | "
                      f"{', '.join(o.remediations) or '–'} | {expected} | {o.seconds:.0f} | {'✅' if o.ok else '❌'} |")

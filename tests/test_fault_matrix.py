@@ -50,7 +50,7 @@ def test_fault_is_caught(prefect_server, case, mode, tmp_path):
     assert set(case.must_fail) <= set(o.failed), o.failed
     assert set(case.remediations) <= set(o.remediations), o.remediations
     assert o.exit_code == {"APPROVE": 0, "APPROVE_WITH_TUNING": 10, "BLOCK": 20, "INCONCLUSIVE": 30}[o.verdict]
-    assert o.run_status == case.run_status, o.run_status  # lock_timeout_500: stopped on harm, still judged
+    assert o.run_status in case.run_status, o.run_status  # lock_timeout_500: stopped on harm, still judged
 
 
 def test_healthy_service_approves_three_times_in_a_row(prefect_server, tmp_path):
