@@ -19,6 +19,8 @@ from sut_harness import ADMIN, run_sut
 from soundcheck import store
 from soundcheck.models import ScenarioStatus
 from soundcheck.paths import venv_bin
+from soundcheck.profile import parse_profile
+from tasks.fixtures import apply_fixtures
 from tasks.kpis import compute_kpis
 from tasks.load import run_scenario
 from tasks.snapshot import snapshot
@@ -85,6 +87,10 @@ def test_race_tc1_tc2_tc3_full_100_users(engine, sut, tmp_path: Path) -> None:
 
 
 def test_saga_compensation_and_concurrent_payments(engine, sut, tmp_path: Path) -> None:
+    # the campaign's fixtures step first: the compensation user must hold exactly 10,000, and this service's
+    # users were seeded with 1,000,000 (an API cannot lower a balance), so the reference service's fast path
+    profile = parse_profile({"name": "t", "scale": 0.1, "fixtures": {"mode": "admin"}})
+    apply_fixtures(profile, "saga", sut.base, admin_token=ADMIN_TOKEN)
     r = _run(engine, sut, "saga", tmp_path, scale=0.1)
     assert r.status == ScenarioStatus.COMPLETED, r.reason
     samples = _rows(engine, store.k6_samples, r.scenario_run_id)
