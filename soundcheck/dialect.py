@@ -49,12 +49,13 @@ class Dialect(BaseModel):
     steps: dict[str, Step]
     payment_status: dict[str, str]  # the target's payment status → the plan's (COMPLETED, FAILED)
 
+    def step_of(self, endpoint: str) -> Step | None:
+        return next((self.steps[s] for s, ep in ENDPOINT_OF_STEP.items() if ep == endpoint and s in self.steps), None)
+
     def expected(self, endpoint: str) -> frozenset[int] | None:
         """Every answer the plan allows this endpoint in this dialect (success or an expected refusal)."""
-        for step, ep in ENDPOINT_OF_STEP.items():
-            if ep == endpoint and step in self.steps:
-                return frozenset(self.steps[step].ok) | frozenset(self.steps[step].taken)
-        return None
+        step = self.step_of(endpoint)
+        return frozenset(step.ok) | frozenset(step.taken) if step else None
 
     def answer_expected(self, endpoint: str, status: int) -> bool:
         """Is `status` an answer the plan expects of `endpoint` (R-SPIKE-11)? Steps the dialect does not name: 2xx."""
@@ -62,10 +63,8 @@ class Dialect(BaseModel):
         return status in expected if expected is not None else 200 <= status < 300
 
     def success(self, endpoint: str) -> frozenset[int]:
-        for step, ep in ENDPOINT_OF_STEP.items():
-            if ep == endpoint and step in self.steps:
-                return frozenset(self.steps[step].ok)
-        return frozenset({200})
+        step = self.step_of(endpoint)
+        return frozenset(step.ok) if step else frozenset({200})
 
 
     def request(self, step: str, **values: Any) -> tuple[str, str, Any]:

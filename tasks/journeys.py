@@ -115,6 +115,9 @@ class QueueFlow:
         freed += [t + ttl for t in starts if end is not None and t + ttl <= end]
         return cls(entered, waiting, admitted, gave_up, sorted(freed), int(lim["queue_capacity"]), allowed)
 
+    def __post_init__(self) -> None:
+        self.gave_up_at = [g for g, _ in self.gave_up]  # sorted, as gave_up is
+
     def _count(self, xs: list[float], t: float) -> int:
         return bisect_right(xs, t)
 
@@ -123,7 +126,7 @@ class QueueFlow:
         return self._count(self.admitted, t) + max(0, self._count(self.issued_entered, t) - self.capacity)
 
     def gone(self, t: float) -> int:
-        return bisect_right([g for g, _ in self.gave_up], t)
+        return bisect_right(self.gave_up_at, t)
 
     def waiting(self, t: float) -> int:
         """Users still polling at `t` (WAITING at issue, not admitted, not given up)."""
@@ -132,7 +135,7 @@ class QueueFlow:
     def owed(self, t: float) -> int:
         """Places freed more than `allowed` before `t` that nobody took by `t` (give-ups before `t` may have)."""
         due = self._count(self.freed, t - self.allowed_s)
-        before = bisect_left([g for g, _ in self.gave_up], t)
+        before = bisect_left(self.gave_up_at, t)
         return max(0, due - self.given(t) - before)
 
     def moving(self) -> pd.DataFrame:
