@@ -131,7 +131,7 @@ class LocalStack:
                                    metrics_url=f"{base}/metrics", redis_url=self.redis_url,
                                    prometheus_url=prometheus_url, admin_token=self.admin_token,
                                    extra={"redis_prefix": self.redis_prefix,
-                                          "write_database_url": write_url(self.db.sut_url) if self.db else ""})
+                                          "write_database_url": self.db.write_url if self.db else ""})
         return self.endpoints
 
     def apply_settings(self, changes: dict[str, Any], *, reset_data: bool = False) -> Endpoints:
@@ -286,13 +286,3 @@ def start_local_stack(profile: Profile, run_dir: str | Path) -> tuple[LocalStack
     """Convenience for flows: a started stack and its endpoints (call ``stack.stop()`` at the end)."""
     stack = LocalStack(profile, run_dir)
     return stack, stack.start()
-
-
-def write_url(sut_url: str) -> str:
-    """The service's database as a synchronous URL with write rights (SQL fixtures)."""
-    from sqlalchemy.engine import make_url
-
-    from tasks.snapshot import SYNC_DRIVERS
-
-    u = make_url(sut_url)
-    return u.set(drivername=SYNC_DRIVERS.get(u.drivername, u.drivername)).render_as_string(hide_password=False)

@@ -33,6 +33,7 @@ def _family(url: URL) -> str:
 class RunDatabase:
     sut_url: str  # async URL the reference service uses
     readonly_url: str  # sync, read-only URL for the campaign's SQL checks
+    write_url: str = ""  # sync URL with write rights (SQL fixtures, the §6.2 cleanup)
     admin_url: str | None = None  # server URL used to create/drop the run's database
     name: str | None = None  # the run's database on a server
     created: bool = False
@@ -59,7 +60,7 @@ def sqlite_database(path: Path) -> RunDatabase:
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return RunDatabase(sut_url=f"sqlite+aiosqlite:///{path}",
-                       readonly_url=f"sqlite:///file:{path}?mode=ro&uri=true")
+                       readonly_url=f"sqlite:///file:{path}?mode=ro&uri=true", write_url=f"sqlite:///{path}")
 
 
 def server_database(server_url: str, run_tag: str, *, fresh: bool = True) -> RunDatabase:
@@ -88,11 +89,12 @@ def server_database(server_url: str, run_tag: str, *, fresh: bool = True) -> Run
     if not name:
         raise ValueError("the database URL names no database, and a fresh one was not asked for")
     sut = url.set(drivername=f"{fam}+{_ASYNC[fam]}", database=name)
-    ro = url.set(drivername=f"{fam}+{_SYNC[fam]}", database=name)
+    rw = ro = url.set(drivername=f"{fam}+{_SYNC[fam]}", database=name)
     if fam == "mysql":
         ro = ro.update_query_dict({"init_command": "SET SESSION TRANSACTION READ ONLY"})
     else:
         ro = ro.update_query_dict({"options": "-c default_transaction_read_only=on"})
     return RunDatabase(sut_url=sut.render_as_string(hide_password=False),
                        readonly_url=ro.render_as_string(hide_password=False),
+                       write_url=rw.render_as_string(hide_password=False),
                        admin_url=url.render_as_string(hide_password=False), name=name, created=created)

@@ -30,7 +30,7 @@ from soundcheck.schema_map import PLAN_NAMES, SchemaMap
 
 TABLES = ("reservation", "payment", "payment_outbox")
 MAX_ROWS_PER_TABLE = 200_000
-SYNC_DRIVERS = {
+_SYNC_DRIVERS = {
     "sqlite+aiosqlite": "sqlite",
     "mysql+aiomysql": "mysql+pymysql",
     "mysql+asyncmy": "mysql+pymysql",
@@ -41,7 +41,7 @@ SYNC_DRIVERS = {
 def sync_readonly_url(url: str) -> tuple[str, dict[str, Any]]:
     """A synchronous driver URL for `url` and connect args that make the session read-only."""
     u = make_url(url)
-    u = u.set(drivername=SYNC_DRIVERS.get(u.drivername, u.drivername))
+    u = u.set(drivername=_SYNC_DRIVERS.get(u.drivername, u.drivername))
     if u.get_backend_name() == "sqlite" and u.database and u.database.startswith("file:"):
         return f"sqlite:///{u.database}?mode=ro&uri=true", {}  # already a URI (the local stack's read-only URL)
     if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
