@@ -81,7 +81,7 @@ def _watch_k6_exit(watcher: AbortWatcher, out: dict, stop: threading.Event) -> N
 
 
 def trial(rate: int, harm_after_s: float, max_s: float, bands: Abort, lag_s: int | None = None) -> dict:
-    from tasks.load import run_scenario
+    from tasks.load import LoadRequest, run_scenario
 
     srv = StandIn(("127.0.0.1", 0), Handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -98,20 +98,37 @@ def trial(rate: int, harm_after_s: float, max_s: float, bands: Abort, lag_s: int
         threading.Thread(target=_watch_k6_exit, args=(w, out, stop), daemon=True).start()
         srv.harm_at = time.time() + harm_after_s
         harm_second = srv.harm_at  # the instant the first 500 can be answered
-        res = run_scenario(engine, "bench", "soak", base, output_dir=d, script=script, deadline_s=max_s,
-                           abort=w.event, on_second=w.on_second, env={"RATE": str(rate), "DURATION": f"{int(max_s)}s"},
-                           progress=False, lag_s=lag_s)
+        res = run_scenario(
+            engine,
+            "bench",
+            LoadRequest(
+                "soak",
+                base,
+                output_dir=d,
+                script=script,
+                deadline_s=max_s,
+                env={"RATE": str(rate), "DURATION": f"{int(max_s)}s"},
+                progress=False,
+                lag_s=lag_s,
+            ),
+            abort=w.event,
+            on_second=w.on_second,
+        )
         stop.set()
         srv.shutdown()
         engine.dispose()
     if w.breach is None:
         return {"status": res.status.value, "tripped": False}
     k6_exit = out.get("k6_exit", res.finished_at)
-    return {"status": res.status.value, "tripped": True, "rule": w.breach.rule,
-            "harm_to_detect_s": w.breach.detected_at - harm_second,
-            "detect_to_stop_s": k6_exit - w.breach.detected_at,
-            "harm_to_stop_s": k6_exit - harm_second,
-            "stage_returned_after_s": res.finished_at - w.breach.detected_at}
+    return {
+        "status": res.status.value,
+        "tripped": True,
+        "rule": w.breach.rule,
+        "harm_to_detect_s": w.breach.detected_at - harm_second,
+        "detect_to_stop_s": k6_exit - w.breach.detected_at,
+        "harm_to_stop_s": k6_exit - harm_second,
+        "stage_returned_after_s": res.finished_at - w.breach.detected_at,
+    }
 
 
 def main() -> None:
@@ -120,9 +137,13 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=50, help="requests per second (constant arrival rate)")
     ap.add_argument("--harm-after-s", type=float, default=8.0)
     ap.add_argument("--max-s", type=float, default=40.0)
-    ap.add_argument("--ingest-lag-s", type=int, default=None,
-                    help="hold-back of each second in the ingest before it is written and shown to the watcher "
-                         "(default: the load stage's for a watched stage, tasks.load.WATCHED_LAG_S)")
+    ap.add_argument(
+        "--ingest-lag-s",
+        type=int,
+        default=None,
+        help="hold-back of each second in the ingest before it is written and shown to the watcher "
+        "(default: the load stage's for a watched stage, tasks.load.WATCHED_LAG_S)",
+    )
     args = ap.parse_args()
     bands = Abort(window_s=5, min_requests=50)
     rows = []

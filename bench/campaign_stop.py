@@ -33,9 +33,25 @@ def main() -> int:
         log_path = Path(tmp) / "run.log"
         with log_path.open("w") as log:
             proc = subprocess.Popen(
-                [soundcheck, "run", "--scenario", "race", "--scenario", "saga", "--scale", "0.02",
-                 "--time-scale", "0.03", "--no-notify"], cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                [
+                    soundcheck,
+                    "run",
+                    "--scenario",
+                    "race",
+                    "--scenario",
+                    "saga",
+                    "--scale",
+                    "0.02",
+                    "--time-scale",
+                    "0.03",
+                    "--no-notify",
+                ],
+                cwd=tmp,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
         try:
             deadline = time.time() + 180
             while time.time() < deadline and "stage-race" not in log_path.read_text():
@@ -63,10 +79,11 @@ def main() -> int:
             stages = con.execute("select scenario, status from scenario_runs").fetchall()
             con.close()
         verdicts = list(Path(tmp, "runs").glob("*/verdict.json"))
-        print(f"signal SIG{args.signal} {args.after_s:g} s into the race stage; children before: "
-              f"{', '.join(names)}")
-        print(f"exit status {code} after {took:.1f} s; processes left: {len(left)} "
-              f"{[' '.join(c.cmdline())[:80] for c in left]}")
+        print(f"signal SIG{args.signal} {args.after_s:g} s into the race stage; children before: {', '.join(names)}")
+        print(
+            f"exit status {code} after {took:.1f} s; processes left: {len(left)} "
+            f"{[' '.join(c.cmdline())[:80] for c in left]}"
+        )
         print("log tail:\n" + "\n".join(log_path.read_text().splitlines()[-12:]))
         print(f"run: {runs}; stages: {stages}; verdict.json written: {bool(verdicts)}")
         for c in left:

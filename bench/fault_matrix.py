@@ -55,51 +55,178 @@ class Case:
 #: 0.02 is 36 s, the spike at 0.02 about 30 s). The spike with a pool of 1 needs scale 0.05: at 0.02 the
 #: sustained pool use (p95 of the samples) stays near 0.
 CASES: list[Case] = [
-    Case("no_lock", "fault", ("race",), {"faults": "no_lock"}, ("BLOCK",), ("R-RACE-1",),
-         ("fix_code_and_retest",), "seat lock skipped: the same seat sold more than once"),
-    Case("lost_update", "fault", ("points",), {"faults": "lost_update"}, ("BLOCK",), ("R-POINT-1",),
-         ("fix_code_and_retest",), "read-modify-write point charges lose updates"),
-    Case("no_compensation", "fault", ("saga",), {"faults": "no_compensation"}, ("BLOCK",), ("R-SAGA-2",),
-         ("fix_code_and_retest",), "insufficient points: seats never released (no CancelSeatsCommand)"),
-    Case("stuck_outbox", "fault", ("saga",), {"faults": "stuck_outbox"}, ("BLOCK",), ("R-SAGA-7",),
-         ("shorten_outbox_interval",), "the outbox publisher never publishes: sagas never finish"),
-    Case("leak", "fault", ("soak",), {"faults": "leak", "leak_bytes": 262_144}, ("BLOCK",), ("R-SOAK-1",),
-         ("fix_code_and_retest",), "every request keeps memory: memory grows over the soak", scale=0.02),
-    Case("lock_timeout_500", "fault", ("race",), {"faults": "lock_timeout_500", "lock_wait_seconds": 0.05},
-         ("BLOCK",), ("R-RACE-4",), ("fix_code_and_retest",),
-         "a seat-lock timeout answered 500: the harm alarm stops the race, what it measured BLOCKs",
-         run_status=("ABORTED",)),
-    Case("pool_too_small", "tuning", ("spike",), {"db_pool_size": 1}, ("APPROVE_WITH_TUNING", "BLOCK"), (),
-         ("raise_db_pool",), "DB pool of 1 for the spike: pool use near or at exhaustion (sustained exhaustion "
-         "may also trip the harm alarm)", scale=0.05, time_scale=0.03, run_status=("COMPLETED", "ABORTED")),
-    Case("slow_concert_list", "tuning", ("soak",), {"concert_query_ms": 1000, "db_pool_size": 10},
-         ("APPROVE_WITH_TUNING", "BLOCK"), (), ("cache_concert_list",),
-         "the uncached concert list holds its DB connection 1 s: API-5 p95 in the allowed band", scale=0.005),
-    Case("low_consumer_concurrency", "tuning", ("saga",),
-         {"consumer_concurrency": 1, "consumer_batch": 1, "consumer_block_ms": 1000, "db_pool_size": 50},
-         ("APPROVE_WITH_TUNING", "BLOCK"), (), ("raise_consumer_concurrency",),
-         "one consumer per group reading one record at a time: the backlog of the plan's 100 concurrent "
-         "payments grows (a pool of 50: the 200 payments and their watchers at scale 2 may still exhaust the "
-         "pool of this busy machine and trip the harm alarm)", scale=2.0, run_status=("COMPLETED", "ABORTED")),
+    Case(
+        "no_lock",
+        "fault",
+        ("race",),
+        {"faults": "no_lock"},
+        ("BLOCK",),
+        ("R-RACE-1",),
+        ("fix_code_and_retest",),
+        "seat lock skipped: the same seat sold more than once",
+    ),
+    Case(
+        "lost_update",
+        "fault",
+        ("points",),
+        {"faults": "lost_update"},
+        ("BLOCK",),
+        ("R-POINT-1",),
+        ("fix_code_and_retest",),
+        "read-modify-write point charges lose updates",
+    ),
+    Case(
+        "no_compensation",
+        "fault",
+        ("saga",),
+        {"faults": "no_compensation"},
+        ("BLOCK",),
+        ("R-SAGA-2",),
+        ("fix_code_and_retest",),
+        "insufficient points: seats never released (no CancelSeatsCommand)",
+    ),
+    Case(
+        "stuck_outbox",
+        "fault",
+        ("saga",),
+        {"faults": "stuck_outbox"},
+        ("BLOCK",),
+        ("R-SAGA-7",),
+        ("shorten_outbox_interval",),
+        "the outbox publisher never publishes: sagas never finish",
+    ),
+    Case(
+        "leak",
+        "fault",
+        ("soak",),
+        {"faults": "leak", "leak_bytes": 262_144},
+        ("BLOCK",),
+        ("R-SOAK-1",),
+        ("fix_code_and_retest",),
+        "every request keeps memory: memory grows over the soak",
+        scale=0.02,
+    ),
+    Case(
+        "lock_timeout_500",
+        "fault",
+        ("race",),
+        {"faults": "lock_timeout_500", "lock_wait_seconds": 0.05},
+        ("BLOCK",),
+        ("R-RACE-4",),
+        ("fix_code_and_retest",),
+        "a seat-lock timeout answered 500: the harm alarm stops the race, what it measured BLOCKs",
+        run_status=("ABORTED",),
+    ),
+    Case(
+        "pool_too_small",
+        "tuning",
+        ("spike",),
+        {"db_pool_size": 1},
+        ("APPROVE_WITH_TUNING", "BLOCK"),
+        (),
+        ("raise_db_pool",),
+        "DB pool of 1 for the spike: pool use near or at exhaustion (sustained exhaustion "
+        "may also trip the harm alarm)",
+        scale=0.05,
+        time_scale=0.03,
+        run_status=("COMPLETED", "ABORTED"),
+    ),
+    Case(
+        "slow_concert_list",
+        "tuning",
+        ("soak",),
+        {"concert_query_ms": 1000, "db_pool_size": 10},
+        ("APPROVE_WITH_TUNING", "BLOCK"),
+        (),
+        ("cache_concert_list",),
+        "the uncached concert list holds its DB connection 1 s: API-5 p95 in the allowed band",
+        scale=0.005,
+    ),
+    Case(
+        "low_consumer_concurrency",
+        "tuning",
+        ("saga",),
+        {"consumer_concurrency": 1, "consumer_batch": 1, "consumer_block_ms": 1000, "db_pool_size": 50},
+        ("APPROVE_WITH_TUNING", "BLOCK"),
+        (),
+        ("raise_consumer_concurrency",),
+        "one consumer per group reading one record at a time: the backlog of the plan's 100 concurrent "
+        "payments grows (a pool of 50: the 200 payments and their watchers at scale 2 may still exhaust the "
+        "pool of this busy machine and trip the harm alarm)",
+        scale=2.0,
+        run_status=("COMPLETED", "ABORTED"),
+    ),
     # defects seen in a real third-party service (issue 11)
-    Case("taken_seat_400", "fault", ("race",), {"faults": "taken_seat_400"}, ("BLOCK",), ("R-RACE-1", "R-SPIKE-11"),
-         ("fix_code_and_retest",), "a taken seat answered 400, not 409"),
-    Case("lock_timeout_500_bare", "fault", ("race",), {"faults": "lock_timeout_500_bare", "lock_wait_seconds": 0.05},
-         ("BLOCK",), ("R-RACE-4",), ("fix_code_and_retest",),
-         "a seat-lock timeout answered as a bare 500 (no code, no hint in the body): known by its timing",
-         run_status=("ABORTED",)),
-    Case("admission_stall", "fault", ("spike",), {"faults": "admission_stall"}, ("BLOCK",), ("R-SPIKE-12",),
-         ("fix_code_and_retest",), "a payment ending never frees its place: nobody waiting is admitted",
-         scale=0.02, time_scale=0.03),
-    Case("no_idempotency", "fault", ("race",), {"faults": "no_idempotency"}, ("BLOCK",), ("R-RACE-3",),
-         ("fix_code_and_retest",), "a replayed Idempotency-Key runs again: TC-3 creates more than one reservation"),
-    Case("slow_token_no_snapshot", "fault", ("spike",), {"token_delay_ms": 1700}, ("BLOCK",), ("R-SPIKE-1",),
-         (), "no target database for the checks and a token p95 of 1.7 s: the missing snapshot must not hide it",
-         scale=0.02, time_scale=0.03, local={"expose_database": False}),
+    Case(
+        "taken_seat_400",
+        "fault",
+        ("race",),
+        {"faults": "taken_seat_400"},
+        ("BLOCK",),
+        ("R-RACE-1", "R-SPIKE-11"),
+        ("fix_code_and_retest",),
+        "a taken seat answered 400, not 409",
+    ),
+    Case(
+        "lock_timeout_500_bare",
+        "fault",
+        ("race",),
+        {"faults": "lock_timeout_500_bare", "lock_wait_seconds": 0.05},
+        ("BLOCK",),
+        ("R-RACE-4",),
+        ("fix_code_and_retest",),
+        "a seat-lock timeout answered as a bare 500 (no code, no hint in the body): known by its timing",
+        run_status=("ABORTED",),
+    ),
+    Case(
+        "admission_stall",
+        "fault",
+        ("spike",),
+        {"faults": "admission_stall"},
+        ("BLOCK",),
+        ("R-SPIKE-12",),
+        ("fix_code_and_retest",),
+        "a payment ending never frees its place: nobody waiting is admitted",
+        scale=0.02,
+        time_scale=0.03,
+    ),
+    Case(
+        "no_idempotency",
+        "fault",
+        ("race",),
+        {"faults": "no_idempotency"},
+        ("BLOCK",),
+        ("R-RACE-3",),
+        ("fix_code_and_retest",),
+        "a replayed Idempotency-Key runs again: TC-3 creates more than one reservation",
+    ),
+    Case(
+        "slow_token_no_snapshot",
+        "fault",
+        ("spike",),
+        {"token_delay_ms": 1700},
+        ("BLOCK",),
+        ("R-SPIKE-1",),
+        (),
+        "no target database for the checks and a token p95 of 1.7 s: the missing snapshot must not hide it",
+        scale=0.02,
+        time_scale=0.03,
+        local={"expose_database": False},
+    ),
 ]
 
-HEALTHY = Case("healthy", "healthy", ("race", "saga", "points", "soak", "spike"), {}, ("APPROVE",), (), (),
-               "the reference service as shipped", scale=0.02, time_scale=0.01)
+HEALTHY = Case(
+    "healthy",
+    "healthy",
+    ("race", "saga", "points", "soak", "spike"),
+    {},
+    ("APPROVE",),
+    (),
+    (),
+    "the reference service as shipped",
+    scale=0.02,
+    time_scale=0.01,
+)
 
 
 @dataclass
@@ -117,8 +244,13 @@ class Outcome:
     @property
     def ok(self) -> bool:
         c = self.case
-        return (self.error is None and self.verdict in c.verdicts and set(c.must_fail) <= set(self.failed)
-                and set(c.remediations) <= set(self.remediations) and self.run_status in c.run_status)
+        return (
+            self.error is None
+            and self.verdict in c.verdicts
+            and set(c.must_fail) <= set(self.failed)
+            and set(c.remediations) <= set(self.remediations)
+            and self.run_status in c.run_status
+        )
 
 
 #: The profile each mode starts from: the reference service as shipped, or in foreign mode (a service nobody
@@ -180,22 +312,29 @@ def stored_status(workdir: Path) -> str | None:
 
 
 def markdown(rows: list[Outcome]) -> str:
-    head = ["| case | kind | scenarios (scale, time scale) | settings | verdict (exit) | run | failing checks | "
-            "remediations | expected | s | ok |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    head = [
+        "| case | kind | scenarios (scale, time scale) | settings | verdict (exit) | run | failing checks | "
+        "remediations | expected | s | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     lines = []
     for o in rows:
         c = o.case
         settings = ", ".join(f"{k}={v}" for k, v in c.settings.items()) or "defaults"
-        expected = "/".join(c.verdicts) + (f"; {', '.join(c.must_fail)}" if c.must_fail else "") + \
-            (f"; {', '.join(c.remediations)}" if c.remediations else "")
+        expected = (
+            "/".join(c.verdicts)
+            + (f"; {', '.join(c.must_fail)}" if c.must_fail else "")
+            + (f"; {', '.join(c.remediations)}" if c.remediations else "")
+        )
         got = f"{o.verdict or o.error} ({o.exit_code})"
         name = c.name if c.kind != "healthy" else f"healthy run {o.run}"
         if c.run_status != ("COMPLETED",):
             expected += f"; run {'/'.join(c.run_status)}"
-        lines.append(f"| {name} | {c.kind} | {', '.join(c.scenarios)} ({c.scale:g}, {c.time_scale:g}) | {settings} | "
-                     f"{got} | {o.run_status or '–'} | {', '.join(o.failed) or '–'} | "
-                     f"{', '.join(o.remediations) or '–'} | {expected} | {o.seconds:.0f} | {'✅' if o.ok else '❌'} |")
+        lines.append(
+            f"| {name} | {c.kind} | {', '.join(c.scenarios)} ({c.scale:g}, {c.time_scale:g}) | {settings} | "
+            f"{got} | {o.run_status or '–'} | {', '.join(o.failed) or '–'} | "
+            f"{', '.join(o.remediations) or '–'} | {expected} | {o.seconds:.0f} | {'✅' if o.ok else '❌'} |"
+        )
     return "\n".join(head + lines)
 
 
@@ -205,8 +344,12 @@ def main() -> int:
     ap.add_argument("--healthy-runs", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/soundcheck-fault-matrix"))
     ap.add_argument("--markdown", type=Path, help="also write the table here")
-    ap.add_argument("--mode", choices=sorted(MODES), default="default",
-                    help="foreign: the reference service in foreign mode, through deployments/foreign.yaml")
+    ap.add_argument(
+        "--mode",
+        choices=sorted(MODES),
+        default="default",
+        help="foreign: the reference service in foreign mode, through deployments/foreign.yaml",
+    )
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
@@ -228,22 +371,30 @@ def main() -> int:
                 break
             o = run_case(c, args.workdir, mode=args.mode)
             rows.append(o)
-            print(f"{c.name}: {o.verdict} exit {o.exit_code} run {o.run_status} failed={o.failed} "
-                  f"remediations={o.remediations} "
-                  f"{o.seconds:.0f}s {'OK' if o.ok else 'MISMATCH'}{' ' + o.error if o.error else ''}", flush=True)
+            print(
+                f"{c.name}: {o.verdict} exit {o.exit_code} run {o.run_status} failed={o.failed} "
+                f"remediations={o.remediations} "
+                f"{o.seconds:.0f}s {'OK' if o.ok else 'MISMATCH'}{' ' + o.error if o.error else ''}",
+                flush=True,
+            )
         for i in range(healthy):
             if stopped.is_set():
                 break
             o = run_case(HEALTHY, args.workdir, run=i + 1, mode=args.mode)
             rows.append(o)
-            print(f"healthy {i + 1}: {o.verdict} exit {o.exit_code} failed={o.failed} remediations={o.remediations} "
-                  f"{o.seconds:.0f}s {'OK' if o.ok else 'MISMATCH'}{' ' + o.error if o.error else ''}", flush=True)
+            print(
+                f"healthy {i + 1}: {o.verdict} exit {o.exit_code} failed={o.failed} remediations={o.remediations} "
+                f"{o.seconds:.0f}s {'OK' if o.ok else 'MISMATCH'}{' ' + o.error if o.error else ''}",
+                flush=True,
+            )
     wall = time.monotonic() - t0
     table = markdown(rows)
     print()
     print(table)
-    print(f"\n{len(rows)} campaigns, {wall:.0f} s wall (Prefect harness start included), "
-          f"{sum(o.ok for o in rows)}/{len(rows)} as expected")
+    print(
+        f"\n{len(rows)} campaigns, {wall:.0f} s wall (Prefect harness start included), "
+        f"{sum(o.ok for o in rows)}/{len(rows)} as expected"
+    )
     if args.markdown:
         args.markdown.write_text(table + "\n")
     return 0 if all(o.ok for o in rows) else 1

@@ -49,8 +49,12 @@ def phase_generate(a: argparse.Namespace) -> dict:
     path = Path(a.dir) / "k6.csv"
     with open(path, "w", buffering=8 << 20) as f:
         size = k6synth.write(f, syn)
-    return {"requests": int(len(syn.ts_ms)), "bytes": size, "lines": int(len(syn.ts_ms)) * 13 + 2 * a.seconds + 1,
-            "wall_s": time.perf_counter() - t}
+    return {
+        "requests": int(len(syn.ts_ms)),
+        "bytes": size,
+        "lines": int(len(syn.ts_ms)) * 13 + 2 * a.seconds + 1,
+        "wall_s": time.perf_counter() - t,
+    }
 
 
 def _store(a: argparse.Namespace, name: str):
@@ -97,9 +101,17 @@ def phase_offline(a: argparse.Namespace) -> dict:
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     t = time.perf_counter()
     kp = {k.name: k.value for k in compute_kpis(e, sid)}
-    return {"wall_s": wall, "cpu_s": cpu, "requests": s.requests, "bytes": s.bytes_read, "errors": s.ingest_errors,
-            "kpi_s": time.perf_counter() - t, "p95_ms": kp.get("p95_ms"), "throughput_rps": kp.get("throughput_rps"),
-            "peak_mb": peak_mb()}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "requests": s.requests,
+        "bytes": s.bytes_read,
+        "errors": s.ingest_errors,
+        "kpi_s": time.perf_counter() - t,
+        "p95_ms": kp.get("p95_ms"),
+        "throughput_rps": kp.get("throughput_rps"),
+        "peak_mb": peak_mb(),
+    }
 
 
 def phase_pandas(a: argparse.Namespace) -> dict:
@@ -148,18 +160,41 @@ def phase_stream(a: argparse.Namespace) -> dict:
     kp = {k.name: k.value for k in compute_kpis(e, sid)}
     t_ready = time.perf_counter()
     dst.unlink(missing_ok=True)
-    return {"load_wall_s": t_end - t0, "end_to_kpis_s": t_ready - t_end, "ingest_cpu_s": th.cpu_s,
-            "requests": summary.requests, "errors": summary.ingest_errors, "p95_ms": kp.get("p95_ms"),
-            "peak_mb": peak_mb()}
+    return {
+        "load_wall_s": t_end - t0,
+        "end_to_kpis_s": t_ready - t_end,
+        "ingest_cpu_s": th.cpu_s,
+        "requests": summary.requests,
+        "errors": summary.ingest_errors,
+        "p95_ms": kp.get("p95_ms"),
+        "peak_mb": peak_mb(),
+    }
 
 
-PHASES = {"generate": phase_generate, "floor": phase_floor, "offline": phase_offline, "pandas": phase_pandas,
-          "stream": phase_stream}
+PHASES = {
+    "generate": phase_generate,
+    "floor": phase_floor,
+    "offline": phase_offline,
+    "pandas": phase_pandas,
+    "stream": phase_stream,
+}
 
 
 def child(a: argparse.Namespace, phase: str) -> dict:
-    cmd = [sys.executable, __file__, "--phase", phase, "--seconds", str(a.seconds), "--rps", str(a.rps),
-           "--replay-speed", str(a.replay_speed), "--dir", a.dir] + (["--read-csv-whole"] if a.read_csv_whole else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        phase,
+        "--seconds",
+        str(a.seconds),
+        "--rps",
+        str(a.rps),
+        "--replay-speed",
+        str(a.replay_speed),
+        "--dir",
+        a.dir,
+    ] + (["--read-csv-whole"] if a.read_csv_whole else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -171,8 +206,11 @@ def main() -> None:
     p.add_argument("--replay-speed", type=float, default=30.0)
     p.add_argument("--dir", default=None)
     p.add_argument("--keep", action="store_true", help="keep the generated file")
-    p.add_argument("--read-csv-whole", action="store_true",
-                   help="time pd.read_csv(path) in one call instead of 1 M-row chunks (small --seconds only: memory)")
+    p.add_argument(
+        "--read-csv-whole",
+        action="store_true",
+        help="time pd.read_csv(path) in one call instead of 1 M-row chunks (small --seconds only: memory)",
+    )
     p.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.phase:
@@ -184,8 +222,11 @@ def main() -> None:
     Path(a.dir).mkdir(parents=True, exist_ok=True)
     try:
         gen = child(a, "generate")
-        print(f"generated {gen['requests']:,} requests, {gen['lines']:,} lines, {gen['bytes'] / 1e9:.2f} GB "
-              f"in {gen['wall_s']:.0f} s", flush=True)
+        print(
+            f"generated {gen['requests']:,} requests, {gen['lines']:,} lines, {gen['bytes'] / 1e9:.2f} GB "
+            f"in {gen['wall_s']:.0f} s",
+            flush=True,
+        )
         flo = child(a, "floor")
         off = child(a, "offline")
         pdr = child(a, "pandas")
@@ -195,42 +236,56 @@ def main() -> None:
             shutil.rmtree(a.dir, ignore_errors=True)
     lines = gen["lines"]
     res = {
-        "requests": gen["requests"], "lines": lines, "gigabytes": gen["bytes"] / 1e9,
-        "offline_wall_s": off["wall_s"], "offline_cpu_s": off["cpu_s"], "offline_rows_per_s": lines / off["wall_s"],
-        "offline_requests_per_s": off["requests"] / off["wall_s"], "offline_peak_mb": off["peak_mb"],
+        "requests": gen["requests"],
+        "lines": lines,
+        "gigabytes": gen["bytes"] / 1e9,
+        "offline_wall_s": off["wall_s"],
+        "offline_cpu_s": off["cpu_s"],
+        "offline_rows_per_s": lines / off["wall_s"],
+        "offline_requests_per_s": off["requests"] / off["wall_s"],
+        "offline_peak_mb": off["peak_mb"],
         "kpis_from_tables_s": off["kpi_s"],
-        "pandas_wall_s": pdr["wall_s"], "pandas_cpu_s": pdr["cpu_s"], "pandas_rows_per_s": pdr["rows"] / pdr["wall_s"],
+        "pandas_wall_s": pdr["wall_s"],
+        "pandas_cpu_s": pdr["cpu_s"],
+        "pandas_rows_per_s": pdr["rows"] / pdr["wall_s"],
         "pandas_peak_mb": pdr["peak_mb"],
-        "ratio_vs_read_csv_wall": pdr["wall_s"] / off["wall_s"], "ratio_vs_read_csv_cpu": pdr["cpu_s"] / off["cpu_s"],
-        "floor_wall_s": flo["wall_s"], "floor_cpu_s": flo["cpu_s"],
-        "floor_ratio_vs_read_csv_cpu": pdr["cpu_s"] / flo["cpu_s"], "read_csv_whole": a.read_csv_whole,
-        "stream_replay_speed": a.replay_speed, "stream_load_wall_s": st["load_wall_s"],
-        "end_of_load_to_kpis_s": st["end_to_kpis_s"], "stream_peak_mb": st["peak_mb"],
+        "ratio_vs_read_csv_wall": pdr["wall_s"] / off["wall_s"],
+        "ratio_vs_read_csv_cpu": pdr["cpu_s"] / off["cpu_s"],
+        "floor_wall_s": flo["wall_s"],
+        "floor_cpu_s": flo["cpu_s"],
+        "floor_ratio_vs_read_csv_cpu": pdr["cpu_s"] / flo["cpu_s"],
+        "read_csv_whole": a.read_csv_whole,
+        "stream_replay_speed": a.replay_speed,
+        "stream_load_wall_s": st["load_wall_s"],
+        "end_of_load_to_kpis_s": st["end_to_kpis_s"],
+        "stream_peak_mb": st["peak_mb"],
         "ratio_read_csv_after_load_vs_streamed_kpis": pdr["wall_s"] / st["end_to_kpis_s"],
         "ingest_cpu_s_per_s_of_load": st["ingest_cpu_s"] / a.seconds,
-        "p95_ms_offline": off["p95_ms"], "p95_ms_stream": st["p95_ms"],
-        "errors": off["errors"] + st["errors"], "stream_requests": st["requests"],
+        "p95_ms_offline": off["p95_ms"],
+        "p95_ms_stream": st["p95_ms"],
+        "errors": off["errors"] + st["errors"],
+        "stream_requests": st["requests"],
     }
     print(f"""
-ingest of {res['requests']:,} requests ({lines:,} CSV rows, {res['gigabytes']:.2f} GB):
-  offline   {res['offline_wall_s']:.1f} s wall, {res['offline_cpu_s']:.1f} s CPU → \
-{res['offline_rows_per_s']:,.0f} rows/s ({res['offline_requests_per_s']:,.0f} requests/s), \
-peak {res['offline_peak_mb']:.0f} MB; KPIs from tables {res['kpis_from_tables_s']:.2f} s
-  read_csv  {res['pandas_wall_s']:.1f} s wall, {res['pandas_cpu_s']:.1f} s CPU → \
-{res['pandas_rows_per_s']:,.0f} rows/s, peak {res['pandas_peak_mb']:.0f} MB \
-({'one call' if a.read_csv_whole else '1 M-row chunks'})
-  ratio     {res['ratio_vs_read_csv_wall']:.1f}× (wall), {res['ratio_vs_read_csv_cpu']:.1f}× (CPU) \
+ingest of {res["requests"]:,} requests ({lines:,} CSV rows, {res["gigabytes"]:.2f} GB):
+  offline   {res["offline_wall_s"]:.1f} s wall, {res["offline_cpu_s"]:.1f} s CPU → \
+{res["offline_rows_per_s"]:,.0f} rows/s ({res["offline_requests_per_s"]:,.0f} requests/s), \
+peak {res["offline_peak_mb"]:.0f} MB; KPIs from tables {res["kpis_from_tables_s"]:.2f} s
+  read_csv  {res["pandas_wall_s"]:.1f} s wall, {res["pandas_cpu_s"]:.1f} s CPU → \
+{res["pandas_rows_per_s"]:,.0f} rows/s, peak {res["pandas_peak_mb"]:.0f} MB \
+({"one call" if a.read_csv_whole else "1 M-row chunks"})
+  ratio     {res["ratio_vs_read_csv_wall"]:.1f}× (wall), {res["ratio_vs_read_csv_cpu"]:.1f}× (CPU) \
 faster than read_csv
-  floor     read + find line ends only: {res['floor_wall_s']:.1f} s wall, {res['floor_cpu_s']:.2f} s CPU = \
-read_csv / {res['floor_ratio_vs_read_csv_cpu']:.1f} (CPU): the best ratio any numpy reader of this file can reach
-  streamed  load replayed at {a.replay_speed:g}× in {res['stream_load_wall_s']:.0f} s; end of load → KPIs ready \
-{res['end_of_load_to_kpis_s']:.2f} s (target ≤ 15 s); peak {res['stream_peak_mb']:.0f} MB (target ≤ 1,024 MB)
+  floor     read + find line ends only: {res["floor_wall_s"]:.1f} s wall, {res["floor_cpu_s"]:.2f} s CPU = \
+read_csv / {res["floor_ratio_vs_read_csv_cpu"]:.1f} (CPU): the best ratio any numpy reader of this file can reach
+  streamed  load replayed at {a.replay_speed:g}× in {res["stream_load_wall_s"]:.0f} s; end of load → KPIs ready \
+{res["end_of_load_to_kpis_s"]:.2f} s (target ≤ 15 s); peak {res["stream_peak_mb"]:.0f} MB (target ≤ 1,024 MB)
             read_csv of the file after the load / streamed end-to-KPIs = \
-{res['ratio_read_csv_after_load_vs_streamed_kpis']:.0f}×
-  CPU       ingest {res['ingest_cpu_s_per_s_of_load'] * 100:.2f} % of one core per second of load at the real rate \
+{res["ratio_read_csv_after_load_vs_streamed_kpis"]:.0f}×
+  CPU       ingest {res["ingest_cpu_s_per_s_of_load"] * 100:.2f} % of one core per second of load at the real rate \
 (target ≤ 5 %)
-  check     p95 offline {res['p95_ms_offline']:.2f} ms = streamed {res['p95_ms_stream']:.2f} ms; \
-malformed lines {res['errors']}; streamed requests {res['stream_requests']:,}""")
+  check     p95 offline {res["p95_ms_offline"]:.2f} ms = streamed {res["p95_ms_stream"]:.2f} ms; \
+malformed lines {res["errors"]}; streamed requests {res["stream_requests"]:,}""")
     print(json.dumps(res))
 
 

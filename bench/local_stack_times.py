@@ -30,8 +30,13 @@ def main() -> None:
     ap.add_argument("--redis-url")
     ap.add_argument("--prometheus", action="store_true")
     a = ap.parse_args()
-    local = {"workers": a.workers, "seed_users": a.seed_users, "prometheus": a.prometheus,
-             "database_url": a.database_url, "redis_url": a.redis_url}
+    local = {
+        "workers": a.workers,
+        "seed_users": a.seed_users,
+        "prometheus": a.prometheus,
+        "database_url": a.database_url,
+        "redis_url": a.redis_url,
+    }
     profile = parse_profile({"name": "bench", "environment": {"local": local}})
     times: dict[str, list[float]] = {"start": [], "apply_settings (pool 5 -> 10)": [], "stop": []}
     for _ in range(a.rounds):
@@ -49,8 +54,10 @@ def main() -> None:
                 stack.stop()
                 times["stop"].append(time.perf_counter() - t)
     db = a.database_url or "sqlite"
-    print(f"workers={a.workers} seed_users={a.seed_users} db={db.split(':')[0]} "
-          f"redis={'server' if a.redis_url else 'private'} prometheus={a.prometheus} rounds={a.rounds}")
+    print(
+        f"workers={a.workers} seed_users={a.seed_users} db={db.split(':')[0]} "
+        f"redis={'server' if a.redis_url else 'private'} prometheus={a.prometheus} rounds={a.rounds}"
+    )
     for name, xs in times.items():
         print(f"{name:32s} median {statistics.median(xs):5.1f} s   min {min(xs):5.1f}   max {max(xs):5.1f}")
 

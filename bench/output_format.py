@@ -7,7 +7,7 @@ iteration; JSON lines as `--out json` writes them: a "Metric" line per metric, t
 with an RFC 3339 nanosecond time and a tags object; CSV as `--out csv` with K6_CSV_TIME_FORMAT=unix_milli
 and the runner's six system tags). Each is parsed to what the ingest needs per request — timestamp (ms),
 endpoint, status, duration — by the fastest reader we have for it:
-- CSV: the ingest's own path (`tasks.ingest._classify` + pyarrow), per 4 MB chunk;
+- CSV: the ingest's own path (`tasks.k6csv.classify` + pyarrow), per 4 MB chunk;
 - JSON: lines of `http_req_duration` picked by substring, each decoded with orjson (the fastest JSON
   decoder installed), the time parsed from its string.
 Prints bytes per request and requests parsed per CPU second for both.
@@ -32,31 +32,55 @@ from soundcheck import k6synth  # noqa: E402
 
 
 def write_json(path: Path, syn: k6synth.Synthetic) -> int:
-    names = ("http_reqs", "http_req_duration", "http_req_blocked", "http_req_connecting", "http_req_tls_handshaking",
-             "http_req_sending", "http_req_waiting", "http_req_receiving", "http_req_failed")
+    names = (
+        "http_reqs",
+        "http_req_duration",
+        "http_req_blocked",
+        "http_req_connecting",
+        "http_req_tls_handshaking",
+        "http_req_sending",
+        "http_req_waiting",
+        "http_req_receiving",
+        "http_req_failed",
+    )
     iter_names = ("data_sent", "data_received", "iteration_duration", "iterations")
     n = 0
     with open(path, "wb") as f:
         for m in names + iter_names:
-            line = orjson.dumps({"type": "Metric", "data": {"name": m, "type": "trend", "contains": "time",
-                                                            "thresholds": [], "submetrics": None}, "metric": m})
+            line = orjson.dumps(
+                {
+                    "type": "Metric",
+                    "data": {"name": m, "type": "trend", "contains": "time", "thresholds": [], "submetrics": None},
+                    "metric": m,
+                }
+            )
             f.write(line + b"\n")
             n += len(line) + 1
         mix = k6synth.SOAK_MIX
         buf = io.BytesIO()
-        for t, e, s, d in zip(syn.ts_ms.tolist(), syn.endpoint.tolist(), syn.status.tolist(),
-                              syn.duration_ms.tolist(), strict=True):
+        for t, e, s, d in zip(
+            syn.ts_ms.tolist(), syn.endpoint.tolist(), syn.status.tolist(), syn.duration_ms.tolist(), strict=True
+        ):
             when = dt.datetime.fromtimestamp(t / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
-            tags = {"endpoint": mix[e][0], "expected_response": "true" if 200 <= s < 500 else "false",
-                    "method": mix[e][1], "name": mix[e][2], "scenario": "soak", "status": str(s)}
+            tags = {
+                "endpoint": mix[e][0],
+                "expected_response": "true" if 200 <= s < 500 else "false",
+                "method": mix[e][1],
+                "name": mix[e][2],
+                "scenario": "soak",
+                "status": str(s),
+            }
             for m in names:
                 v = d if m in ("http_req_duration", "http_req_waiting") else 1.0
                 point = {"time": when, "value": v, "tags": tags}
                 buf.write(orjson.dumps({"metric": m, "type": "Point", "data": point}))
                 buf.write(b"\n")
             for m in iter_names:
-                buf.write(orjson.dumps({"metric": m, "type": "Point",
-                                        "data": {"time": when, "value": d, "tags": {"scenario": "soak"}}}))
+                buf.write(
+                    orjson.dumps(
+                        {"metric": m, "type": "Point", "data": {"time": when, "value": d, "tags": {"scenario": "soak"}}}
+                    )
+                )
                 buf.write(b"\n")
             if buf.tell() > 8 << 20:
                 n += f.write(buf.getvalue())
@@ -108,8 +132,10 @@ def main() -> None:
     reqs = len(syn.ts_ms)
     for name, size in (("csv", csv_bytes), ("json", json_bytes)):
         n, cpu, wall = out[name]
-        print(f"{name:4s}: {size / reqs:,.0f} bytes/request, {n:,} requests parsed in {cpu:.2f} s CPU "
-              f"({wall:.2f} s wall) → {n / cpu:,.0f} requests per CPU second")
+        print(
+            f"{name:4s}: {size / reqs:,.0f} bytes/request, {n:,} requests parsed in {cpu:.2f} s CPU "
+            f"({wall:.2f} s wall) → {n / cpu:,.0f} requests per CPU second"
+        )
     print(f"csv is {json_bytes / csv_bytes:.1f}× smaller and {out['json'][1] / out['csv'][1]:.1f}× faster to read")
 
 

@@ -49,8 +49,13 @@ def main() -> None:
     a = ap.parse_args()
 
     metrics = {"interval_s": a.interval, **({"source": "prometheus"} if a.prometheus else {})}
-    profile = parse_profile({"name": "bench", "metrics": metrics, "environment": {"local": {
-        "seed_users": 100, "workers": a.workers, "prometheus": a.prometheus}}})
+    profile = parse_profile(
+        {
+            "name": "bench",
+            "metrics": metrics,
+            "environment": {"local": {"seed_users": 100, "workers": a.workers, "prometheus": a.prometheus}},
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         stack = LocalStack(profile, Path(tmp) / "run")
         try:
@@ -73,10 +78,14 @@ def main() -> None:
     source = "prometheus" if a.prometheus else "scrape"
     print(f"source={source} interval={a.interval:g}s duration={st.wall_s:.1f}s workers={a.workers}")
     print(f"rounds={st.ticks} samples={st.samples} failures={st.failures or 0}")
-    print(f"sampler CPU: {st.cpu_s * 1000:.1f} ms total, {st.cpu_s / max(st.ticks, 1) * 1000:.2f} ms per round, "
-          f"{st.cpu_share * 100:.2f} % of one core")
-    print(f"service CPU: {idle_share * 100:.2f} % of one core idle, {busy_share * 100:.2f} % while sampled "
-          f"(difference {(busy_share - idle_share) * 100:+.2f} points, noisy)")
+    print(
+        f"sampler CPU: {st.cpu_s * 1000:.1f} ms total, {st.cpu_s / max(st.ticks, 1) * 1000:.2f} ms per round, "
+        f"{st.cpu_share * 100:.2f} % of one core"
+    )
+    print(
+        f"service CPU: {idle_share * 100:.2f} % of one core idle, {busy_share * 100:.2f} % while sampled "
+        f"(difference {(busy_share - idle_share) * 100:+.2f} points, noisy)"
+    )
 
 
 if __name__ == "__main__":

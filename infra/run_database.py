@@ -59,8 +59,11 @@ class RunDatabase:
 def sqlite_database(path: Path) -> RunDatabase:
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return RunDatabase(sut_url=f"sqlite+aiosqlite:///{path}",
-                       readonly_url=f"sqlite:///file:{path}?mode=ro&uri=true", write_url=f"sqlite:///{path}")
+    return RunDatabase(
+        sut_url=f"sqlite+aiosqlite:///{path}",
+        readonly_url=f"sqlite:///file:{path}?mode=ro&uri=true",
+        write_url=f"sqlite:///{path}",
+    )
 
 
 def server_database(server_url: str, run_tag: str, *, fresh: bool = True) -> RunDatabase:
@@ -94,7 +97,11 @@ def server_database(server_url: str, run_tag: str, *, fresh: bool = True) -> Run
         ro = ro.update_query_dict({"init_command": "SET SESSION TRANSACTION READ ONLY"})
     else:
         ro = ro.update_query_dict({"options": "-c default_transaction_read_only=on"})
-    return RunDatabase(sut_url=sut.render_as_string(hide_password=False),
-                       readonly_url=ro.render_as_string(hide_password=False),
-                       write_url=rw.render_as_string(hide_password=False),
-                       admin_url=url.render_as_string(hide_password=False), name=name, created=created)
+    return RunDatabase(
+        sut_url=sut.render_as_string(hide_password=False),
+        readonly_url=ro.render_as_string(hide_password=False),
+        write_url=rw.render_as_string(hide_password=False),
+        admin_url=url.render_as_string(hide_password=False),
+        name=name,
+        created=created,
+    )

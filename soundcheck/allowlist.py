@@ -107,8 +107,10 @@ def resolve(host: str) -> list[IPAddress]:
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as e:
-        raise AllowlistError(f"host {host!r} cannot be resolved ({e}), so it cannot be checked against the "
-                             "allowlist; refusing to send load to it.") from None
+        raise AllowlistError(
+            f"host {host!r} cannot be resolved ({e}), so it cannot be checked against the "
+            "allowlist; refusing to send load to it."
+        ) from None
     out: list[IPAddress] = []
     for info in infos:
         a = _normalise_addr(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
@@ -127,8 +129,9 @@ def _named_addresses(al: Allowlist, resolver: Callable[[str], list[IPAddress]]) 
     return out
 
 
-def check_host(host: str, allowlist: Iterable[str] | Allowlist | None,
-               resolver: Callable[[str], list[IPAddress]] = resolve) -> list[IPAddress]:
+def check_host(
+    host: str, allowlist: Iterable[str] | Allowlist | None, resolver: Callable[[str], list[IPAddress]] = resolve
+) -> list[IPAddress]:
     """Refuse `host` unless every address it resolves to is allowed; returns those addresses."""
     al = Allowlist.parse(allowlist)
     host = host.lower().rstrip(".").strip("[]")
@@ -140,8 +143,10 @@ def check_host(host: str, allowlist: Iterable[str] | Allowlist | None,
     if outside:
         shown = ", ".join(str(a) for a in outside[:3])
         what = "is" if str(outside[0]) == host else f"resolves to {shown}, which is"
-        raise AllowlistError(f"target host {host!r} {what} not on the allowlist "
-                             f"({', '.join(_entries(al))}); refusing to send a single request to it.")
+        raise AllowlistError(
+            f"target host {host!r} {what} not on the allowlist "
+            f"({', '.join(_entries(al))}); refusing to send a single request to it."
+        )
     return addrs
 
 
@@ -156,12 +161,18 @@ def check_allowlist(url: str, allowlist: Iterable[str] | Allowlist | None = None
 
 def check_profile_urls(profile: Any, target_url: str | None = None) -> list[str]:
     """Check every URL of the profile that the campaign sends traffic to: the target, its metrics scrape
-    URL, and the host of the target's database (the rollback deletes test data there). Returns the
-    URLs checked. SQLite and unset URLs are skipped (nothing leaves the machine)."""
+    URL, the Kafka brokers it reads consumer lag from, and the host of the target's database (the rollback
+    deletes test data there). Returns the URLs checked. SQLite and unset URLs are skipped (nothing leaves
+    the machine)."""
     allow = profile.target.allowlist
     urls = [u for u in (target_url or profile.target.base_url, profile.metrics.scrape_url) if u]
     for u in urls:
         check_allowlist(u, allow)
+    kafka = profile.metrics.kafka
+    if kafka.bootstrap_servers and kafka.enabled and "${" not in kafka.bootstrap_servers:  # else: once resolved
+        for server in kafka.bootstrap_servers.split(","):
+            check_host(server.strip().rsplit(":", 1)[0], allow)
+            urls.append(server.strip())
     db = profile.target.database_url
     if db and not db.startswith("sqlite"):
         from sqlalchemy.engine import make_url
@@ -199,8 +210,9 @@ class _Cache:
 class AllowlistTransport(httpx.BaseTransport):
     """Wraps a transport; a request to a host off the allowlist raises AllowlistError before connecting."""
 
-    def __init__(self, allowlist: Iterable[str] | Allowlist | None = None,
-                 inner: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self, allowlist: Iterable[str] | Allowlist | None = None, inner: httpx.BaseTransport | None = None
+    ) -> None:
         self._cache = _Cache(Allowlist.parse(allowlist))
         self._inner = inner or httpx.HTTPTransport()
 
@@ -215,8 +227,9 @@ class AllowlistTransport(httpx.BaseTransport):
 class AsyncAllowlistTransport(httpx.AsyncBaseTransport):
     """The asyncio twin of AllowlistTransport."""
 
-    def __init__(self, allowlist: Iterable[str] | Allowlist | None = None,
-                 inner: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, allowlist: Iterable[str] | Allowlist | None = None, inner: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self._cache = _Cache(Allowlist.parse(allowlist))
         self._inner = inner or httpx.AsyncHTTPTransport()
 
@@ -263,8 +276,9 @@ def guarded_async_client(allowlist: Iterable[str] | Allowlist | None = None, **k
 # ------------------------------------------------------------------------------------------------- k6
 
 
-def blocked_ranges(allowlist: Iterable[str] | Allowlist | None = None,
-                   resolver: Callable[[str], list[IPAddress]] = resolve) -> list[str]:
+def blocked_ranges(
+    allowlist: Iterable[str] | Allowlist | None = None, resolver: Callable[[str], list[IPAddress]] = resolve
+) -> list[str]:
     """The complement of the allowed addresses, as CIDR ranges (IPv4 and IPv6), for k6 --blacklist-ip.
 
     Allowed names count with the addresses they resolve to now; if their DNS changes during the run,

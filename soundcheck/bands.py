@@ -67,8 +67,15 @@ def bands_for(profile: Profile | None) -> dict[str, Band]:
     return out
 
 
-def band(kpi: str, value: float | None, *, bands: dict[str, Band] | None = None, scale: float = 1.0,
-         scenario: str | None = None, phase: str | None = None) -> Judgement:
+def band(
+    kpi: str,
+    value: float | None,
+    *,
+    bands: dict[str, Band] | None = None,
+    scale: float = 1.0,
+    scenario: str | None = None,
+    phase: str | None = None,
+) -> Judgement:
     """Place one KPI value in its band. `scale` is the campaign's `--scale` (rate KPIs only)."""
     table = bands if bands is not None else DEFAULT_BANDS
     name = kpi if kpi in table else base_name(kpi)
@@ -83,8 +90,10 @@ def band(kpi: str, value: float | None, *, bands: dict[str, Band] | None = None,
     target, allowed, note = b.target, b.allowed, ""
     if name in RATE_KPIS and scale != 1.0:
         target, allowed = target * scale, allowed * scale
-        note = (f"edges scaled by --scale {scale:g}: target {_fmt(b.target)} → {_fmt(target)}, "
-                f"allowed {_fmt(b.allowed)} → {_fmt(allowed)}")
+        note = (
+            f"edges scaled by --scale {scale:g}: target {_fmt(b.target)} → {_fmt(target)}, "
+            f"allowed {_fmt(b.allowed)} → {_fmt(allowed)}"
+        )
     if value is None:
         return Judgement(kpi, None, None, target, allowed, b.higher_is_better, note or "not measured")
     if b.higher_is_better:

@@ -20,9 +20,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 DIALECT_DIR = Path(__file__).resolve().parent.parent / "deployments" / "dialects"
 
 #: The k6 endpoint tag of each step (soundcheck.plan.ENDPOINTS, plus the client's reads).
-ENDPOINT_OF_STEP = {"token": "API-1", "poll": "API-2", "reserve": "API-3", "pay": "API-4", "concerts": "API-5",
-                    "charge": "API-6", "payment_read": "API-PAY-GET", "reservation_read": "API-RES-GET",
-                    "balance": "API-BALANCE"}
+ENDPOINT_OF_STEP = {
+    "token": "API-1",
+    "poll": "API-2",
+    "reserve": "API-3",
+    "pay": "API-4",
+    "concerts": "API-5",
+    "charge": "API-6",
+    "payment_read": "API-PAY-GET",
+    "reservation_read": "API-RES-GET",
+    "balance": "API-BALANCE",
+}
 
 
 class DialectError(ValueError):
@@ -66,7 +74,6 @@ class Dialect(BaseModel):
         step = self.step_of(endpoint)
         return frozenset(step.ok) if step else frozenset({200})
 
-
     def request(self, step: str, **values: Any) -> tuple[str, str, Any]:
         """(method, path, JSON body or None) of `step` with its placeholders filled (as lib/common.js does)."""
         s = self.steps[step]
@@ -74,7 +81,7 @@ class Dialect(BaseModel):
 
 
 def _fill(t: Any, values: dict[str, Any]) -> Any:
-    """"{name}" alone takes the typed value; inside a longer string, its text."""
+    """ "{name}" alone takes the typed value; inside a longer string, its text."""
     if isinstance(t, str):
         whole = re.fullmatch(r"\{(\w+)\}", t)
         if whole:

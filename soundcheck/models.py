@@ -59,15 +59,31 @@ class Check(BaseModel):
     source: str = "gx"  # gx | kpi | stage
 
 
+class Shift(BaseModel):
+    """A lasting change in a KPI across comparable runs (a change point of its nightly series, R-REG-1)."""
+
+    first_run: str  # the first run at the new level
+    build: str | None = None  # that run's commit or build id
+    before: float  # mean of the segment before
+    after: float  # mean from the first run on
+    rel_change: float  # after / before − 1 (0.18 is +18 %)
+    p_value: float  # two-sided t-test of the two segments
+    noise: float | None = None  # the series' own run-to-run noise, relative (robust estimate)
+    runs: int  # runs at the new level so far, this one included
+    worse: bool  # a change for the worse given the KPI's direction
+    new: bool = True  # found by this run (no earlier run reported it)
+
+
 class KPI(BaseModel):
     name: str  # e.g. p95_ms, throughput_rps, error_rate, db_pool_use, consumer_lag, saga_time_s
     scenario: str
     value: float | None
     unit: str
     band: str | None = None  # target | allowed | action | None (no band defined)
-    previous: float | None = None
-    delta_pct: float | None = None
-    regression: bool = False
+    previous: float | None = None  # the value in the previous comparable run
+    rel_change: float | None = None  # value / previous − 1: 0.158 is +15.8 % (shown with tasks.history.fmt_change)
+    regression: bool = False  # a new lasting shift for the worse (shift.new and shift.worse)
+    shift: Shift | None = None  # the latest lasting change of this KPI's nightly series, if any
     phase: str | None = None  # spike phases: ramp_up | plateau | ramp_down
 
 
@@ -85,6 +101,43 @@ class TraceStep(BaseModel):
     why: str
 
 
+class VerifyRun(BaseModel):
+    """One re-run of a remediation's verification: arm A (as the run was) or B (with the change)."""
+
+    run_id: str
+    arm: str  # A | B
+    verdict: str
+    value: float | None  # the watched KPI in this run
+
+
+class Verification(BaseModel):
+    """A remediation re-tested (R-WHY-4): the watched KPI's shift from A to B with its interval, the bands and
+    the verdicts; `proven` only when the interval excludes zero in the right direction and the verdict improved."""
+
+    code: str
+    change: dict[str, Any] = Field(default_factory=dict)  # what was applied
+    was: dict[str, Any] = Field(default_factory=dict)  # … and what those settings were before
+    status: str  # proven | not proven | skipped
+    why: str = ""
+    kpi: str | None = None
+    scenario: str | None = None
+    phase: str | None = None
+    unit: str = ""
+    original_value: float | None = None  # in the run being verified
+    before: float | None = None  # median of arm A
+    after: float | None = None  # median of arm B
+    shift: float | None = None  # Hodges–Lehmann, B − A
+    low: float | None = None
+    high: float | None = None
+    confidence: float | None = None
+    band_before: str | None = None
+    band_after: str | None = None
+    verdict_before: str | None = None
+    verdict_after: str | None = None
+    runs: list[VerifyRun] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
 class Verdict(BaseModel):
     run_id: str
     profile: str
@@ -97,16 +150,27 @@ class Verdict(BaseModel):
     trace: list[TraceStep] = Field(default_factory=list)
     report: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+    verification: list[Verification] = Field(default_factory=list)
+    #: The capacity stage's answer (R-WHY-1…3, tasks.capacity.SizingResult), when the run measured it.
+    sizing: dict[str, Any] | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """verdict.json: the design's keys, plus the decision trace."""
         d = self.model_dump(mode="json")
         d["kpis"] = [
-            {k: v for k, v in kpi.items() if k in ("name", "scenario", "value", "unit", "band", "previous")
-             or (k in ("phase", "delta_pct", "regression") and v not in (None, False))}
+            {
+                k: v
+                for k, v in kpi.items()
+                if k in ("name", "scenario", "value", "unit", "band", "previous")
+                or (k in ("phase", "rel_change", "regression", "shift") and v not in (None, False))
+            }
             for kpi in d["kpis"]
         ]
         d["checks"] = [{k: v for k, v in c.items() if k != "source"} for c in d["checks"]]
         if not d["extra"]:
             d.pop("extra")
+        if not d["verification"]:
+            d.pop("verification")
+        if d["sizing"] is None:
+            d.pop("sizing")
         return d

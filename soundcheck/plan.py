@@ -60,8 +60,13 @@ EXACT_ANSWER_STAGES = frozenset({"spike", "race", "saga", "points", "soak"})
 #: TTL, a 3 s lock wait, 10-min holds). `admission_period_s`: how often the target gives freed places to the
 #: next waiting users (0: at once, as the plan's service does when a payment ends; a timer-driven queue
 #: sets its period). A profile states its target's own under `target`.
-TARGET_LIMITS: dict[str, float] = {"queue_capacity": 50, "queue_ttl_seconds": 1800.0, "admission_period_s": 1.0,
-                                   "lock_wait_seconds": 3.0, "hold_minutes": 10.0}
+TARGET_LIMITS: dict[str, float] = {
+    "queue_capacity": 50,
+    "queue_ttl_seconds": 1800.0,
+    "admission_period_s": 1.0,
+    "lock_wait_seconds": 3.0,
+    "hold_minutes": 10.0,
+}
 #: The plan's poll interval (API-2 every 3 s, §3.1): a user sees an admission at most this late.
 POLL_INTERVAL_S = 3.0
 #: Slack on top of admission period + poll interval before a freed place counts as not given (R-SPIKE-12).
@@ -98,7 +103,7 @@ LOAD_STAGES = frozenset({"spike", "soak"})
 class Kpi:
     """One KPI of the plan. `derived`: computed by the verdict stage (server samples, trends), not by
     the load stage; `rate`: its band edges scale with `--scale`; `stages`: where its band applies
-    (None: wherever it is measured)."""
+    (None: wherever it is measured); `higher`: more is better (a band's own flag says it for banded KPIs)."""
 
     unit: str
     band: Band | None = None
@@ -106,6 +111,11 @@ class Kpi:
     rate: bool = False
     stages: frozenset[str] | None = None
     source: str = "plan §5.1"
+    higher: bool = False
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.band.higher_is_better if self.band is not None else self.higher
 
 
 KPIS: dict[str, Kpi] = {
@@ -113,15 +123,16 @@ KPIS: dict[str, Kpi] = {
     "requests": Kpi("count"),
     "p95_ms": Kpi("ms", Band(target=1000, allowed=2000), stages=LOAD_STAGES),
     "p99_ms": Kpi("ms"),
-    "throughput_rps": Kpi("req/s", Band(target=1000, allowed=800, higher_is_better=True), rate=True,
-                          stages=LOAD_STAGES),
+    "throughput_rps": Kpi(
+        "req/s", Band(target=1000, allowed=800, higher_is_better=True), rate=True, stages=LOAD_STAGES
+    ),
     "error_rate": Kpi("ratio", Band(target=0.001, allowed=0.005)),
     "rate_5xx": Kpi("ratio"),
     "unexpected_answer_rate": Kpi("ratio"),
     "lock_timeout_rate": Kpi("ratio"),
     "saga_time_s": Kpi("s", Band(target=10, allowed=20)),
     "saga_time_max_s": Kpi("s"),
-    "saga_completion": Kpi("ratio"),
+    "saga_completion": Kpi("ratio", higher=True),
     "compensation_success": Kpi("ratio", Band(target=1.0, allowed=0.99, higher_is_better=True)),
     "wait_until_entered_s": Kpi("s"),
     "wait_until_entered_max_s": Kpi("s"),
@@ -138,18 +149,33 @@ KPIS: dict[str, Kpi] = {
     "consumer_lag": Kpi("messages", Band(target=100, allowed=500), derived=True),
     "consumer_lag_s": Kpi("s", derived=True),
     "memory_growth": Kpi("ratio", derived=True),
-    "redis_memory_bytes": Kpi("bytes", Band(target=500 * MB, allowed=1024 * MB), derived=True,
-                              source="plan §3.4 watch bands"),
+    "redis_memory_bytes": Kpi(
+        "bytes", Band(target=500 * MB, allowed=1024 * MB), derived=True, source="plan §3.4 watch bands"
+    ),
     "gc_pause_max_ms": Kpi("ms", derived=True),
-    "db_cpu_percent": Kpi("%", Band(target=70, allowed=90), derived=True, stages=LOAD_STAGES,
-                          source="plan §5.2 (DB CPU > 90 %) and §4.1.1 (scale out at 70 %)"),
-    "heap_use": Kpi("ratio", Band(target=0.70, allowed=0.85), derived=True, stages=LOAD_STAGES,
-                    source="plan §3.4 watch bands"),
+    "db_cpu_percent": Kpi(
+        "%",
+        Band(target=70, allowed=90),
+        derived=True,
+        stages=LOAD_STAGES,
+        source="plan §5.2 (DB CPU > 90 %) and §4.1.1 (scale out at 70 %)",
+    ),
+    "heap_use": Kpi(
+        "ratio", Band(target=0.70, allowed=0.85), derived=True, stages=LOAD_STAGES, source="plan §3.4 watch bands"
+    ),
     "outbox_backlog": Kpi("rows", derived=True),
-    "outbox_oldest_age_s": Kpi("s", Band(target=10, allowed=20), derived=True,
-                               source="plan §3.3 (outbox every 5 s × 2) and §6.1 (outbox PENDING backlog)"),
-    "unanswered_rate": Kpi("ratio", Band(target=0.001, allowed=0.005), derived=True,
-                           source="plan §6.1 (network timeouts), error-rate edges"),
+    "outbox_oldest_age_s": Kpi(
+        "s",
+        Band(target=10, allowed=20),
+        derived=True,
+        source="plan §3.3 (outbox every 5 s × 2) and §6.1 (outbox PENDING backlog)",
+    ),
+    "unanswered_rate": Kpi(
+        "ratio",
+        Band(target=0.001, allowed=0.005),
+        derived=True,
+        source="plan §6.1 (network timeouts), error-rate edges",
+    ),
     "latency_trend": Kpi("ratio", derived=True),
     "latency_trend_ms": Kpi("ms", derived=True),
     "latency_upward_ms": Kpi("ms", derived=True),
@@ -191,6 +217,8 @@ class Scenario:
     phases: dict[str, tuple[float, float]] = field(default_factory=dict)
     load_kpis: tuple[str, ...] = ()  # client KPIs the stage must deliver to be judged
     server_kpis: tuple[str, ...] = ()  # server KPIs likewise
+    #: An arrival-rate stage (k6's open model): its VUs are the ones busy at that instant, not users.
+    open_model: bool = False
 
     @property
     def script(self) -> Path:
@@ -201,19 +229,44 @@ class Scenario:
         return SUITE_DIR / f"{self.name}.json"
 
 
-PLAN: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("spike", "R-SPIKE", (1601, 10000), {"SEAT_IDS": "1,2"}, SPIKE_PHASES,
-             ("p95_ms", "error_rate", "throughput_rps"), ("db_pool_use", "db_pool_timeouts")),
-    Scenario("race", "R-RACE", (1, 300),  # TC-1 100, TC-2 100, TC-3 1 (+ spare)
-             {"TC1_SEAT": "1", "TC2_SEAT_FIRST": "101", "TC3_SEAT": "201", "RACE_TARGET_FIRST": "9001"}),
-    Scenario("saga", "R-SAGA", (301, 200),  # compensation 1 (a 10,000-point user), concurrent 100
-             {"SAGA_SEAT_FIRST": "301", "SAGA_TARGET_FIRST": "9501"}, load_kpis=("saga_time_s",),
-             server_kpis=("consumer_lag",)),
-    Scenario("soak", "R-SOAK", (601, 1000), {"SOAK_SEAT_FIRST": "601", "SOAK_SEAT_COUNT": "400"},
-             load_kpis=("p95_ms", "error_rate", "throughput_rps"),
-             server_kpis=("db_pool_use", "db_pool_timeouts", "memory_growth")),
-    Scenario("points", "R-POINT", (501, 100)),  # one user charged concurrently (+ spare)
-)}
+PLAN: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "spike",
+            "R-SPIKE",
+            (1601, 10000),
+            {"SEAT_IDS": "1,2"},
+            SPIKE_PHASES,
+            ("p95_ms", "error_rate", "throughput_rps"),
+            ("db_pool_use", "db_pool_timeouts"),
+        ),
+        Scenario(
+            "race",
+            "R-RACE",
+            (1, 300),  # TC-1 100, TC-2 100, TC-3 1 (+ spare)
+            {"TC1_SEAT": "1", "TC2_SEAT_FIRST": "101", "TC3_SEAT": "201", "RACE_TARGET_FIRST": "9001"},
+        ),
+        Scenario(
+            "saga",
+            "R-SAGA",
+            (301, 200),  # compensation 1 (a 10,000-point user), concurrent 100
+            {"SAGA_SEAT_FIRST": "301", "SAGA_TARGET_FIRST": "9501"},
+            load_kpis=("saga_time_s",),
+            server_kpis=("consumer_lag",),
+        ),
+        Scenario(
+            "soak",
+            "R-SOAK",
+            (601, 1000),
+            {"SOAK_SEAT_FIRST": "601", "SOAK_SEAT_COUNT": "400"},
+            load_kpis=("p95_ms", "error_rate", "throughput_rps"),
+            server_kpis=("db_pool_use", "db_pool_timeouts", "memory_growth"),
+            open_model=True,
+        ),
+        Scenario("points", "R-POINT", (501, 100)),  # one user charged concurrently (+ spare)
+    )
+}
 SCENARIOS: tuple[str, ...] = ("spike", "race", "saga", "soak", "points")
 
 #: The plan puts both the spike's reservations and race TC-1 on seat 1 of show 101. A campaign does not
@@ -227,8 +280,10 @@ def shift_seats(variables: dict[str, str], offset: int) -> dict[str, str]:
     """`variables` with every seat id moved by `offset` (SEAT_IDS is a comma-separated list)."""
     if not offset:
         return dict(variables)
-    return {k: (",".join(str(int(x) + offset) for x in v.split(",")) if k in SEAT_VARIABLES else v)
-            for k, v in variables.items()}
+    return {
+        k: (",".join(str(int(x) + offset) for x in v.split(",")) if k in SEAT_VARIABLES else v)
+        for k, v in variables.items()
+    }
 
 
 # ------------------------------------------------------------------------------ remediations
@@ -241,15 +296,19 @@ REMEDIATIONS: dict[str, str] = {
     "upgrade_db_instance": "RDS db.r5.large → db.r5.xlarge",
     "fix_code_and_retest": "fix the code-level defect, then re-run the campaign",
     "shorten_outbox_interval": "outbox scheduler interval 5 s → 2 s, or strengthen publish retries "
-                               "(retry sooner than 60 s, more than 3 attempts)",
+    "(retry sooner than 60 s, more than 3 attempts)",
     "add_read_replica": "optimise the HikariCP settings and add an RDS read replica for reads",
     "reduce_redis_memory": "shorten the queue-token TTL (30 min), or ElastiCache cache.r5.large → cache.r5.xlarge",
     "add_kafka_partitions": "raise consumer parallelism and topic partitions 3 → 6",
     "adjust_alb_idle_timeout": "raise the ALB idle timeout (default 60 s) and check client/server timeouts",
     "use_rank_positions": "compute queue positions from a Redis sorted set (ZRANK) instead of "
-                          "SELECT COUNT(*) … WHERE status='WAITING' AND id < ?",
+    "SELECT COUNT(*) … WHERE status='WAITING' AND id < ?",
     "tune_gc": "tune the collector / heap (-Xmx6g) so stop pauses stay under 100 ms",
     "scale_out_app_servers": "scale out the app tier (auto-scaling at CPU > 70 %, max 4 × t3.large)",
+    "scale_out": "run the instance count the capacity stage measured for the plan's peak, and start a new "
+    "instance at the measured scale-out point (or pre-scale before ticket open when scaling cannot keep up)",
+    "investigate_regression": "find what changed in the build or settings named (soundcheck history --kpi); "
+    "fix it, or accept the new level",
     "fix_test_environment": "make the campaign able to measure (see the reason), then re-run",
 }
 
@@ -260,7 +319,13 @@ REMEDIATIONS: dict[str, str] = {
 #: and the point history are created by the same journeys. Both the SQL rollback and the reference
 #: service's admin cleanup delete exactly these.
 TEST_DATA_TABLES: tuple[str, ...] = (
-    "consumed_message", "payment_outbox", "payment", "point_history", "reservation", "queue_token")
+    "consumed_message",
+    "payment_outbox",
+    "payment",
+    "point_history",
+    "reservation",
+    "queue_token",
+)
 
 # --------------------------------------------------------------------------------- abort levels
 
@@ -301,6 +366,8 @@ def fmt_value(value: float | None, unit: str, *, digits: int = 4) -> str:
         return f"{value:.1%}"
     if unit == "bytes":
         return f"{value / MB:,.0f} MB"
+    if abs(value) >= 10**digits:  # no exponent for a large count: 123,456, not 1.235e+05
+        return f"{value:,.0f} {unit}".strip()
     return f"{value:,.{digits}g} {unit}".strip()
 
 

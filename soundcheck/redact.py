@@ -34,8 +34,9 @@ _SHAPES = [
     re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[0-9A-Z]{16}\b"),
 ]
 _URL_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)(?P<pw>[^@/\s]+)(?=@)")
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|WEBHOOK|CREDENTIAL|(?:^|_)(?:API_)?KEY$|PRIVATE_KEY",
-                          re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSWORD|PASSWD|WEBHOOK|CREDENTIAL|(?:^|_)(?:API_)?KEY$|PRIVATE_KEY", re.IGNORECASE
+)
 #: Values shorter than this are not masked by value (an env var `X_TOKEN=1` would mask every digit 1).
 MIN_SECRET_LEN = 6
 #: Env names that look secret but are not (paths, ids).
@@ -79,8 +80,7 @@ def redact(text: str, extra: Iterable[str] = ()) -> str:
     """`text` with every secret replaced by ***."""
     if not text:
         return text
-    for v in [*sorted((e for e in extra if e and len(e) >= MIN_SECRET_LEN), key=len, reverse=True),
-              *secret_values()]:
+    for v in [*sorted((e for e in extra if e and len(e) >= MIN_SECRET_LEN), key=len, reverse=True), *secret_values()]:
         if v in text:
             text = text.replace(v, MASK)
     for rx in _SHAPES:
@@ -166,8 +166,9 @@ _installed = False
 _filter = RedactingFilter()
 
 
-def install_redaction(logger_names: Iterable[str] = ("", "prefect", "soundcheck", "flows", "tasks", "infra"),
-                      profile: Any = None) -> None:
+def install_redaction(
+    logger_names: Iterable[str] = ("", "prefect", "soundcheck", "flows", "tasks", "infra"), profile: Any = None
+) -> None:
     """Redact every log record from now on; idempotent. Call at the start of a campaign."""
     global _installed
     if profile is not None:

@@ -104,8 +104,16 @@ class Histogram:
         nz = np.flatnonzero(self.counts)
         keys = (nz + KEY_MIN).astype(np.int32)
         counts = self.counts[nz].astype(np.float64)
-        head = _HEADER.pack(_MAGIC, RELATIVE_ACCURACY, self.zero_count, self.count, self.sum,
-                            self.min if self.count else 0.0, self.max if self.count else 0.0, keys.size)
+        head = _HEADER.pack(
+            _MAGIC,
+            RELATIVE_ACCURACY,
+            self.zero_count,
+            self.count,
+            self.sum,
+            self.min if self.count else 0.0,
+            self.max if self.count else 0.0,
+            keys.size,
+        )
         return head + keys.tobytes() + counts.tobytes()
 
     @classmethod

@@ -7,6 +7,7 @@ such a run is left marked INCOMPLETE (see `mark_incomplete`).
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    select,
     update,
 )
 
@@ -50,6 +52,10 @@ runs = Table(
     Column("scenarios", JSON),
     Column("target", String(512)),
     Column("reason", Text),
+    Column("build", String(128)),  # the commit or build id judged (Profile.build)
+    Column("settings", JSON),  # the environment's settings (tasks.runs.environment_settings): what changed
+    Column("parent_run", String(64)),  # a verification re-run: the run whose remediation it tests (tasks.verify)
+    Column("label", String(64)),  # … and its arm: "A raise_db_pool" (as it was) or "B raise_db_pool" (changed)
 )
 
 scenario_runs = Table(
@@ -189,6 +195,65 @@ events = Table(
 )
 
 
+#: Lasting changes found in a KPI's nightly series (tasks.history), one row per run that reported it; a
+#: shift no earlier run reported is new. A re-judge replaces its run's rows.
+shifts = Table(
+    "shifts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.run_id"), nullable=False, index=True),  # the run that found it
+    Column("profile", String(128), nullable=False),
+    Column("scale", Float, nullable=False),
+    Column("scenario", String(32), nullable=False),
+    Column("kpi", String(64), nullable=False),
+    Column("phase", String(16)),
+    Column("first_run", String(64), nullable=False),
+    Column("build", String(128)),
+    Column("before", Float),
+    Column("after", Float),
+    Column("rel_change", Float),
+    Column("p_value", Float),
+    Column("worse", Boolean),
+    Index("ix_shifts_series", "profile", "scenario", "kpi"),
+)
+
+#: Columns added after a table was first created: (table, column DDL type). `open_store` adds them to an
+#: older store so a nightly history keeps working across upgrades.
+ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "runs": {"build": "VARCHAR(128)", "settings": "JSON", "parent_run": "VARCHAR(64)", "label": "VARCHAR(64)"}
+}
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    from sqlalchemy import inspect, text
+
+    insp = inspect(engine)
+    for table, cols in ADDED_COLUMNS.items():
+        have = {c["name"] for c in insp.get_columns(table)}
+        for name, ddl in cols.items():
+            if name not in have:
+                ddl = "TEXT" if ddl == "JSON" and engine.dialect.name == "sqlite" else ddl
+                with engine.begin() as c:
+                    c.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
+
+
+def kpi_rows(run_id: str, kpis: Any) -> list[dict[str, Any]]:
+    """`kpis` rows for KPI records (soundcheck.models.KPI or alike): the one mapping both writers use."""
+    return [
+        {
+            "run_id": run_id,
+            "scenario": k.scenario,
+            "name": k.name,
+            "phase": k.phase,
+            "value": k.value,
+            "unit": k.unit,
+            "band": k.band,
+            "previous": k.previous,
+        }
+        for k in kpis
+    ]
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -219,22 +284,78 @@ def open_store(url: str, base_dir: str | Path | None = None) -> Engine:
             cur.close()
 
     metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
 
 
-def start_run(engine: Engine, run_id: str, profile: str, *, scale: float, time_scale: float,
-              scenarios: list[str], target: str | None) -> None:
+def start_run(
+    engine: Engine,
+    run_id: str,
+    profile: str,
+    *,
+    scale: float,
+    time_scale: float,
+    scenarios: list[str],
+    target: str | None,
+    build: str | None = None,
+    settings: dict[str, Any] | None = None,
+    started_at: datetime | None = None,
+) -> None:
     with engine.begin() as c:
-        c.execute(insert(runs).values(
-            run_id=run_id, profile=profile, started_at=now(), status="RUNNING", scale=scale,
-            time_scale=time_scale, scenarios=scenarios, target=target))
+        c.execute(
+            insert(runs).values(
+                run_id=run_id,
+                profile=profile,
+                started_at=started_at or now(),
+                status="RUNNING",
+                scale=scale,
+                time_scale=time_scale,
+                scenarios=scenarios,
+                target=target,
+                build=build,
+                settings=settings,
+            )
+        )
 
 
-def finish_run(engine: Engine, run_id: str, status: str, verdict: str | None = None,
-               reason: str | None = None) -> None:
+def merge_run_settings(engine: Engine, run_id: str, facts: dict[str, Any]) -> None:
+    """Add what is known only once the environment is up (which bus the Saga ran on) to the run's settings."""
     with engine.begin() as c:
-        c.execute(update(runs).where(runs.c.run_id == run_id).values(
-            finished_at=now(), status=status, verdict=verdict, reason=reason))
+        current = c.execute(select(runs.c.settings).where(runs.c.run_id == run_id)).scalar_one_or_none()
+        if isinstance(current, str):  # JSON read back as text on some dialects
+            current = json.loads(current)
+        c.execute(update(runs).where(runs.c.run_id == run_id).values(settings={**(current or {}), **facts}))
+
+
+def last_approved_build(engine: Engine, profile: str) -> str | None:
+    """The build of the newest completed run of `profile` whose verdict approved the release."""
+    with engine.connect() as c:
+        return c.execute(
+            select(runs.c.build)
+            .where(
+                runs.c.profile == profile,
+                runs.c.status == "COMPLETED",
+                runs.c.verdict.in_(("APPROVE", "APPROVE_WITH_TUNING")),
+                runs.c.build.is_not(None),
+            )
+            .order_by(runs.c.started_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+
+
+def set_run_build(engine: Engine, run_id: str, build: str) -> None:
+    """The build actually deployed (a profile's "latest" resolves to a tag only once the registry is read)."""
+    with engine.begin() as c:
+        c.execute(update(runs).where(runs.c.run_id == run_id).values(build=build))
+
+
+def finish_run(engine: Engine, run_id: str, status: str, verdict: str | None = None, reason: str | None = None) -> None:
+    with engine.begin() as c:
+        c.execute(
+            update(runs)
+            .where(runs.c.run_id == run_id)
+            .values(finished_at=now(), status=status, verdict=verdict, reason=reason)
+        )
 
 
 def mark_incomplete(engine: Engine, run_id: str, reason: str) -> None:
@@ -244,15 +365,23 @@ def mark_incomplete(engine: Engine, run_id: str, reason: str) -> None:
 
 def start_scenario(engine: Engine, run_id: str, scenario: str) -> int:
     with engine.begin() as c:
-        res = c.execute(insert(scenario_runs).values(
-            run_id=run_id, scenario=scenario, status="RUNNING", started_at=now(), ingest_errors=0))
-        return int(res.inserted_primary_key[0])
+        res = c.execute(
+            insert(scenario_runs).values(
+                run_id=run_id, scenario=scenario, status="RUNNING", started_at=now(), ingest_errors=0
+            )
+        )
+        key = res.inserted_primary_key
+        assert key is not None  # an INSERT of one row always has one
+        return int(key[0])
 
 
 def finish_scenario(engine: Engine, scenario_run_id: int, status: str, **values: Any) -> None:
     with engine.begin() as c:
-        c.execute(update(scenario_runs).where(scenario_runs.c.id == scenario_run_id).values(
-            finished_at=now(), status=status, **values))
+        c.execute(
+            update(scenario_runs)
+            .where(scenario_runs.c.id == scenario_run_id)
+            .values(finished_at=now(), status=status, **values)
+        )
 
 
 def record_event(engine: Engine, run_id: str, kind: str, outcome: str, detail: str = "") -> None:
@@ -267,8 +396,9 @@ def store_location(url: str) -> str:
 
     try:
         u = make_url(url)
-        return URL.create(u.drivername, username=u.username, host=u.host, port=u.port, database=u.database,
-                          query=u.query).render_as_string(hide_password=False)
+        return URL.create(
+            u.drivername, username=u.username, host=u.host, port=u.port, database=u.database, query=u.query
+        ).render_as_string(hide_password=False)
     except ArgumentError:
         return url.split("@")[-1] if "@" in url else url
 

@@ -90,8 +90,10 @@ def lock_timeouts(st: StageData) -> pd.DataFrame:
     if k6.empty:
         return pd.DataFrame(columns=cols)
     hit = k6[k6["metric"] == "sc_lock_timeouts"]
-    rows = [{"tc": _tc(_tag(t, "tc", "name")), "status": int(_num(_tag(t, "status")) or 0), "count": float(v)}
-            for v, t in zip(hit["value"], hit["tags"], strict=True)]
+    rows = [
+        {"tc": _tc(_tag(t, "tc", "name")), "status": int(_num(_tag(t, "status")) or 0), "count": float(v)}
+        for v, t in zip(hit["value"], hit["tags"], strict=True)
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -111,8 +113,22 @@ def _same(a: Any, b: Any) -> bool:
 
 # ---------------------------------------------------------------------------------------------- race
 
-ANSWER_COLUMNS = ["tc", "n", "n_200", "n_409", "n_5xx", "n_unanswered", "n_other", "n_non_200",
-                  "lock_timeouts", "lock_timeouts_5xx", "lock_timeout_rate", "reservation_ids", "seat_id", "db_rows"]
+ANSWER_COLUMNS = [
+    "tc",
+    "n",
+    "n_200",
+    "n_409",
+    "n_5xx",
+    "n_unanswered",
+    "n_other",
+    "n_non_200",
+    "lock_timeouts",
+    "lock_timeouts_5xx",
+    "lock_timeout_rate",
+    "reservation_ids",
+    "seat_id",
+    "db_rows",
+]
 
 
 def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
@@ -128,7 +144,7 @@ def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
     ok_codes = list(d.success("API-3"))
     taken_codes = [c for c in (d.expected("API-3") or {409}) if c not in ok_codes]
     rows = []
-    for tc, g in (req[req["tc"].notna()].groupby("tc") if not req.empty else []):
+    for tc, g in req[req["tc"].notna()].groupby("tc") if not req.empty else []:
         status = g["status"].astype(int)
         n = len(g)
         # n_200 / n_409: the success and seat-taken answers in the target's dialect (the plan's 200 and 409)
@@ -140,8 +156,7 @@ def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
         rids = {str(r) for r in ok_tags.map(lambda t: _tag(t, "reservationId", "reservation_id")) if r is not None}
         if tc == "tc3":
             rids |= tc3_reservation_ids(st)
-        seat = next((s for s in g["tags"].map(lambda t: _tag(t, "seat_id", "seatId", "seat")) if s is not None),
-                    None)
+        seat = next((s for s in g["tags"].map(lambda t: _tag(t, "seat_id", "seatId", "seat")) if s is not None), None)
         if isinstance(seat, list | tuple):
             seat = seat[0] if seat else None
         seat = seat if seat is not None else seats_cfg.get(tc, 1 if tc == "tc1" else None)
@@ -150,15 +165,30 @@ def race_tables(st: StageData) -> dict[str, pd.DataFrame]:
             db_rows = float(sum(any(_same(s, seat) for s in _seat_ids(r)) for _, r in reservations.iterrows()))
         elif seat is not None and "reservation" in st.snapshots:
             db_rows = 0.0
-        rows.append({"tc": tc, "n": n, "n_200": n200, "n_409": n409, "n_5xx": int((status >= 500).sum()),
-                     "n_unanswered": int((status == 0).sum()), "n_other": n - n200 - n409, "n_non_200": n - n200,
-                     "lock_timeouts": locks, "lock_timeouts_5xx": locks_5xx,
-                     "lock_timeout_rate": locks / n if n else 0.0,
-                     "reservation_ids": len(rids), "seat_id": None if seat is None else str(seat), "db_rows": db_rows})
+        rows.append(
+            {
+                "tc": tc,
+                "n": n,
+                "n_200": n200,
+                "n_409": n409,
+                "n_5xx": int((status >= 500).sum()),
+                "n_unanswered": int((status == 0).sum()),
+                "n_other": n - n200 - n409,
+                "n_non_200": n - n200,
+                "lock_timeouts": locks,
+                "lock_timeouts_5xx": locks_5xx,
+                "lock_timeout_rate": locks / n if n else 0.0,
+                "reservation_ids": len(rids),
+                "seat_id": None if seat is None else str(seat),
+                "db_rows": db_rows,
+            }
+        )
     answers = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
-    requests = req.loc[req["endpoint"] != SETUP_TAG, ["endpoint", "name", "status", "error_code"]].copy() \
-        if not req.empty else pd.DataFrame(
-        columns=["endpoint", "name", "status", "error_code"])
+    requests = (
+        req.loc[req["endpoint"] != SETUP_TAG, ["endpoint", "name", "status", "error_code"]].copy()
+        if not req.empty
+        else pd.DataFrame(columns=["endpoint", "name", "status", "error_code"])
+    )
     return {"answers": answers, "requests": requests, "seats": active_seats(reservations)}
 
 
@@ -169,8 +199,9 @@ def tc3_reservation_ids(st: StageData) -> set[str]:
         return set()
     hit = k6[k6["metric"] == "sc_tc3_reservation"]
     ok = {str(c) for c in dialect_of(st).success("API-3")}
-    return {str(_tag(t, "reservationId")) for t in hit["tags"]
-            if str(_tag(t, "status")) in ok and _tag(t, "reservationId")}
+    return {
+        str(_tag(t, "reservationId")) for t in hit["tags"] if str(_tag(t, "status")) in ok and _tag(t, "reservationId")
+    }
 
 
 def active_seats(reservations: pd.DataFrame) -> pd.DataFrame:
@@ -188,8 +219,16 @@ def active_seats(reservations: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- saga
 
-COMPENSATION_COLUMNS = ["payment_id", "payment_status", "reservation_status", "seats_available",
-                        "use_point_published", "cancel_seats_published", "outbox_failed", "saga_time_s"]
+COMPENSATION_COLUMNS = [
+    "payment_id",
+    "payment_status",
+    "reservation_status",
+    "seats_available",
+    "use_point_published",
+    "cancel_seats_published",
+    "outbox_failed",
+    "saga_time_s",
+]
 
 
 def _payment_ids(st: StageData, name_pattern: str, details_key: str) -> list[str]:
@@ -304,41 +343,58 @@ def saga_tables(st: StageData) -> dict[str, pd.DataFrame]:
         conc_ids = [str(i) for i in payments["id"] if str(i) not in comp_ids]
     rows = []
     for pid in comp_ids:
-        pay = payments[payments["id"].astype(str) == pid].iloc[0] if not payments.empty and (
-            payments["id"].astype(str) == pid).any() else pd.Series(dtype=object)
+        pay = (
+            payments[payments["id"].astype(str) == pid].iloc[0]
+            if not payments.empty and (payments["id"].astype(str) == pid).any()
+            else pd.Series(dtype=object)
+        )
         rid = pay.get("reservation_id")
-        res = reservations[reservations["id"].astype(str) == str(rid)] if rid is not None and not reservations.empty \
+        res = (
+            reservations[reservations["id"].astype(str) == str(rid)]
+            if rid is not None and not reservations.empty
             else pd.DataFrame()
+        )
         res_status = ",".join(sorted(set(_status(_col(res, "status"))))) if not res.empty else None
         seat_ids = [s for _, r in res.iterrows() for s in _seat_ids(r)] if not res.empty else []
-        seat_rows = seats[seats["id"].astype(str).isin([str(s) for s in seat_ids])] if seat_ids and not seats.empty \
+        seat_rows = (
+            seats[seats["id"].astype(str).isin([str(s) for s in seat_ids])]
+            if seat_ids and not seats.empty
             else pd.DataFrame()
+        )
         ob = outbox[outbox["aggregate_id"].astype(str) == pid] if not outbox.empty else pd.DataFrame()
         ev = list(zip(ob.get("event_type", []), _status(_col(ob, "status")), strict=False)) if not ob.empty else []
-        rows.append({
-            "payment_id": pid,
-            "payment_status": str(pay.get("status")).upper() if pay.get("status") is not None else None,
-            "reservation_status": res_status,
-            "seats_available": bool(len(seat_rows) and set(_status(seat_rows["status"])) == {"AVAILABLE"}),
-            "use_point_published": ("UsePointCommand", "PUBLISHED") in ev,
-            "cancel_seats_published": ("CancelSeatsCommand", "PUBLISHED") in ev,
-            "outbox_failed": sum(s == "FAILED" for _, s in ev),
-            "saga_time_s": _saga_seconds(st, pay, comp_gave_up) if not pay.empty else np.nan,
-        })
+        rows.append(
+            {
+                "payment_id": pid,
+                "payment_status": str(pay.get("status")).upper() if pay.get("status") is not None else None,
+                "reservation_status": res_status,
+                "seats_available": bool(len(seat_rows) and set(_status(seat_rows["status"])) == {"AVAILABLE"}),
+                "use_point_published": ("UsePointCommand", "PUBLISHED") in ev,
+                "cancel_seats_published": ("CancelSeatsCommand", "PUBLISHED") in ev,
+                "outbox_failed": sum(s == "FAILED" for _, s in ev),
+                "saga_time_s": _saga_seconds(st, pay, comp_gave_up) if not pay.empty else np.nan,
+            }
+        )
     compensation = pd.DataFrame(rows, columns=COMPENSATION_COLUMNS)
     conc_rows = []
     for pid in conc_ids:
         hit = payments[payments["id"].astype(str) == pid] if not payments.empty else pd.DataFrame()
-        conc_rows.append({"payment_id": pid,
-                          "payment_status": str(hit.iloc[0]["status"]).upper() if not hit.empty else None})
+        conc_rows.append(
+            {"payment_id": pid, "payment_status": str(hit.iloc[0]["status"]).upper() if not hit.empty else None}
+        )
     concurrent = pd.DataFrame(conc_rows, columns=["payment_id", "payment_status"])
-    outbox_t = pd.DataFrame({"event_type": outbox.get("event_type", pd.Series(dtype=str)),
-                             "status": _status(_col(outbox, "status"))}) if not outbox.empty else pd.DataFrame(
-        columns=["event_type", "status"])
+    outbox_t = (
+        pd.DataFrame(
+            {"event_type": outbox.get("event_type", pd.Series(dtype=str)), "status": _status(_col(outbox, "status"))}
+        )
+        if not outbox.empty
+        else pd.DataFrame(columns=["event_type", "status"])
+    )
     return {"compensation": compensation, "concurrent": concurrent, "outbox": outbox_t}
 
 
 # -------------------------------------------------------------------------------------------- points
+
 
 def points_tables(st: StageData) -> dict[str, pd.DataFrame]:
     expected: dict[str, float] = {str(k): float(v) for k, v in (st.details.get("expected_balances") or {}).items()}
@@ -373,8 +429,15 @@ def points_tables(st: StageData) -> dict[str, pd.DataFrame]:
         if ids is not None and bal is not None and not actual:
             actual.update({str(i): float(b) for i, b in zip(ids, bal, strict=False)})
             break
-    rows = [{"user_id": u, "expected_balance": e, "actual_balance": actual.get(u, np.nan),
-             "difference": actual.get(u, np.nan) - e} for u, e in expected.items()]
+    rows = [
+        {
+            "user_id": u,
+            "expected_balance": e,
+            "actual_balance": actual.get(u, np.nan),
+            "difference": actual.get(u, np.nan) - e,
+        }
+        for u, e in expected.items()
+    ]
     return {"balances": pd.DataFrame(rows, columns=["user_id", "expected_balance", "actual_balance", "difference"])}
 
 
@@ -415,7 +478,7 @@ def timeline(seconds: pd.DataFrame, k6: pd.DataFrame | None = None) -> pd.DataFr
             # it ended somewhere in [t, t + 1) after m ms, so it surely spanned whole seconds from t + 1 - m/1000 on
             first = max(lo, int(np.ceil(t + 1 - m / 1000.0)))
             if first < t:
-                flight[first - lo:t - lo] = True
+                flight[first - lo : t - lo] = True
     out["in_flight"] = flight
     out["recorded"] = out["count"] + alive
     covered = (out["recorded"] > 0) | out["in_flight"]
@@ -430,8 +493,8 @@ def timeline(seconds: pd.DataFrame, k6: pd.DataFrame | None = None) -> pd.DataFr
         j = i
         while j < n and not covered.iat[j]:
             j += 1
-        before = counts[max(0, i - NEIGHBOUR_S):i]
-        after = counts[j:j + NEIGHBOUR_S]
+        before = counts[max(0, i - NEIGHBOUR_S) : i]
+        after = counts[j : j + NEIGHBOUR_S]
         rate = min(before.mean() if len(before) else 0.0, after.mean() if len(after) else 0.0)
         expected[i:j] = rate
         missing[i:j] = rate * (j - i) >= HOLE_MIN_EXPECTED
@@ -459,8 +522,10 @@ def kpi_table(load_kpis: pd.DataFrame, derived: Iterable[Any], scenario: str) ->
     rows = []
     if not load_kpis.empty:
         k = load_kpis[load_kpis["scenario"] == scenario]
-        rows += [{"name": r.name, "phase": r.phase if isinstance(r.phase, str) and r.phase else "all",
-                  "value": r.value} for r in k.itertuples()]
+        rows += [
+            {"name": r.name, "phase": r.phase if isinstance(r.phase, str) and r.phase else "all", "value": r.value}
+            for r in k.itertuples()
+        ]
     rows += [{"name": d.name, "phase": d.phase or "all", "value": d.value} for d in derived]
     df = pd.DataFrame(rows, columns=["name", "phase", "value"])
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
@@ -469,8 +534,11 @@ def kpi_table(load_kpis: pd.DataFrame, derived: Iterable[Any], scenario: str) ->
 
 def load_tables(st: StageData, kpis: pd.DataFrame) -> dict[str, pd.DataFrame]:
     sec = st.seconds
-    by_second = sec[["second", "endpoint", "count", "p99_ms"]].copy() if not sec.empty else pd.DataFrame(
-        columns=["second", "endpoint", "count", "p99_ms"])
+    by_second = (
+        sec[["second", "endpoint", "count", "p99_ms"]].copy()
+        if not sec.empty
+        else pd.DataFrame(columns=["second", "endpoint", "count", "p99_ms"])
+    )
     out = {"timeline": timeline(sec, st.k6), "endpoints": endpoint_totals(sec), "seconds": by_second, "kpis": kpis}
     if st.scenario == "spike":
         reservations = st.snapshot("reservation")
@@ -494,8 +562,10 @@ def answers(seconds: pd.DataFrame, dialect: Dialect | None = None) -> pd.DataFra
                 if 0 < status < 500:  # 5xx: judged by the error-rate band (R-SPIKE-6, tuning)
                     counts[(ep, status)] = counts.get((ep, status), 0) + int(n)
     dialect = dialect or load_dialect("plan")
-    rows = [{"endpoint": ep, "status": st, "count": n, "expected": dialect.answer_expected(ep, st)}
-            for (ep, st), n in sorted(counts.items())]
+    rows = [
+        {"endpoint": ep, "status": st, "count": n, "expected": dialect.answer_expected(ep, st)}
+        for (ep, st), n in sorted(counts.items())
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -525,9 +595,22 @@ def tables_for(st: StageData, kpis: pd.DataFrame, settings: dict[str, Any] | Non
 
 # --------------------------------------------------------------------------------------- spike queue
 
-QUEUE_COLUMNS = ["capacity", "ttl_s", "issued", "entered_at_issue", "waiting_at_issue", "other_at_issue",
-                 "freed_before_last_issue", "entered_off", "expired", "stage_s", "early_expired",
-                 "ttl_min_s", "ttl_max_s", "ttl_error_s"]
+QUEUE_COLUMNS = [
+    "capacity",
+    "ttl_s",
+    "issued",
+    "entered_at_issue",
+    "waiting_at_issue",
+    "other_at_issue",
+    "freed_before_last_issue",
+    "entered_off",
+    "expired",
+    "stage_s",
+    "early_expired",
+    "ttl_min_s",
+    "ttl_max_s",
+    "ttl_error_s",
+]
 
 
 def _terminal_before(st: StageData, t: float) -> int:
@@ -572,15 +655,34 @@ def queue_table(st: StageData, limits: dict[str, Any]) -> pd.DataFrame:
         expired = float(counts.loc[_status(counts["status"]) == "EXPIRED", "count"].sum())
     end = _ts(st.finished_at)
     stage_s = (end - first) if end is not None else np.nan
-    early = expired if not np.isnan(expired) and not np.isnan(stage_s) and stage_s < ttl else (
-        0.0 if not np.isnan(expired) else np.nan)
+    early = (
+        expired
+        if not np.isnan(expired) and not np.isnan(stage_s) and stage_s < ttl
+        else (0.0 if not np.isnan(expired) else np.nan)
+    )
     ttl_rows = st.snapshot("queue_token_ttl")
     tmin = tmax = terr = np.nan
     if not ttl_rows.empty and {"min_ttl_s", "max_ttl_s"} <= set(ttl_rows.columns):
         tmin, tmax = float(ttl_rows["min_ttl_s"].min()), float(ttl_rows["max_ttl_s"].max())
         terr = max(abs(tmin - ttl), abs(tmax - ttl))
-    return pd.DataFrame([{"capacity": cap, "ttl_s": ttl, "issued": issued, "entered_at_issue": entered,
-                          "waiting_at_issue": waiting, "other_at_issue": issued - entered - waiting,
-                          "freed_before_last_issue": freed, "entered_off": off, "expired": expired,
-                          "stage_s": stage_s, "early_expired": early, "ttl_min_s": tmin, "ttl_max_s": tmax,
-                          "ttl_error_s": terr}], columns=QUEUE_COLUMNS)
+    return pd.DataFrame(
+        [
+            {
+                "capacity": cap,
+                "ttl_s": ttl,
+                "issued": issued,
+                "entered_at_issue": entered,
+                "waiting_at_issue": waiting,
+                "other_at_issue": issued - entered - waiting,
+                "freed_before_last_issue": freed,
+                "entered_off": off,
+                "expired": expired,
+                "stage_s": stage_s,
+                "early_expired": early,
+                "ttl_min_s": tmin,
+                "ttl_max_s": tmax,
+                "ttl_error_s": terr,
+            }
+        ],
+        columns=QUEUE_COLUMNS,
+    )

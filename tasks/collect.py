@@ -6,11 +6,14 @@ Three sources, one shape (`Sample`):
 * `PrometheusCollector` asks a Prometheus server's HTTP API (range queries over the window since the
   last call, or any window afterwards);
 * `CloudWatchCollector` calls GetMetricData (RDS CPUUtilization, ElastiCache memory, ALB RequestCount
-  and TargetResponseTime, MSK MaxOffsetLag / SumOffsetLag / EstimatedMaxTimeLag …).
+  and TargetResponseTime, MSK MaxOffsetLag / SumOffsetLag / EstimatedMaxTimeLag …);
+* `KafkaLagCollector` reads consumer lag from the Kafka cluster itself: committed group offsets against
+  log-end offsets through the admin API (`soundcheck.kafka_lag`), per group, topic and partition. When it
+  runs it owns the consumer-lag KPIs; the other sources' entries for them are dropped.
 
 A *metric map* says which metric is which KPI. Its values are PromQL; the scrape collector evaluates
-the subset ``[sum|max|min|avg|count(] [rate|increase(] name{label="v",…}[window] [)] [)] [* k | / k]``
-itself, so the same map serves a bare ``/metrics`` endpoint and a Prometheus server. Two maps ship in
+the subset a bare ``/metrics`` endpoint can answer itself (`tasks.promql`), so the same map serves a
+scrape and a Prometheus server. Two maps ship in
 ``deployments/metric_maps/``: ``reference`` (the reference service) and ``spring-boot`` (Micrometer).
 
 `Sampler` runs the collectors on a background thread during the load: bounded in time, stoppable,
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 import time
 from collections import deque
@@ -44,6 +46,7 @@ from infra.endpoints import Endpoints
 from soundcheck.paths import DEPLOYMENTS
 from soundcheck.profile import CloudWatchQuery, Profile
 from soundcheck.store import server_samples
+from tasks.promql import Expr, aggregate, histogram_quantile, parse_expr
 
 log = logging.getLogger(__name__)
 
@@ -84,81 +87,6 @@ def load_metric_map(spec: str | dict[str, str]) -> dict[str, str]:
     return {str(k): v for k, v in data.items()}
 
 
-# ---------------------------------------------------------------------------------------------------- expressions
-_EXPR = re.compile(
-    r"^\s*(?:(?P<agg>sum|max|min|avg|count)\s*\(\s*)?"
-    r"(?:(?P<fn>rate|increase)\s*\(\s*)?"
-    r"(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{(?P<matchers>[^}]*)\})?\s*(?:\[(?P<window>[^\]]+)\]\s*)?"
-    r"(?(fn)\)\s*)(?(agg)\)\s*)"
-    r"(?:(?P<op>[*/])\s*(?P<k>[0-9.]+(?:[eE][+-]?[0-9]+)?)\s*)?$")
-_HQ = re.compile(
-    r"^\s*histogram_quantile\s*\(\s*(?P<q>[0-9.]+)\s*,\s*sum\s+by\s*\(\s*le\s*\)\s*\(\s*(?P<fn>rate|increase)\s*\(\s*"
-    r"(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*_bucket)\s*(?:\{(?P<matchers>[^}]*)\})?\s*(?:\[(?P<window>[^\]]+)\]\s*)?"
-    r"\)\s*\)\s*\)\s*$")
-_MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
-
-
-@dataclass(frozen=True)
-class Expr:
-    """A parsed map expression (the subset of PromQL a scrape can answer on its own)."""
-
-    name: str
-    matchers: tuple[tuple[str, str, str], ...] = ()
-    agg: str | None = None
-    fn: str | None = None
-    factor: float = 1.0
-    quantile: float | None = None  # histogram_quantile(q, sum by (le) (rate(name_bucket[w])))
-
-    def matches(self, labels: dict[str, str]) -> bool:
-        for label, op, want in self.matchers:
-            have = labels.get(label, "")
-            if op == "=" and have != want or op == "!=" and have == want:
-                return False
-            if op == "=~" and not re.fullmatch(want, have) or op == "!~" and re.fullmatch(want, have):
-                return False
-        return True
-
-
-def _parse_matchers(raw: str, text: str) -> tuple[tuple[str, str, str], ...]:
-    matchers: list[tuple[str, str, str]] = []
-    pos = 0
-    while pos < len(raw.strip()):
-        mm = _MATCHER.match(raw, pos)
-        if not mm:
-            raise ValueError(f"bad label matcher in {text!r}")
-        matchers.append((mm[1], mm[2], mm[3].encode().decode("unicode_escape")))
-        pos = mm.end()
-    return tuple(matchers)
-
-
-def parse_expr(text: str) -> Expr:
-    h = _HQ.match(text)
-    if h:
-        return Expr(h["name"], _parse_matchers(h["matchers"] or "", text), fn=h["fn"], quantile=float(h["q"]))
-    m = _EXPR.match(text)
-    if not m:
-        raise ValueError(f"metric expression {text!r} is beyond what a /metrics scrape can evaluate "
-                         "(use agg(rate(name{label=\"v\"})) * k, or a Prometheus source)")
-    matchers = _parse_matchers(m["matchers"] or "", text)
-    factor = 1.0
-    if m["op"]:
-        k = float(m["k"])
-        factor = k if m["op"] == "*" else 1.0 / k
-    return Expr(m["name"], matchers, m["agg"], m["fn"], factor)
-
-
-def _aggregate(agg: str, values: list[float]) -> float:
-    if agg == "sum":
-        return math.fsum(values)
-    if agg == "max":
-        return max(values)
-    if agg == "min":
-        return min(values)
-    if agg == "avg":
-        return math.fsum(values) / len(values)
-    return float(len(values))  # count
-
-
 # ---------------------------------------------------------------------------------------------------- scrape
 class ScrapeCollector:
     """GET a /metrics URL and evaluate the map on the parsed samples."""
@@ -166,8 +94,9 @@ class ScrapeCollector:
     source = "scrape"
     min_interval_s = 0.0
 
-    def __init__(self, url: str, metric_map: dict[str, str], *, timeout_s: float = 5.0,
-                 client: httpx.Client | None = None):
+    def __init__(
+        self, url: str, metric_map: dict[str, str], *, timeout_s: float = 5.0, client: httpx.Client | None = None
+    ):
         self.url = url
         self.exprs = {kpi: parse_expr(e) for kpi, e in metric_map.items()}
         self._client = client or httpx.Client(timeout=timeout_s, trust_env=False)
@@ -202,7 +131,7 @@ class ScrapeCollector:
             if not matched:
                 continue
             if e.agg:
-                out.append(Sample(ts, kpi, _aggregate(e.agg, [v for _, v in matched]) * e.factor, self.source))
+                out.append(Sample(ts, kpi, aggregate(e.agg, [v for _, v in matched]) * e.factor, self.source))
             else:
                 out.extend(Sample(ts, kpi, v * e.factor, self.source, lab or None) for lab, v in matched)
         return out
@@ -242,30 +171,21 @@ class ScrapeCollector:
         self._client.close()
 
 
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
-    """Prometheus' interpolation: `buckets` are (upper bound, cumulative count), sorted, ending at +Inf."""
-    total = buckets[-1][1]
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for i, (upper, count) in enumerate(buckets):
-        if count >= rank and count > below:
-            if math.isinf(upper):
-                return buckets[i - 1][0] if i > 0 else math.nan
-            if upper <= 0:
-                return upper
-            return lower + (upper - lower) * (rank - below) / (count - below)
-        lower, below = upper, count
-    return buckets[-2][0] if len(buckets) > 1 else math.nan
-
-
 # ---------------------------------------------------------------------------------------------------- Prometheus
 class PrometheusCollector:
     """Range queries against a Prometheus server's HTTP API (``/api/v1/query_range``)."""
 
     source = "prometheus"
 
-    def __init__(self, url: str, metric_map: dict[str, str], *, step_s: float = 2.0, timeout_s: float = 10.0,
-                 client: httpx.Client | None = None):
+    def __init__(
+        self,
+        url: str,
+        metric_map: dict[str, str],
+        *,
+        step_s: float = 2.0,
+        timeout_s: float = 10.0,
+        client: httpx.Client | None = None,
+    ):
         self.url = url.rstrip("/")
         self.map = dict(metric_map)
         self.step_s = max(step_s, 1.0)
@@ -274,9 +194,10 @@ class PrometheusCollector:
         self._last_end: float | None = None
 
     def query_range(self, expr: str, start: float, end: float, step_s: float | None = None) -> list[dict]:
-        r = self._client.get(f"{self.url}/api/v1/query_range",
-                             params={"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}",
-                                     "step": f"{step_s or self.step_s:g}s"})
+        r = self._client.get(
+            f"{self.url}/api/v1/query_range",
+            params={"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s or self.step_s:g}s"},
+        )
         body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
         if r.status_code != 200 or body.get("status") != "success":
             detail = body.get("error", r.text[:200])
@@ -325,8 +246,9 @@ def resolve_dimensions(query: CloudWatchQuery, values: dict[str, str]) -> dict[s
         try:
             out[k] = Template(v).substitute(values)
         except KeyError as e:
-            raise ValueError(f"CloudWatch dimension {k}={v!r} names {e.args[0]!r}, which the stack does not "
-                             "output") from None
+            raise ValueError(
+                f"CloudWatch dimension {k}={v!r} names {e.args[0]!r}, which the stack does not output"
+            ) from None
     return out
 
 
@@ -335,9 +257,17 @@ class CloudWatchCollector:
 
     source = "cloudwatch"
 
-    def __init__(self, queries: dict[str, CloudWatchQuery], *, region: str, endpoint_url: str | None = None,
-                 placeholders: dict[str, str] | None = None, lookback_s: float = 600.0,
-                 min_interval_s: float = 60.0, client: Any = None):
+    def __init__(
+        self,
+        queries: dict[str, CloudWatchQuery],
+        *,
+        region: str,
+        endpoint_url: str | None = None,
+        placeholders: dict[str, str] | None = None,
+        lookback_s: float = 600.0,
+        min_interval_s: float = 60.0,
+        client: Any = None,
+    ):
         import boto3
 
         self.queries = queries
@@ -350,28 +280,43 @@ class CloudWatchCollector:
     def _request(self) -> list[dict]:
         out = []
         for i, (kpi, q) in enumerate(self.queries.items()):
-            out.append({
-                "Id": f"m{i}", "Label": kpi, "ReturnData": True,
-                "MetricStat": {"Metric": {"Namespace": q.namespace, "MetricName": q.metric,
-                                          "Dimensions": [{"Name": k, "Value": v}
-                                                         for k, v in self.dimensions[kpi].items()]},
-                               "Period": q.period_s, "Stat": q.stat}})
+            out.append(
+                {
+                    "Id": f"m{i}",
+                    "Label": kpi,
+                    "ReturnData": True,
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": q.namespace,
+                            "MetricName": q.metric,
+                            "Dimensions": [{"Name": k, "Value": v} for k, v in self.dimensions[kpi].items()],
+                        },
+                        "Period": q.period_s,
+                        "Stat": q.stat,
+                    },
+                }
+            )
         return out
 
     def collect_range(self, start: float, end: float) -> list[Sample]:
         queries = self._request()
         by_id = {q["Id"]: q["Label"] for q in queries}
         out: list[Sample] = []
-        kwargs: dict[str, Any] = {"MetricDataQueries": queries, "StartTime": datetime.fromtimestamp(start, UTC),
-                                  "EndTime": datetime.fromtimestamp(end, UTC), "ScanBy": "TimestampAscending"}
+        kwargs: dict[str, Any] = {
+            "MetricDataQueries": queries,
+            "StartTime": datetime.fromtimestamp(start, UTC),
+            "EndTime": datetime.fromtimestamp(end, UTC),
+            "ScanBy": "TimestampAscending",
+        }
         while True:
             resp = self.client.get_metric_data(**kwargs)
             for res in resp.get("MetricDataResults", []):
                 kpi = by_id[res["Id"]]
                 scale = self.queries[kpi].scale
                 for ts, v in zip(res.get("Timestamps", []), res.get("Values", []), strict=False):
-                    out.append(Sample(ts.timestamp(), kpi, float(v) * scale, self.source,
-                                      dict(self.dimensions[kpi]) or None))
+                    out.append(
+                        Sample(ts.timestamp(), kpi, float(v) * scale, self.source, dict(self.dimensions[kpi]) or None)
+                    )
             token = resp.get("NextToken")
             if not token:
                 return out
@@ -389,9 +334,83 @@ class CloudWatchCollector:
 
 
 # ---------------------------------------------------------------------------------------------------- store
+# ---------------------------------------------------------------------------------------------------- Kafka
+#: The KPIs the Kafka collector owns (MSK's SumOffsetLag, MaxOffsetLag, EstimatedMaxTimeLag).
+KAFKA_LAG_KPIS = ("consumer_lag_messages", "consumer_lag_max_partition_messages", "consumer_lag_seconds")
+
+
+class KafkaLagCollector:
+    """Consumer lag the Kafka way, at the sampler's interval: the totals under the campaign's lag KPIs and
+    one ``consumer_lag_partition_messages`` sample per group, topic and partition (labelled)."""
+
+    source = "kafka"
+    min_interval_s = 0.0
+
+    def __init__(
+        self, bootstrap: str, groups: dict[str, list[str]] | None = None, security_protocol: str = "PLAINTEXT"
+    ):
+        from soundcheck.kafka_lag import BlockingGroupLagReader
+
+        self.groups = groups or None
+        self.reader = BlockingGroupLagReader(bootstrap, security_protocol=security_protocol)
+
+    def collect(self) -> list[Sample]:
+        from soundcheck.kafka_lag import summarize
+
+        lags = self.reader.read(self.groups)
+        ts = time.time()
+        out = [Sample(ts, k, v, self.source) for k, v in summarize(lags).items()]
+        out += [
+            Sample(
+                ts,
+                "consumer_lag_partition_messages",
+                float(x.lag),
+                self.source,
+                {"group": x.group, "topic": x.topic, "partition": str(x.partition)},
+            )
+            for x in lags
+        ]
+        return out
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def kafka_bootstrap(profile: Profile, endpoints: Endpoints | None) -> str | None:
+    """The cluster to read lag from: the profile's (``${Output}`` names a stack output, e.g. MSK's
+    ``${KafkaBootstrapBrokers}``), else the local stack's broker; None: no Kafka. Every broker host is
+    checked against the target's allowlist before a connection."""
+    from soundcheck.allowlist import check_host
+
+    k = profile.metrics.kafka
+    if not k.enabled:
+        return None
+    extra = (endpoints.extra or {}) if endpoints else {}
+    bootstrap = Template(k.bootstrap_servers).safe_substitute(extra) if k.bootstrap_servers else None
+    bootstrap = bootstrap or extra.get("kafka_bootstrap")
+    if bootstrap:
+        if "${" in bootstrap:
+            raise ValueError(
+                f"metrics.kafka.bootstrap_servers names a stack output the stack does not have: {bootstrap}"
+            )
+        for server in bootstrap.split(","):
+            check_host(server.strip().rsplit(":", 1)[0], profile.target.allowlist)
+    return bootstrap
+
+
 def write_samples(engine: Engine, run_id: str, samples: Iterable[Sample], scenario_run_id: int | None = None) -> int:
-    rows = [{"run_id": run_id, "scenario_run_id": scenario_run_id, "ts": s.ts, "kpi": s.kpi, "value": s.value,
-             "labels": s.labels, "source": s.source} for s in samples]
+    rows = [
+        {
+            "run_id": run_id,
+            "scenario_run_id": scenario_run_id,
+            "ts": s.ts,
+            "kpi": s.kpi,
+            "value": s.value,
+            "labels": s.labels,
+            "source": s.source,
+        }
+        for s in samples
+    ]
     if rows:
         with engine.begin() as c:
             c.execute(insert(server_samples), rows)
@@ -417,10 +436,18 @@ class SamplerStats:
 class Sampler:
     """Runs collectors every `interval_s` on a daemon thread until stopped or `max_duration_s` is up."""
 
-    def __init__(self, collectors: list[Collector], *, interval_s: float = 2.0, engine: Engine | None = None,
-                 run_id: str | None = None, scenario_run_id: int | None = None,
-                 on_batch: Callable[[list[Sample]], None] | None = None, max_duration_s: float = 4 * 3600,
-                 keep_last: int = 10_000):
+    def __init__(
+        self,
+        collectors: list[Collector],
+        *,
+        interval_s: float = 2.0,
+        engine: Engine | None = None,
+        run_id: str | None = None,
+        scenario_run_id: int | None = None,
+        on_batch: Callable[[list[Sample]], None] | None = None,
+        max_duration_s: float = 4 * 3600,
+        keep_last: int = 10_000,
+    ):
         if engine is not None and run_id is None:
             raise ValueError("writing samples needs the run_id")
         self.collectors = collectors
@@ -506,6 +533,18 @@ class Sampler:
                 delay = 0
             self._stop.wait(delay)
         self.stats.wall_s = time.monotonic() - t0
+        close_all(self.collectors)
+
+
+def close_all(collectors: Iterable[Collector]) -> None:
+    """Release the collectors' connections (HTTP clients, the Kafka reader's loop); errors ignored."""
+    for c in collectors:
+        close = getattr(c, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as e:  # noqa: BLE001 - closing must not fail a stage
+                log.debug("closing %s collector: %s", c.source, e)
 
 
 # ---------------------------------------------------------------------------------------------------- from a profile
@@ -514,9 +553,18 @@ def build_collectors(profile: Profile, endpoints: Endpoints | None = None) -> li
     m = profile.metrics
     out: list[Collector] = []
     metric_map = load_metric_map(m.map)
+    queries = dict(m.cloudwatch.queries)
+    bootstrap = kafka_bootstrap(profile, endpoints)
+    if bootstrap:  # lag from the cluster itself; the other sources' lag entries would count it twice
+        metric_map = {k: v for k, v in metric_map.items() if k not in KAFKA_LAG_KPIS}
+        queries = {k: v for k, v in queries.items() if k not in KAFKA_LAG_KPIS}
+        out.append(KafkaLagCollector(bootstrap, m.kafka.groups, m.kafka.security_protocol))
     if m.source == "scrape":
-        url = m.scrape_url or (endpoints.metrics_url if endpoints else None) or (
-            f"{endpoints.base_url.rstrip('/')}/metrics" if endpoints else None)
+        url = (
+            m.scrape_url
+            or (endpoints.metrics_url if endpoints else None)
+            or (f"{endpoints.base_url.rstrip('/')}/metrics" if endpoints else None)
+        )
         if not url:
             raise ValueError("metrics.scrape_url is needed: no target endpoints to derive it from")
         from soundcheck.allowlist import guarded_client
@@ -529,50 +577,89 @@ def build_collectors(profile: Profile, endpoints: Endpoints | None = None) -> li
         if not url:
             raise ValueError("metrics.prometheus_url is needed: the environment runs no Prometheus server")
         out.append(PrometheusCollector(url, metric_map, step_s=m.interval_s))
-    if m.cloudwatch.queries:
-        out.append(CloudWatchCollector(m.cloudwatch.queries, region=m.cloudwatch.region,
-                                       endpoint_url=m.cloudwatch.endpoint_url,
-                                       placeholders=endpoints.extra if endpoints else {}))
+    if queries:
+        out.append(
+            CloudWatchCollector(
+                queries,
+                region=m.cloudwatch.region,
+                endpoint_url=m.cloudwatch.endpoint_url,
+                placeholders=endpoints.extra if endpoints else {},
+            )
+        )
     return out
 
 
-def start_sampler(profile: Profile, endpoints: Endpoints | None, engine: Engine, run_id: str,
-                  scenario_run_id: int | None = None,
-                  on_batch: Callable[[list[Sample]], None] | None = None,
-                  max_duration_s: float = 4 * 3600) -> Sampler:
+def start_sampler(
+    profile: Profile,
+    endpoints: Endpoints | None,
+    engine: Engine,
+    run_id: str,
+    scenario_run_id: int | None = None,
+    on_batch: Callable[[list[Sample]], None] | None = None,
+    max_duration_s: float = 4 * 3600,
+) -> Sampler:
     """A started Sampler for a scenario stage; call ``.stop()`` when the load ends."""
-    return Sampler(build_collectors(profile, endpoints), interval_s=profile.metrics.interval_s, engine=engine,
-                   run_id=run_id, scenario_run_id=scenario_run_id, on_batch=on_batch,
-                   max_duration_s=max_duration_s).start()
+    return Sampler(
+        build_collectors(profile, endpoints),
+        interval_s=profile.metrics.interval_s,
+        engine=engine,
+        run_id=run_id,
+        scenario_run_id=scenario_run_id,
+        on_batch=on_batch,
+        max_duration_s=max_duration_s,
+    ).start()
 
 
-def backfill(profile: Profile, endpoints: Endpoints | None, engine: Engine, run_id: str, start: float, end: float,
-             scenario_run_id: int | None = None) -> int:
+def backfill(
+    profile: Profile,
+    endpoints: Endpoints | None,
+    engine: Engine,
+    run_id: str,
+    start: float,
+    end: float,
+    scenario_run_id: int | None = None,
+) -> int:
     """After a stage: read [start, end] again from sources that keep history (Prometheus, CloudWatch).
 
     CloudWatch publishes minutes late, so its samples for a stage are complete only afterwards.
     """
     n = 0
-    for c in build_collectors(profile, endpoints):
-        if isinstance(c, PrometheusCollector | CloudWatchCollector):
-            n += write_samples(engine, run_id, c.collect_range(start, end), scenario_run_id)
+    collectors = build_collectors(profile, endpoints)
+    try:
+        for c in collectors:
+            if isinstance(c, PrometheusCollector | CloudWatchCollector):
+                n += write_samples(engine, run_id, c.collect_range(start, end), scenario_run_id)
+    finally:
+        close_all(collectors)
     return n
 
 
 # ---------------------------------------------------------------------------------------------------- Prefect
 @task(name="collect-server-metrics-once", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def collect_once_task(profile: Profile, endpoints: Endpoints | None, store_url: str, run_id: str,
-                      scenario_run_id: int | None = None) -> int:
+def collect_once_task(
+    profile: Profile, endpoints: Endpoints | None, store_url: str, run_id: str, scenario_run_id: int | None = None
+) -> int:
     from soundcheck.store import open_store
 
     engine = open_store(store_url)
-    samples = [s for c in build_collectors(profile, endpoints) for s in c.collect()]
+    collectors = build_collectors(profile, endpoints)
+    try:
+        samples = [s for c in collectors for s in c.collect()]
+    finally:
+        close_all(collectors)
     return write_samples(engine, run_id, samples, scenario_run_id)
 
 
 @task(name="backfill-server-metrics", retries=3, retry_delay_seconds=10, cache_policy=NO_CACHE)
-def backfill_task(profile: Profile, endpoints: Endpoints | None, store_url: str, run_id: str, start: float,
-                  end: float, scenario_run_id: int | None = None) -> int:
+def backfill_task(
+    profile: Profile,
+    endpoints: Endpoints | None,
+    store_url: str,
+    run_id: str,
+    start: float,
+    end: float,
+    scenario_run_id: int | None = None,
+) -> int:
     from soundcheck.store import open_store
 
     return backfill(profile, endpoints, open_store(store_url), run_id, start, end, scenario_run_id)

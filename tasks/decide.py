@@ -31,7 +31,6 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import Engine, delete, insert, update
 
@@ -41,13 +40,14 @@ from soundcheck.models import KPI, Check, Decision, Remediation, TraceStep, Verd
 from soundcheck.plan import CONCERT_LIST, DERIVED_KPIS, PLAN, REMEDIATIONS, fmt_value
 from soundcheck.profile import Profile, target_limits
 from tasks.expectations import CheckResult, Validator, evaluate_run
-from tasks.history import compare, format_delta, previous_values
+from tasks.history import attach_shifts, build_of, fmt_shift, previous_values, rel_change, save_shifts
 from tasks.rundata import RunData, load_run
 from tasks.serverkpis import REQUIRED_SERVER_KPIS, Derived, stage_kpis
 
 # ------------------------------------------------------------------------------------ remediations
 
 # ------------------------------------------------------------------------------------------- tree
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -72,87 +72,240 @@ class Rule:
 
 #: Measurement branches (INCONCLUSIVE), by what was observed about the stage.
 MEASUREMENT_RULES: dict[str, Rule] = {
-    r.id: r for r in [
-        Rule("not_run", Decision.INCONCLUSIVE, "a planned scenario has no stage run",
-             remediation="fix_test_environment"),
+    r.id: r
+    for r in [
+        Rule(
+            "not_run", Decision.INCONCLUSIVE, "a planned scenario has no stage run", remediation="fix_test_environment"
+        ),
         Rule("stage_status", Decision.INCONCLUSIVE, "the stage did not complete", remediation="fix_test_environment"),
-        Rule("k6_saturated", Decision.INCONCLUSIVE, "k6 CPU above the profile's limit: the numbers describe the "
-             "load generator", remediation="fix_test_environment"),
-        Rule("dropped_iterations", Decision.INCONCLUSIVE, "dropped iterations in an arrival-rate stage "
-             "(coordinated omission)", remediation="fix_test_environment"),
+        Rule(
+            "k6_saturated",
+            Decision.INCONCLUSIVE,
+            "k6 CPU above the profile's limit: the numbers describe the load generator",
+            remediation="fix_test_environment",
+        ),
+        Rule(
+            "dropped_iterations",
+            Decision.INCONCLUSIVE,
+            "dropped iterations in an arrival-rate stage (coordinated omission)",
+            remediation="fix_test_environment",
+        ),
         Rule("coverage", Decision.INCONCLUSIVE, "data the checks need is missing", remediation="fix_test_environment"),
-        Rule("missing_metric", Decision.INCONCLUSIVE, "a KPI the verdict needs was not measured",
-             remediation="fix_test_environment"),
+        Rule(
+            "missing_metric",
+            Decision.INCONCLUSIVE,
+            "a KPI the verdict needs was not measured",
+            remediation="fix_test_environment",
+        ),
         Rule("no_stages", Decision.INCONCLUSIVE, "nothing was measured", remediation="fix_test_environment"),
     ]
 }
 
 #: What a stage measured although a KPI could not be computed from it: the harm is the measurement.
 HARM_RULES: dict[str, Rule] = {
-    "sagas_unfinished": Rule("sagas_unfinished", Decision.BLOCK, "sagas never finished (no saga time: the saga "
-                             "never ended)", "sagas_unfinished", None, "shorten_outbox_interval"),
+    "sagas_unfinished": Rule(
+        "sagas_unfinished",
+        Decision.BLOCK,
+        "sagas never finished (no saga time: the saga never ended)",
+        "sagas_unfinished",
+        None,
+        "shorten_outbox_interval",
+    ),
+}
+
+#: A new lasting shift for the worse in a gated KPI's nightly series (R-REG-1), by `Profile.history.regression`.
+REGRESSION_RULES: dict[str, Rule] = {
+    "hold": Rule(
+        "regression_hold",
+        Decision.APPROVE_WITH_TUNING,
+        "a lasting regression across nightly runs holds approval",
+        remediation="investigate_regression",
+    ),
+    "block": Rule(
+        "regression_block",
+        Decision.BLOCK,
+        "a lasting regression across nightly runs blocks the release",
+        remediation="investigate_regression",
+    ),
 }
 
 CHECK_RULES: dict[str, Rule] = {
-    "correctness": Rule("check_correctness", Decision.BLOCK, "correctness check failed",
-                        remediation="fix_code_and_retest"),
-    "criterion": Rule("check_criterion", Decision.BLOCK, "plan success criterion not met",
-                      remediation="fix_code_and_retest"),
+    "correctness": Rule(
+        "check_correctness", Decision.BLOCK, "correctness check failed", remediation="fix_code_and_retest"
+    ),
+    "criterion": Rule(
+        "check_criterion", Decision.BLOCK, "plan success criterion not met", remediation="fix_code_and_retest"
+    ),
 }
 
 #: KPI branches in priority order (plan §5.2, then the §6.1 risks, then catch-alls).
 TREE: list[Rule] = [
     # action band → BLOCK
     Rule("action_db_cpu", Decision.BLOCK, "DB CPU > 90 %", "db_cpu_percent", "action", "upgrade_db_instance"),
-    Rule("action_error_rate", Decision.BLOCK, "error rate in the action band", "error_rate", "action",
-         "fix_code_and_retest"),
-    Rule("action_compensation", Decision.BLOCK, "compensating transactions failing", "compensation_success",
-         "action", "shorten_outbox_interval"),
+    Rule(
+        "action_error_rate",
+        Decision.BLOCK,
+        "error rate in the action band",
+        "error_rate",
+        "action",
+        "fix_code_and_retest",
+    ),
+    Rule(
+        "action_compensation",
+        Decision.BLOCK,
+        "compensating transactions failing",
+        "compensation_success",
+        "action",
+        "shorten_outbox_interval",
+    ),
     Rule("action_saga_time", Decision.BLOCK, "sagas too slow", "saga_time_s", "action", "shorten_outbox_interval"),
-    Rule("action_pool", Decision.BLOCK, "DB pool near exhaustion (§6.1: critical)", "db_pool_use", "action",
-         "raise_db_pool"),
+    Rule(
+        "action_pool",
+        Decision.BLOCK,
+        "DB pool near exhaustion (§6.1: critical)",
+        "db_pool_use",
+        "action",
+        "raise_db_pool",
+    ),
     Rule("action_lag", Decision.BLOCK, "Kafka backlog (§6.1)", "consumer_lag", "action", "add_kafka_partitions"),
-    Rule("action_outbox", Decision.BLOCK, "outbox PENDING backlog (§6.1)", "outbox_oldest_age_s", "action",
-         "shorten_outbox_interval"),
-    Rule("action_redis", Decision.BLOCK, "Redis memory (§6.1)", "redis_memory_bytes", "action",
-         "reduce_redis_memory"),
-    Rule("action_timeouts", Decision.BLOCK, "network timeouts (§6.1)", "unanswered_rate", "action",
-         "adjust_alb_idle_timeout"),
+    Rule(
+        "action_outbox",
+        Decision.BLOCK,
+        "outbox PENDING backlog (§6.1)",
+        "outbox_oldest_age_s",
+        "action",
+        "shorten_outbox_interval",
+    ),
+    Rule("action_redis", Decision.BLOCK, "Redis memory (§6.1)", "redis_memory_bytes", "action", "reduce_redis_memory"),
+    Rule(
+        "action_timeouts",
+        Decision.BLOCK,
+        "network timeouts (§6.1)",
+        "unanswered_rate",
+        "action",
+        "adjust_alb_idle_timeout",
+    ),
     Rule("action_p95_queue", Decision.BLOCK, "queue latency", "p95_ms.API-1", "action", "use_rank_positions"),
     Rule("action_p95_poll", Decision.BLOCK, "queue latency", "p95_ms.API-2", "action", "use_rank_positions"),
     Rule("action_p95_concerts", Decision.BLOCK, "concert list slow", "p95_ms.API-5", "action", "cache_concert_list"),
-    Rule("action_p95", Decision.BLOCK, "response time in the action band", "p95_ms", "action", "cache_concert_list",
-         exact=True),
-    Rule("action_throughput", Decision.BLOCK, "throughput in the action band", "throughput_rps", "action",
-         "scale_out_app_servers"),
+    Rule(
+        "action_p95",
+        Decision.BLOCK,
+        "response time in the action band",
+        "p95_ms",
+        "action",
+        "cache_concert_list",
+        exact=True,
+    ),
+    Rule(
+        "action_throughput",
+        Decision.BLOCK,
+        "throughput in the action band",
+        "throughput_rps",
+        "action",
+        "scale_out_app_servers",
+    ),
     Rule("action_heap", Decision.BLOCK, "heap above the alarm line", "heap_use", "action", "fix_code_and_retest"),
     Rule("action_other", Decision.BLOCK, "KPI in the action band", None, "action", None),
     # allowed band → APPROVE_WITH_TUNING
     Rule("allowed_pool", Decision.APPROVE_WITH_TUNING, "DB pool near 85 %", "db_pool_use", "allowed", "raise_db_pool"),
-    Rule("allowed_p95_queue", Decision.APPROVE_WITH_TUNING, "queue latency", "p95_ms.API-1", "allowed",
-         "use_rank_positions"),
-    Rule("allowed_p95_poll", Decision.APPROVE_WITH_TUNING, "queue latency", "p95_ms.API-2", "allowed",
-         "use_rank_positions"),
-    Rule("allowed_p95_concerts", Decision.APPROVE_WITH_TUNING, "concert list near 1.5 s", "p95_ms.API-5", "allowed",
-         "cache_concert_list"),
-    Rule("allowed_p95", Decision.APPROVE_WITH_TUNING, "response time near 1.5 s", "p95_ms", "allowed",
-         "cache_concert_list", exact=True),
-    Rule("allowed_lag", Decision.APPROVE_WITH_TUNING, "consumer lag near 300", "consumer_lag", "allowed",
-         "raise_consumer_concurrency"),
-    Rule("allowed_db_cpu", Decision.APPROVE_WITH_TUNING, "DB CPU above the scale-out line", "db_cpu_percent",
-         "allowed", "add_read_replica"),
-    Rule("allowed_compensation", Decision.APPROVE_WITH_TUNING, "compensation below 100 %", "compensation_success",
-         "allowed", "shorten_outbox_interval"),
-    Rule("allowed_saga_time", Decision.APPROVE_WITH_TUNING, "sagas slower than 10 s", "saga_time_s", "allowed",
-         "shorten_outbox_interval"),
-    Rule("allowed_outbox", Decision.APPROVE_WITH_TUNING, "outbox PENDING backlog (§6.1)", "outbox_oldest_age_s",
-         "allowed", "shorten_outbox_interval"),
-    Rule("allowed_redis", Decision.APPROVE_WITH_TUNING, "Redis memory (§6.1)", "redis_memory_bytes", "allowed",
-         "reduce_redis_memory"),
-    Rule("allowed_timeouts", Decision.APPROVE_WITH_TUNING, "network timeouts (§6.1)", "unanswered_rate", "allowed",
-         "adjust_alb_idle_timeout"),
-    Rule("allowed_throughput", Decision.APPROVE_WITH_TUNING, "throughput 800–1,000 req/s", "throughput_rps",
-         "allowed", "scale_out_app_servers"),
+    Rule(
+        "allowed_p95_queue",
+        Decision.APPROVE_WITH_TUNING,
+        "queue latency",
+        "p95_ms.API-1",
+        "allowed",
+        "use_rank_positions",
+    ),
+    Rule(
+        "allowed_p95_poll",
+        Decision.APPROVE_WITH_TUNING,
+        "queue latency",
+        "p95_ms.API-2",
+        "allowed",
+        "use_rank_positions",
+    ),
+    Rule(
+        "allowed_p95_concerts",
+        Decision.APPROVE_WITH_TUNING,
+        "concert list near 1.5 s",
+        "p95_ms.API-5",
+        "allowed",
+        "cache_concert_list",
+    ),
+    Rule(
+        "allowed_p95",
+        Decision.APPROVE_WITH_TUNING,
+        "response time near 1.5 s",
+        "p95_ms",
+        "allowed",
+        "cache_concert_list",
+        exact=True,
+    ),
+    Rule(
+        "allowed_lag",
+        Decision.APPROVE_WITH_TUNING,
+        "consumer lag near 300",
+        "consumer_lag",
+        "allowed",
+        "raise_consumer_concurrency",
+    ),
+    Rule(
+        "allowed_db_cpu",
+        Decision.APPROVE_WITH_TUNING,
+        "DB CPU above the scale-out line",
+        "db_cpu_percent",
+        "allowed",
+        "add_read_replica",
+    ),
+    Rule(
+        "allowed_compensation",
+        Decision.APPROVE_WITH_TUNING,
+        "compensation below 100 %",
+        "compensation_success",
+        "allowed",
+        "shorten_outbox_interval",
+    ),
+    Rule(
+        "allowed_saga_time",
+        Decision.APPROVE_WITH_TUNING,
+        "sagas slower than 10 s",
+        "saga_time_s",
+        "allowed",
+        "shorten_outbox_interval",
+    ),
+    Rule(
+        "allowed_outbox",
+        Decision.APPROVE_WITH_TUNING,
+        "outbox PENDING backlog (§6.1)",
+        "outbox_oldest_age_s",
+        "allowed",
+        "shorten_outbox_interval",
+    ),
+    Rule(
+        "allowed_redis",
+        Decision.APPROVE_WITH_TUNING,
+        "Redis memory (§6.1)",
+        "redis_memory_bytes",
+        "allowed",
+        "reduce_redis_memory",
+    ),
+    Rule(
+        "allowed_timeouts",
+        Decision.APPROVE_WITH_TUNING,
+        "network timeouts (§6.1)",
+        "unanswered_rate",
+        "allowed",
+        "adjust_alb_idle_timeout",
+    ),
+    Rule(
+        "allowed_throughput",
+        Decision.APPROVE_WITH_TUNING,
+        "throughput 800–1,000 req/s",
+        "throughput_rps",
+        "allowed",
+        "scale_out_app_servers",
+    ),
     Rule("allowed_other", Decision.APPROVE_WITH_TUNING, "KPI in the allowed band", None, "allowed", None),
     Rule("target", Decision.APPROVE, "on target", None, "target", None),
 ]
@@ -178,8 +331,15 @@ def overall_latency_remedy(k: KPI, kpis: list[KPI]) -> tuple[str | None, str]:
     """(remediation, trace note) for the overall p95 of a stage (phase): attributed to its slowest endpoint
     (highest per-endpoint p95 of the same scenario and phase). Caching the concert list is the remedy when
     API-5 is that endpoint, or when no per-endpoint figure exists to say otherwise."""
-    per_ep = [e for e in kpis if e.scenario == k.scenario and e.phase == k.phase and e.value is not None
-              and base_name(e.name) == "p95_ms" and e.name != "p95_ms"]
+    per_ep = [
+        e
+        for e in kpis
+        if e.scenario == k.scenario
+        and e.phase == k.phase
+        and e.value is not None
+        and base_name(e.name) == "p95_ms"
+        and e.name != "p95_ms"
+    ]
     if not per_ep:
         return "cache_concert_list", "; no per-endpoint p95 to attribute it"
     slowest = max(per_ep, key=lambda e: e.value or 0.0)
@@ -195,7 +355,23 @@ def rule_for(name: str, where: str | None) -> Rule | None:
     return next((r for r in TREE if r.matches(name, where)), None)
 
 
+def kpi_remedy(k: KPI, kpis: list[KPI]) -> str | None:
+    """The remediation the tree gives a KPI in its band (None on target or without one)."""
+    rule = rule_for(k.name, k.band)
+    if rule is None or rule.branch == Decision.APPROVE:
+        return None
+    return overall_latency_remedy(k, kpis)[0] if rule.id in OVERALL_LATENCY_RULES else rule.remediation
+
+
+def raised_by(code: str, kpis: list[KPI]) -> list[KPI]:
+    """The banded KPIs that raised remediation `code` (what a re-test must move): action band first, whole
+    stage before a phase, an endpoint's own figure before the stage's overall one (the most direct effect)."""
+    out = [k for k in kpis if k.band in ("allowed", "action") and kpi_remedy(k, kpis) == code]
+    return sorted(out, key=lambda k: (k.band != "action", k.phase is not None, "." not in k.name, k.name))
+
+
 # ----------------------------------------------------------------------------------------- engine
+
 
 @dataclass
 class StageFacts:
@@ -225,30 +401,45 @@ def measurement_steps(stages: list[StageFacts], max_cpu_share: float) -> tuple[l
         return [TraceStep(subject="run", branch=r.branch, why=r.why)], unjudged, {r.why}
     reasons: set[str] = set()
     for s in stages:
+
         def flag(rule_id: str, detail: str, *, keep_kpis: bool = False, _s: StageFacts = s) -> None:
             r = MEASUREMENT_RULES[rule_id]
             steps.append(TraceStep(subject=f"stage {_s.scenario}", branch=r.branch, why=f"{r.why}: {detail}"))
             reasons.add(f"{_s.scenario}: {detail}")
             if not keep_kpis:
                 unjudged.add(_s.scenario)
+
         if s.status is None:
             flag("not_run", "no stage run recorded")
             continue
         if s.status != "COMPLETED":
-            flag("stage_status", f"status {s.status}" + (f" ({s.reason})" if s.reason else ""),
-                 keep_kpis=s.status in TARGET_STOPPED)
+            flag(
+                "stage_status",
+                f"status {s.status}" + (f" ({s.reason})" if s.reason else ""),
+                keep_kpis=s.status in TARGET_STOPPED,
+            )
         if s.k6_cpu_share is not None and s.k6_cpu_share > max_cpu_share:
             flag("k6_saturated", f"k6 CPU {s.k6_cpu_share:.0%} of its cores > {max_cpu_share:.0%}")
         if s.dropped_iterations:
             # in a stage stopped on harm, dropped iterations are the slow target exhausting k6's VUs: its
             # latencies are lower bounds (omitted requests would have been slower), still worth banding
-            flag("dropped_iterations", f"{s.dropped_iterations} dropped iterations",
-                 keep_kpis=s.status in TARGET_STOPPED)
+            flag(
+                "dropped_iterations", f"{s.dropped_iterations} dropped iterations", keep_kpis=s.status in TARGET_STOPPED
+            )
     return steps, unjudged, reasons
 
 
-def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, stages: list[StageFacts],
-           checks: list[CheckResult], kpis: list[KPI], scale: float = 1.0) -> Verdict:
+def decide(
+    *,
+    run_id: str,
+    profile: Profile,
+    started_at: str,
+    finished_at: str,
+    stages: list[StageFacts],
+    checks: list[CheckResult],
+    kpis: list[KPI],
+    scale: float = 1.0,
+) -> Verdict:
     """Walk the tree over already-measured facts. `kpis` carry previous/delta; bands are set here."""
     table = bands_for(profile)
     trace, unjudged, inconclusive = measurement_steps(stages, profile.k6.max_cpu_share)
@@ -269,8 +460,9 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
         c = cr.check
         if cr.kind == "coverage" and not c.passed:
             r = MEASUREMENT_RULES["coverage"]
-            trace.append(TraceStep(subject=f"check {c.id}", branch=r.branch,
-                                   why=f"{r.why}: {c.expected} — {c.observed}"))
+            trace.append(
+                TraceStep(subject=f"check {c.id}", branch=r.branch, why=f"{r.why}: {c.expected} — {c.observed}")
+            )
             inconclusive.add(f"{c.scenario}: {c.id} not measured")
             unmeasured.add((c.scenario, c.id))
             branches.append(r.branch)
@@ -280,15 +472,25 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
                 c.observed += UNMEASURED
             continue
         if cr.kind == "criterion" and c.scenario in unjudged:
-            trace.append(TraceStep(subject=f"check {c.id}", branch=Decision.INCONCLUSIVE,
-                                   why=f"not judged: the {c.scenario} stage could not measure ({c.observed})"))
+            trace.append(
+                TraceStep(
+                    subject=f"check {c.id}",
+                    branch=Decision.INCONCLUSIVE,
+                    why=f"not judged: the {c.scenario} stage could not measure ({c.observed})",
+                )
+            )
             if not c.observed.endswith(NOT_JUDGED):
                 c.observed += NOT_JUDGED
             continue
         r = CHECK_RULES.get(cr.kind, CHECK_RULES["correctness"])
         code = r.remediation if cr.kind == "correctness" else (cr.remediation or r.remediation)
-        trace.append(TraceStep(subject=f"check {c.id}", branch=r.branch,
-                               why=f"{r.why} ({c.scenario}): expected {c.expected}, observed {c.observed}"))
+        trace.append(
+            TraceStep(
+                subject=f"check {c.id}",
+                branch=r.branch,
+                why=f"{r.why} ({c.scenario}): expected {c.expected}, observed {c.observed}",
+            )
+        )
         remedy(code, f"{c.id} failed: {c.observed} (expected {c.expected})")
         branches.append(r.branch)
 
@@ -305,14 +507,20 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
             missing.remove("saga_time_s")
             r = HARM_RULES["sagas_unfinished"]
             n = unfinished[s.scenario]
-            trace.append(TraceStep(subject=f"stage {s.scenario}", branch=r.branch,
-                                   why=f"{r.why}: {n:.0f} sagas not terminal when the client gave up"))
+            trace.append(
+                TraceStep(
+                    subject=f"stage {s.scenario}",
+                    branch=r.branch,
+                    why=f"{r.why}: {n:.0f} sagas not terminal when the client gave up",
+                )
+            )
             remedy(r.remediation, f"{n:.0f} sagas in {s.scenario} never reached COMPLETED or FAILED")
             branches.append(r.branch)
         if missing:
             r = MEASUREMENT_RULES["missing_metric"]
-            trace.append(TraceStep(subject=f"stage {s.scenario}", branch=r.branch,
-                                   why=f"{r.why}: {', '.join(missing)}"))
+            trace.append(
+                TraceStep(subject=f"stage {s.scenario}", branch=r.branch, why=f"{r.why}: {', '.join(missing)}")
+            )
             inconclusive.add(f"{s.scenario}: missing {', '.join(missing)}")
             branches.append(r.branch)
 
@@ -326,63 +534,95 @@ def decide(*, run_id: str, profile: Profile, started_at: str, finished_at: str, 
             continue
         if k.scenario in unjudged:
             not_judged.setdefault(k.scenario, []).append(
-                f"{k.name}{'/' + k.phase if k.phase else ''} {_fmt_value(k)} (would be {j.band})")
+                f"{k.name}{'/' + k.phase if k.phase else ''} {_fmt_value(k)} (would be {j.band})"
+            )
             k.band = None
             continue
         rule = rule_for(k.name, j.band)
         if rule is None:
             continue
         note = f"; {j.note}" if j.note else ""
-        reg = f"; regression {format_delta(_delta(k))} vs previous run" if k.regression else ""
+        reg = f"; regression: {fmt_shift(k)}" if k.regression else ""
         if rule.branch == Decision.APPROVE:
-            on_target.setdefault(k.scenario, []).append(f"{k.name}{'/' + k.phase if k.phase else ''} "
-                                                        f"{_fmt_value(k)}{reg}")
+            on_target.setdefault(k.scenario, []).append(
+                f"{k.name}{'/' + k.phase if k.phase else ''} {_fmt_value(k)}{reg}"
+            )
             if j.note:
-                trace.append(TraceStep(subject=_subject(k), branch=rule.branch,
-                                       why=f"{_fmt_value(k)} on target ({j.edges()}){note}"))
+                trace.append(
+                    TraceStep(
+                        subject=_subject(k), branch=rule.branch, why=f"{_fmt_value(k)} on target ({j.edges()}){note}"
+                    )
+                )
             continue
         code, blame = rule.remediation, ""
         if rule.id in OVERALL_LATENCY_RULES:
             code, blame = overall_latency_remedy(k, kpis)
         why = f"{_fmt_value(k)} in the {j.band} band ({j.edges()}): {rule.why}{blame}{note}{reg}"
         trace.append(TraceStep(subject=_subject(k), branch=rule.branch, why=why))
-        remedy(code, f"{k.name} {_fmt_value(k)} in {k.scenario}"
-               + (f" ({k.phase})" if k.phase else "") + f" ({j.band} band)")
+        remedy(
+            code,
+            f"{k.name} {_fmt_value(k)} in {k.scenario}" + (f" ({k.phase})" if k.phase else "") + f" ({j.band} band)",
+        )
         branches.append(rule.branch)
     for scenario, items in not_judged.items():
-        trace.append(TraceStep(subject=f"kpis {scenario}", branch=Decision.INCONCLUSIVE,
-                               why=f"not judged, the {scenario} stage could not measure: " + ", ".join(items)))
+        trace.append(
+            TraceStep(
+                subject=f"kpis {scenario}",
+                branch=Decision.INCONCLUSIVE,
+                why=f"not judged, the {scenario} stage could not measure: " + ", ".join(items),
+            )
+        )
     for scenario, items in on_target.items():
-        trace.append(TraceStep(subject=f"kpis {scenario}", branch=Decision.APPROVE,
-                               why="on target: " + ", ".join(items)))
+        trace.append(
+            TraceStep(subject=f"kpis {scenario}", branch=Decision.APPROVE, why="on target: " + ", ".join(items))
+        )
+    hold = REGRESSION_RULES[profile.history.regression]
     for k in kpis:
-        if k.regression and k.band == "target":
-            trace.append(TraceStep(subject=_subject(k), branch=Decision.APPROVE,
-                                   why=f"flag: regression {format_delta(_delta(k))} against the previous comparable "
-                                       f"run ({k.previous:,.4g} → {_fmt_value(k)}), still inside its band"))
+        if k.scenario in unjudged or k.shift is None:
+            continue
+        if k.regression:
+            trace.append(
+                TraceStep(
+                    subject=_subject(k),
+                    branch=hold.branch,
+                    why=f"{hold.why}: {fmt_shift(k)} (before {fmt_value(k.shift.before, k.unit)}, "
+                    f"now {_fmt_value(k)}; history.regression: {profile.history.regression})",
+                )
+            )
+            remedy(hold.remediation, f"{fmt_shift(k)}")
+            branches.append(hold.branch)
+        elif k.shift.new:
+            trace.append(
+                TraceStep(
+                    subject=_subject(k), branch=Decision.APPROVE, why=f"lasting change for the better: {fmt_shift(k)}"
+                )
+            )
 
     if inconclusive:
         remedy("fix_test_environment", "; ".join(sorted(inconclusive)))
         branches.append(Decision.INCONCLUSIVE)
     verdict = next((d for d in ORDER if d in branches), Decision.APPROVE)
     trace.append(TraceStep(subject="verdict", branch=verdict, why=_summary(verdict, branches)))
-    return Verdict(run_id=run_id, profile=profile.name, started_at=started_at, finished_at=finished_at,
-                   verdict=verdict, checks=[c.check for c in checks], kpis=kpis,
-                   remediations=[Remediation(code=code, reason="; ".join(reasons), detail=REMEDIATIONS.get(code, ""))
-                                 for code, reasons in _ordered(remediations)],
-                   trace=trace)
+    return Verdict(
+        run_id=run_id,
+        profile=profile.name,
+        started_at=started_at,
+        finished_at=finished_at,
+        verdict=verdict,
+        checks=[c.check for c in checks],
+        kpis=kpis,
+        remediations=[
+            Remediation(code=code, reason="; ".join(reasons), detail=REMEDIATIONS.get(code, ""))
+            for code, reasons in _ordered(remediations)
+        ],
+        trace=trace,
+    )
 
 
 def _ordered(rem: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
     """Remediations in catalogue order (the plan's own first), fix_test_environment last."""
     keys = list(REMEDIATIONS)
     return sorted(rem.items(), key=lambda kv: keys.index(kv[0]) if kv[0] in keys else len(keys))
-
-
-def _delta(k: KPI) -> Any:
-    from tasks.history import Delta
-
-    return Delta(k.previous, k.delta_pct, k.regression)
 
 
 def _summary(verdict: Decision, branches: list[Decision]) -> str:
@@ -401,10 +641,10 @@ def _summary(verdict: Decision, branches: list[Decision]) -> str:
 DERIVED_NAMES = DERIVED_KPIS
 
 
-def kpis_of(run: RunData, derived: dict[str, list[Derived]], previous: dict[tuple[str, str, str | None], float],
-            tolerance: float, profile: Profile) -> list[KPI]:
-    """The load stage's KPIs plus the derived ones, each with its previous value and delta."""
-    table = bands_for(profile)
+def kpis_of(
+    run: RunData, derived: dict[str, list[Derived]], previous: dict[tuple[str, str, str | None], float]
+) -> list[KPI]:
+    """The load stage's KPIs plus the derived ones, each with its previous value and change."""
     out: list[KPI] = []
     seen: set[tuple[str, str, str | None]] = set()
     rows = run.kpis[~run.kpis["name"].isin(DERIVED_NAMES)] if not run.kpis.empty else run.kpis
@@ -418,8 +658,8 @@ def kpis_of(run: RunData, derived: dict[str, list[Derived]], previous: dict[tupl
             if (scenario, d.name, d.phase) not in seen:
                 out.append(KPI(name=d.name, scenario=scenario, value=d.value, unit=d.unit, phase=d.phase))
     for k in out:
-        d = compare(k.name, k.value, previous.get((k.scenario, k.name, k.phase)), tolerance, table)
-        k.previous, k.delta_pct, k.regression = d.previous, d.delta_pct, d.regression
+        k.previous = previous.get((k.scenario, k.name, k.phase))
+        k.rel_change = rel_change(k.value, k.previous)
     return out
 
 
@@ -428,8 +668,11 @@ def stage_facts(run: RunData) -> list[StageFacts]:
     facts = []
     for scenario in dict.fromkeys([*planned, *run.stages]):
         st = run.stages.get(scenario)
-        facts.append(StageFacts(scenario, None) if st is None else StageFacts(
-            scenario, st.status, st.k6_cpu_share, st.dropped_iterations, st.reason))
+        facts.append(
+            StageFacts(scenario, None)
+            if st is None
+            else StageFacts(scenario, st.status, st.k6_cpu_share, st.dropped_iterations, st.reason)
+        )
     return facts
 
 
@@ -444,11 +687,20 @@ def admission_findings(run: RunData) -> list[CheckResult]:
     for scenario, st in run.stages.items():
         m = NOT_ADMITTED.search(st.reason or "")
         if m:
-            out.append(CheckResult(Check(
-                id="R-SPIKE-12", scenario=scenario, passed=False, source="gx",
-                expected="every user the stage needs admitted at the target's pace (within target.admission.wait_s)",
-                observed=f"the target admitted {m.group(1)} of {m.group(2)} users within {m.group(3)} s"),
-                kind="correctness"))
+            out.append(
+                CheckResult(
+                    Check(
+                        id="R-SPIKE-12",
+                        scenario=scenario,
+                        passed=False,
+                        source="gx",
+                        expected="every user the stage needs admitted at the target's pace "
+                        "(within target.admission.wait_s)",
+                        observed=f"the target admitted {m.group(1)} of {m.group(2)} users within {m.group(3)} s",
+                    ),
+                    kind="correctness",
+                )
+            )
     return out
 
 
@@ -458,8 +710,9 @@ def _iso(dt: datetime | None) -> str:
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
 
 
-def judge(engine: Engine, run_id: str, profile: Profile, *, validator: Validator | None = None,
-          store_results: bool = True) -> tuple[Verdict, RunData]:
+def judge(
+    engine: Engine, run_id: str, profile: Profile, *, validator: Validator | None = None, store_results: bool = True
+) -> tuple[Verdict, RunData]:
     """Judge a stored run: derive server KPIs, run the suites, compare with history, walk the tree,
     store checks and KPIs (the verdict row is `tasks.publish`'s). Calling it again (`soundcheck report
     RUN_ID`) re-judges with the current suites, bands and tree and replaces the check and derived-KPI rows.
@@ -467,14 +720,35 @@ def judge(engine: Engine, run_id: str, profile: Profile, *, validator: Validator
     run = load_run(engine, run_id)
     derived = {s: stage_kpis(st, run.time_scale) for s, st in run.stages.items()}
     checks = evaluate_run(run, derived, validator, target_limits(profile)) + admission_findings(run)
-    kpis = kpis_of(run, derived, previous_values(engine, run_id), profile.regression_tolerance, profile)
-    verdict = decide(run_id=run_id, profile=profile, started_at=_iso(run.started_at),
-                     finished_at=_iso(run.finished_at), stages=stage_facts(run), checks=checks, kpis=kpis,
-                     scale=run.scale)
+    kpis = kpis_of(run, derived, previous_values(engine, run_id))
+    attach_shifts(
+        engine,
+        run_id,
+        kpis,
+        profile,
+        scale=run.scale,
+        completed={s for s, st in run.stages.items() if st.status == "COMPLETED"},
+    )
+    verdict = decide(
+        run_id=run_id,
+        profile=profile,
+        started_at=_iso(run.started_at),
+        finished_at=_iso(run.finished_at),
+        stages=stage_facts(run),
+        checks=checks,
+        kpis=kpis,
+        scale=run.scale,
+    )
     verdict.profile = run.profile  # re-judging with another profile file keeps the run's own name
-    verdict.extra = {"scale": run.scale, "time_scale": run.time_scale, "run_status": run.status}
+    verdict.extra = {
+        "scale": run.scale,
+        "time_scale": run.time_scale,
+        "run_status": run.status,
+        "build": build_of(engine, run_id),
+    }
     if store_results:
         save(engine, verdict)
+        save_shifts(engine, run_id, run.profile, run.scale, verdict.kpis)
     return verdict, run
 
 
@@ -485,21 +759,34 @@ def save(engine: Engine, verdict: Verdict) -> None:
     """Store checks and KPIs (bands, previous, derived values); idempotent per run."""
     rid = verdict.run_id
     with engine.begin() as c:
-        c.execute(delete(store.checks).where(store.checks.c.run_id == rid,
-                                             store.checks.c.source.in_(VERDICT_SOURCES)))
+        c.execute(delete(store.checks).where(store.checks.c.run_id == rid, store.checks.c.source.in_(VERDICT_SOURCES)))
         if verdict.checks:
-            c.execute(insert(store.checks), [
-                {"run_id": rid, "check_id": ch.id, "scenario": ch.scenario, "passed": ch.passed,
-                 "observed": ch.observed, "expected": ch.expected, "source": ch.source} for ch in verdict.checks])
+            c.execute(
+                insert(store.checks),
+                [
+                    {
+                        "run_id": rid,
+                        "check_id": ch.id,
+                        "scenario": ch.scenario,
+                        "passed": ch.passed,
+                        "observed": ch.observed,
+                        "expected": ch.expected,
+                        "source": ch.source,
+                    }
+                    for ch in verdict.checks
+                ],
+            )
         c.execute(delete(store.kpis).where(store.kpis.c.run_id == rid, store.kpis.c.name.in_(DERIVED_NAMES)))
         derived = [k for k in verdict.kpis if k.name in DERIVED_NAMES]
         if derived:
-            c.execute(insert(store.kpis), [
-                {"run_id": rid, "scenario": k.scenario, "name": k.name, "phase": k.phase, "value": k.value,
-                 "unit": k.unit, "band": k.band, "previous": k.previous} for k in derived])
+            c.execute(insert(store.kpis), store.kpi_rows(rid, derived))
         for k in verdict.kpis:
             if k.name in DERIVED_NAMES:
                 continue
-            cond = [store.kpis.c.run_id == rid, store.kpis.c.scenario == k.scenario, store.kpis.c.name == k.name,
-                    store.kpis.c.phase.is_(None) if k.phase is None else store.kpis.c.phase == k.phase]
+            cond = [
+                store.kpis.c.run_id == rid,
+                store.kpis.c.scenario == k.scenario,
+                store.kpis.c.name == k.name,
+                store.kpis.c.phase.is_(None) if k.phase is None else store.kpis.c.phase == k.phase,
+            ]
             c.execute(update(store.kpis).where(*cond).values(band=k.band, previous=k.previous))

@@ -83,8 +83,10 @@ def load_suite(scenario: str, directory: Path | None = None) -> Suite:
     if len(suite.expectations) != len(entries):
         loaded = {x.expectation_type for x in suite.expectations}
         lost = [e.get("type") for e in entries if e.get("type") not in loaded]
-        raise SuiteError(f"suite {path}: {len(entries)} expectations in the file, {len(suite.expectations)} loaded "
-                         f"by Great Expectations (not loaded: {', '.join(map(str, lost)) or 'unknown'})")
+        raise SuiteError(
+            f"suite {path}: {len(entries)} expectations in the file, {len(suite.expectations)} loaded "
+            f"by Great Expectations (not loaded: {', '.join(map(str, lost)) or 'unknown'})"
+        )
     return Suite(scenario, path, entries, suite)
 
 
@@ -126,6 +128,7 @@ def prewarm() -> threading.Thread:
     import overlaps the minutes of load instead of delaying the verdict."""
     global _prewarm
     if _prewarm is None:
+
         def _load() -> None:
             import great_expectations  # noqa: F401
 
@@ -151,8 +154,9 @@ def _fmt(template: str, values: dict[str, Any]) -> str:
         return ", ".join(f"{k}={v}" for k, v in values.items() if k in template)
 
 
-def _observed(meta: dict[str, Any], df: pd.DataFrame, kwargs: dict[str, Any], result: dict[str, Any],
-              row_level: bool) -> str:
+def _observed(
+    meta: dict[str, Any], df: pd.DataFrame, kwargs: dict[str, Any], result: dict[str, Any], row_level: bool
+) -> str:
     counts = {k: result.get(k) for k in ("element_count", "unexpected_count", "missing_count", "observed_value")}
     entry_type = meta.get("_type", "")
     if entry_type == "expect_column_distinct_values_to_contain_set":
@@ -198,8 +202,11 @@ def evaluate_tables(suite: Suite, tables: dict[str, pd.DataFrame], validator: Va
     for table, idx in by_table.items():
         if table not in tables:
             raise SuiteError(f"suite {suite.path}: no table {table!r} for scenario {suite.scenario}")
-        for i, r in zip(idx, validator.validate(tables[table], [suite.expectations[i] for i in idx],
-                                                f"{suite.scenario}.{table}"), strict=True):
+        for i, r in zip(
+            idx,
+            validator.validate(tables[table], [suite.expectations[i] for i in idx], f"{suite.scenario}.{table}"),
+            strict=True,
+        ):
             results[i] = r
     out: list[CheckResult] = []
     for entry, r in zip(suite.expectations, results, strict=True):
@@ -208,32 +215,48 @@ def evaluate_tables(suite: Suite, tables: dict[str, pd.DataFrame], validator: Va
         kind = meta.get("kind", "correctness")
         measured = _measured(entry, res)
         if r.exception_info and r.exception_info.get("raised_exception"):
-            raise SuiteError(f"{suite.scenario}: {entry['type']} on {meta['table']} raised: "
-                             f"{r.exception_info.get('exception_message')}")
+            raise SuiteError(
+                f"{suite.scenario}: {entry['type']} on {meta['table']} raised: "
+                f"{r.exception_info.get('exception_message')}"
+            )
         if not measured and meta.get("optional"):
             log.info("%s %s: not measured (optional), left out", suite.scenario, meta["requirement"])
             continue
         row_level = "column" in kwargs and entry["type"] != "expect_column_distinct_values_to_contain_set"
-        observed = _observed({**meta, "_type": entry["type"]}, tables[meta["table"]], kwargs, res, row_level) \
-            if measured else (
-            ("not measured: no KPI row" if meta["table"] == "kpis" else
-             f"not measured: no {kwargs.get('column', 'row')} value in the {meta['table']} table")
-            + (f" where {kwargs['row_condition']}" if kwargs.get("row_condition") else ""))
-        check = Check(id=meta["requirement"], scenario=suite.scenario, passed=bool(r.success) and measured,
-                      observed=observed, expected=meta["expected"],
-                      source="gx" if measured and kind != "coverage" else "coverage")
+        observed = (
+            _observed({**meta, "_type": entry["type"]}, tables[meta["table"]], kwargs, res, row_level)
+            if measured
+            else (
+                (
+                    "not measured: no KPI row"
+                    if meta["table"] == "kpis"
+                    else f"not measured: no {kwargs.get('column', 'row')} value in the {meta['table']} table"
+                )
+                + (f" where {kwargs['row_condition']}" if kwargs.get("row_condition") else "")
+            )
+        )
+        check = Check(
+            id=meta["requirement"],
+            scenario=suite.scenario,
+            passed=bool(r.success) and measured,
+            observed=observed,
+            expected=meta["expected"],
+            source="gx" if measured and kind != "coverage" else "coverage",
+        )
         out.append(CheckResult(check, kind if measured else "coverage", meta.get("remediation"), measured))
     return out
 
 
-def evaluate_stage(scenario: str, tables: dict[str, pd.DataFrame], validator: Validator | None = None,
-                   directory: Path | None = None) -> list[CheckResult]:
+def evaluate_stage(
+    scenario: str, tables: dict[str, pd.DataFrame], validator: Validator | None = None, directory: Path | None = None
+) -> list[CheckResult]:
     """Load the scenario's suite and run it over the given tables."""
     return evaluate_tables(load_suite(scenario, directory), tables, validator or Validator())
 
 
-def evaluate_run(run: Any, derived: dict[str, list[Any]], validator: Validator | None = None,
-                 settings: dict[str, Any] | None = None) -> list[CheckResult]:
+def evaluate_run(
+    run: Any, derived: dict[str, list[Any]], validator: Validator | None = None, settings: dict[str, Any] | None = None
+) -> list[CheckResult]:
     """Every stage of a run (`tasks.rundata.RunData`) through its suite; `derived` are the verdict
     stage's own KPIs per scenario (`tasks.serverkpis.stage_kpis`); `settings` the target's limits the
     checks compare with (queue capacity, token TTL: `soundcheck.profile.target_limits`)."""

@@ -77,8 +77,9 @@ def resolved_mode(profile: Profile) -> str:
     return "admin" if local else "api"
 
 
-def apply_fixtures(profile: Profile, scenario: str, base_url: str, *, admin_token: str | None = None,
-                   write_dsn: str | None = None) -> str:
+def apply_fixtures(
+    profile: Profile, scenario: str, base_url: str, *, admin_token: str | None = None, write_dsn: str | None = None
+) -> str:
     """Put `scenario`'s test data in place; a short account of what was done (or why nothing was needed)."""
     wanted = needs(scenario, profile.scale, profile.target.admission.mode, profile.target.user_offset)
     if not wanted:
@@ -89,18 +90,25 @@ def apply_fixtures(profile: Profile, scenario: str, base_url: str, *, admin_toke
     if mode == "admin":
         from infra.reference_admin import set_balances
 
-        return "; ".join(set_balances(base_url, b.first, b.count, b.balance, admin_token=admin_token,
-                                      allowlist=profile.target.allowlist) for b in wanted)
+        return "; ".join(
+            set_balances(
+                base_url, b.first, b.count, b.balance, admin_token=admin_token, allowlist=profile.target.allowlist
+            )
+            for b in wanted
+        )
     if mode == "sql":
         dsn = os.environ.get(profile.fixtures.write_dsn_env) if profile.fixtures.write_dsn_env else write_dsn
         if not dsn:
-            raise FixtureError(f"fixtures.mode sql needs a DSN with write rights: set the environment variable "
-                               f"{profile.fixtures.write_dsn_env or '(fixtures.write_dsn_env)'}")
+            raise FixtureError(
+                f"fixtures.mode sql needs a DSN with write rights: set the environment variable "
+                f"{profile.fixtures.write_dsn_env or '(fixtures.write_dsn_env)'}"
+            )
         return "; ".join(sql_balances(dsn, profile.fixtures.sql, b) for b in wanted)
     return "; ".join(api_balances(profile, base_url, b) for b in wanted)
 
 
 # ----------------------------------------------------------------------------------------------- api
+
 
 def api_balances(profile: Profile, base_url: str, want: Balance) -> str:
     from soundcheck.allowlist import guarded_client
@@ -116,8 +124,10 @@ def api_balances(profile: Profile, base_url: str, want: Balance) -> str:
             raise FixtureError(f"reading user {user}'s balance answered {r.status_code}: {r.text[:150]}")
         have = int(r.json().get("balance", 0))
         if want.exact and have > want.balance:
-            raise FixtureError(f"user {user} already holds {have:,} points and must hold exactly {want.balance:,}; "
-                               "an API cannot lower it: give the scenario fresh users")
+            raise FixtureError(
+                f"user {user} already holds {have:,} points and must hold exactly {want.balance:,}; "
+                "an API cannot lower it: give the scenario fresh users"
+            )
         short = want.balance - have
         if short <= 0:
             return 0
@@ -128,15 +138,20 @@ def api_balances(profile: Profile, base_url: str, want: Balance) -> str:
             raise FixtureError(f"charging user {user} {short:,} points answered {r.status_code}: {r.text[:150]}")
         return short
 
-    with guarded_client(profile.target.allowlist, base_url=base_url, timeout=30.0) as c, \
-            ThreadPoolExecutor(max_workers=16) as pool:
+    with (
+        guarded_client(profile.target.allowlist, base_url=base_url, timeout=30.0) as c,
+        ThreadPoolExecutor(max_workers=16) as pool,
+    ):
         charged = list(pool.map(lambda u: one(c, u), users))
     topped = sum(1 for x in charged if x)
-    return (f"users {want.first}–{want.first + want.count - 1}: {'exactly' if want.exact else 'at least'} "
-            f"{want.balance:,} points (api: {topped} charged, {sum(charged):,} points)")
+    return (
+        f"users {want.first}–{want.first + want.count - 1}: {'exactly' if want.exact else 'at least'} "
+        f"{want.balance:,} points (api: {topped} charged, {sum(charged):,} points)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- sql
+
 
 def statements(name_or_path: str) -> dict[str, str]:
     """The `-- name: x` blocks of a fixtures file (one statement each)."""
@@ -172,8 +187,10 @@ def sql_balances(dsn: str, fixtures: str, want: Balance) -> str:
                     added += 1
     finally:
         engine.dispose()
-    return (f"users {want.first}–{want.first + want.count - 1}: {want.balance:,} points "
-            f"(sql {fixtures}: {want.count - added} set, {added} added)")
+    return (
+        f"users {want.first}–{want.first + want.count - 1}: {want.balance:,} points "
+        f"(sql {fixtures}: {want.count - added} set, {added} added)"
+    )
 
 
 try:  # thin Prefect wrapper: reads and top-ups make it safe to retry
@@ -181,8 +198,9 @@ try:  # thin Prefect wrapper: reads and top-ups make it safe to retry
     from prefect.cache_policies import NO_CACHE
 
     @task(name="fixtures", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-    def fixtures_task(profile: Profile, scenario: str, base_url: str, admin_token: str | None = None,
-                      write_dsn: str | None = None) -> str:
+    def fixtures_task(
+        profile: Profile, scenario: str, base_url: str, admin_token: str | None = None, write_dsn: str | None = None
+    ) -> str:
         return apply_fixtures(profile, scenario, base_url, admin_token=admin_token, write_dsn=write_dsn)
 except ImportError:  # pragma: no cover
     pass

@@ -1,5 +1,8 @@
 """Streaming ingest of k6's output into the result store, while k6 runs.
 
+Three parts, one module each: `tasks.k6csv` picks the rows to read out of each chunk, `tasks.seconds`
+aggregates a second per endpoint, and this module tails the file and writes the store.
+
 Format, chosen by measurement (`bench/output_format.py`, figures in docs/load.md): k6's **CSV** output
 with ``K6_CSV_TIME_FORMAT=unix_milli`` and the system tags cut down to
 ``status, method, name, scenario, error_code, expected_response`` is ~3.5× smaller than the JSON output for the
@@ -37,8 +40,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,33 +54,14 @@ from sqlalchemy import Engine, insert, update
 from soundcheck import sketch, store
 from soundcheck.plan import SETUP_TAG
 from soundcheck.sketch import Histogram
+from tasks.k6csv import classify, parse_tags
+from tasks.seconds import UNTAGGED, OnSecond, SecondAccumulator, SecondAggregate
 
 log = logging.getLogger(__name__)
-
-#: Environment and flags the runner gives k6 so its output is what this module reads.
-K6_ENV = {"K6_CSV_TIME_FORMAT": "unix_milli", "K6_CSV_SAVE_INTERVAL": "1s"}
-SYSTEM_TAGS = "status,method,name,scenario,error_code,expected_response"
 
 #: Scenarios whose every request is kept whole (the rest keep per-second aggregates only).
 SMALL_SCENARIOS = frozenset({"race", "saga", "points"})
 
-_DURATION = b"http_req_duration,"
-#: First four bytes of every metric k6 1.x writes (http, data, iterations, vus, checks, groups, dropped
-#: iterations, websockets, grpc, browser) — a line starting otherwise is not k6 output. Campaign custom
-#: metrics start with "sc_". As little-endian integers, sorted for a vectorised lookup.
-_KNOWN_PREFIXES = np.array(sorted(int.from_bytes(p, "little") for p in (
-    b"http", b"data", b"iter", b"vus,", b"vus_", b"chec", b"grou", b"drop", b"ws_s", b"ws_m", b"ws_p", b"ws_c",
-    b"grpc", b"brow", b"webv")), dtype=np.uint64)
-_SC = np.uint64(int.from_bytes(b"sc_", "little"))
-_HTTP_REQ = np.uint64(int.from_bytes(b"http_req", "little"))  # bytes 0-7 of every http_req* row
-_DURATIO = np.uint64(int.from_bytes(b"_duratio", "little"))  # bytes 8-15 of http_req_duration
-_N_COMMA = np.uint16(int.from_bytes(b"n,", "little"))  # bytes 16-17
-_LOW4, _LOW3, _LOW1 = np.uint64(0xFFFFFFFF), np.uint64(0xFFFFFF), np.uint64(0xFF)
-_HTTP, _DATA, _ITER = (np.uint64(int.from_bytes(p, "little")) for p in (b"http", b"data", b"iter"))
-#: No k6 CSV row is shorter than this (metric name, comma, timestamp, …): shorter lines are malformed.
-_MIN_LINE = 8
-
-QUANTILES = (0.5, 0.95, 0.99)
 #: Open (second, endpoint) accumulators (~10 KB each) above which a poll writes finished seconds before
 #: reading its next chunk; otherwise it writes them once at its end (fewer, larger transactions).
 _FLUSH_ACCS = 64
@@ -86,138 +69,6 @@ _FLUSH_ACCS = 64
 #: end of a poll: per-call overheads amortised over ~14,000 requests, while line cutting stays in
 #: cache-sized 4 MB chunks.
 _PARSE_BATCH = 1 << 20
-
-
-def _classify(lines: bytes | bytearray, start: int, end: int) -> tuple[bytes, list[tuple[bytes, bytes]], list[bytes],
-                                                                        list[bytes], int]:
-    """Cut the rows we read out of a chunk of whole lines, without parsing the rest.
-
-    Vectorised over the line starts (numpy, releases the GIL): one pass finds the line ends, then the
-    first 16 bytes of every line are gathered at once through an unaligned 16-byte view of the buffer
-    (no per-byte passes per line) and compared as two integers. Returns ``http_req_duration`` rows
-    (one blob, metric name cut, newline kept), ``sc_*`` rows as (name, rest), ``vus`` and
-    ``dropped_iterations`` rows (rest), and the number of lines that cannot be k6 CSV rows at all
-    (shorter than any row, or not starting with a known metric name).
-    """
-    n = end - start
-    a = np.frombuffer(lines, dtype=np.uint8, count=n, offset=start)
-    ends = np.flatnonzero(a == 10)
-    if ends.size == 0:
-        return b"", [], [], [], 0
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    lens = ends - starts
-    if n < 2 * _MIN_LINE:  # too short for the 16-byte view: every line in it is malformed or handled slowly
-        return _classify_slow(bytes(lines[start:end]))
-    # the first 16 bytes of every line in one gather (bytes past a line's end are masked by its length)
-    head16 = np.empty((starts.size, 2), dtype="<u8")
-    inner = int(np.searchsorted(starts, n - 15))  # lines starting in the last 15 bytes are padded by hand
-    v16 = np.ndarray((n - 15,), dtype="V16", buffer=lines, offset=start, strides=(1,))
-    head16[:inner] = v16[starts[:inner]].view("<u8").reshape(-1, 2)
-    for i in range(inner, starts.size):
-        s0_ = start + int(starts[i])
-        head16[i] = np.frombuffer(bytes(lines[s0_:start + n]).ljust(16, b"\0")[:16], dtype="<u8")
-    head, head2 = head16[:, 0], head16[:, 1]
-    head4 = head & _LOW4
-    known = (head4 == _HTTP) | (head4 == _DATA) | (head4 == _ITER)  # nearly every row; the rest looked up
-    rest_ = np.flatnonzero(~known)
-    if rest_.size:
-        h4 = head4[rest_]
-        at = np.minimum(np.searchsorted(_KNOWN_PREFIXES, h4), _KNOWN_PREFIXES.size - 1)
-        known[rest_] = (_KNOWN_PREFIXES[at] == h4) | ((head[rest_] & _LOW3) == _SC)
-    known &= lens >= _MIN_LINE
-    bad = int(known.size - np.count_nonzero(known))
-    blob = b""
-    cand = np.flatnonzero((head == _HTTP_REQ) & (head2 == _DURATIO) & (lens > len(_DURATION)))
-    if cand.size:
-        cs = starts[cand]
-        v2 = np.ndarray((n - 1,), dtype="<u2", buffer=lines, offset=start, strides=(1,))
-        ok = v2[cs + 16] == _N_COMMA
-        s0 = (cs[ok] + (len(_DURATION) + start)).tolist()
-        e0 = (ends[cand[ok]] + (1 + start)).tolist()
-        blob = b"".join([lines[i:j] for i, j in zip(s0, e0, strict=True)])
-    custom: list[tuple[bytes, bytes]] = []
-    vus: list[bytes] = []
-    dropped: list[bytes] = []
-    first = head & _LOW1
-    rare = known & ((first == 115) | (first == 118) | (first == 100)) & (head4 != _DATA)  # s…, v…, d… but data_*
-    for i in np.flatnonzero(rare).tolist():
-        _route(bytes(lines[start + starts[i]:start + ends[i]]), custom, vus, dropped)
-    return blob, custom, vus, dropped, bad
-
-
-def _route(line: bytes, custom: list[tuple[bytes, bytes]], vus: list[bytes], dropped: list[bytes]) -> None:
-    name, _, rest = line.partition(b",")
-    if name.startswith(b"sc_"):
-        custom.append((name, rest))
-    elif name == b"vus":
-        vus.append(rest)
-    elif name == b"dropped_iterations":
-        dropped.append(rest)
-
-
-def _classify_slow(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], list[bytes], list[bytes], int]:
-    """`_classify` line by line, for a few bytes (a last partial line, a tiny file)."""
-    known = tuple(int(p).to_bytes(4, "little") for p in _KNOWN_PREFIXES) + (b"sc_",)
-    durations: list[bytes] = []
-    custom: list[tuple[bytes, bytes]] = []
-    vus: list[bytes] = []
-    dropped: list[bytes] = []
-    bad = 0
-    for line in text.split(b"\n")[:-1]:
-        if len(line) < _MIN_LINE or not line.startswith(known):
-            bad += 1
-        elif line.startswith(_DURATION):
-            durations.append(line[len(_DURATION):] + b"\n")
-        else:
-            _route(line, custom, vus, dropped)
-    return b"".join(durations), custom, vus, dropped, bad
-
-
-UNTAGGED = "UNTAGGED"
-
-
-@dataclass
-class SecondAggregate:
-    """One endpoint's requests in one second: what `second_aggregates` stores and `on_second` gets."""
-
-    second: int  # epoch second
-    endpoint: str
-    count: int
-    s2xx: int
-    s3xx: int
-    s4xx: int
-    s5xx: int
-    failed: int
-    codes: dict[str, int]
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-    max_ms: float | None
-    sketch: bytes
-
-    def error_rate(self) -> float:
-        """Share answered 5xx or not answered (the brief's `error_rate`)."""
-        return (self.s5xx + self.failed) / self.count if self.count else 0.0
-
-
-@dataclass
-class _Acc:
-    hist: Histogram = field(default_factory=Histogram)
-    codes: dict[int, int] = field(default_factory=dict)
-
-    def summary(self, second: int, endpoint: str) -> SecondAggregate:
-        classes = [0, 0, 0, 0, 0, 0]  # index = status // 100; 0 = no answer
-        for code, n in self.codes.items():
-            classes[min(max(code // 100, 0), 5)] += n
-        p50, p95, p99 = self.hist.quantiles(QUANTILES)
-        return SecondAggregate(
-            second=second, endpoint=endpoint, count=int(self.hist.count), s2xx=classes[2], s3xx=classes[3],
-            s4xx=classes[4],
-            s5xx=classes[5], failed=classes[0] + classes[1], codes={str(k): v for k, v in sorted(self.codes.items())},
-            p50_ms=p50, p95_ms=p95, p99_ms=p99, max_ms=self.hist.max if self.hist.count else None,
-            sketch=self.hist.to_bytes())
 
 
 @dataclass
@@ -247,25 +98,21 @@ class LiveStats:
     errors_total: int = 0
 
 
-OnSecond = Callable[[str, int, dict[str, SecondAggregate]], None]
-
-
-def _parse_tags(raw: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    if raw:
-        for part in raw.split("&"):
-            k, sep, v = part.partition("=")
-            if sep:
-                out[k] = v
-    return out
-
-
 class K6CsvIngest:
     """Tails one k6 CSV output file into the result store. Call `poll()` repeatedly, then `finish()`."""
 
-    def __init__(self, engine: Engine, scenario_run_id: int, scenario: str, path: str | Path, *,
-                 keep_requests: bool | None = None, on_second: OnSecond | None = None, lag_s: int = 3,
-                 chunk_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        scenario_run_id: int,
+        scenario: str,
+        path: str | Path,
+        *,
+        keep_requests: bool | None = None,
+        on_second: OnSecond | None = None,
+        lag_s: int = 3,
+        chunk_bytes: int = 4 << 20,
+    ) -> None:
         self.engine = engine
         self.scenario_run_id = scenario_run_id
         self.scenario = scenario
@@ -280,9 +127,10 @@ class K6CsvIngest:
         self._buf: bytearray | None = None
         self._pos = 0
         self._wanted = {"timestamp", "metric_value", "status", "extra_tags"} | (
-            {"name", "error_code", "scenario", "method"} if self.keep_requests else set())
+            {"name", "error_code", "scenario", "method"} if self.keep_requests else set()
+        )
         self._columns: list[str] | None = None
-        self._acc: dict[tuple[int, str], _Acc] = {}
+        self._acc: dict[tuple[int, str], SecondAccumulator] = {}
         self._watermark = -1  # newest second seen
         self._vus: dict[int, float] = {}
         self._dropped: dict[int, float] = {}
@@ -371,12 +219,23 @@ class K6CsvIngest:
             if not cols or cols[0] != "metric_name" or "timestamp" not in cols or "metric_value" not in cols:
                 self.summary.ingest_errors += 1
                 log.warning("k6 output %s has no CSV header; first line skipped", self.path)
-                cols = ["metric_name", "timestamp", "metric_value", "error_code", "expected_response", "method",
-                        "name", "scenario", "status", "extra_tags", "metadata"]
+                cols = [
+                    "metric_name",
+                    "timestamp",
+                    "metric_value",
+                    "error_code",
+                    "expected_response",
+                    "method",
+                    "name",
+                    "scenario",
+                    "status",
+                    "extra_tags",
+                    "metadata",
+                ]
             self._columns = cols
         if end <= start:
             return
-        dur_blob, custom, vus, dropped, bad = _classify(lines, start, end)
+        dur_blob, custom, vus, dropped, bad = classify(lines, start, end)
         self.summary.ingest_errors += bad
         if dur_blob:
             self._pending.append(dur_blob)
@@ -430,12 +289,17 @@ class K6CsvIngest:
         try:
             table = pacsv.read_csv(
                 io.BytesIO(blob),
-                read_options=pacsv.ReadOptions(column_names=cols, block_size=max(1 << 20, size + 1),
-                                               use_threads=size > (8 << 20)),
+                read_options=pacsv.ReadOptions(
+                    column_names=cols, block_size=max(1 << 20, size + 1), use_threads=size > (8 << 20)
+                ),
                 parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-                convert_options=pacsv.ConvertOptions(column_types={**types, **strings}, strings_can_be_null=False,
-                                                     quoted_strings_can_be_null=False,
-                                                     include_columns=[c for c in cols if c in self._wanted]))
+                convert_options=pacsv.ConvertOptions(
+                    column_types={**types, **strings},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                    include_columns=[c for c in cols if c in self._wanted],
+                ),
+            )
         except pa.ArrowInvalid:
             return None  # a value that is not a number: fall back to line by line
         self.summary.ingest_errors += bad
@@ -469,12 +333,15 @@ class K6CsvIngest:
             return
         ts = table.column("timestamp").to_numpy(zero_copy_only=False)
         values = table.column("metric_value").to_numpy(zero_copy_only=False)
-        status = (table.column("status").fill_null(0).to_numpy(zero_copy_only=False) if "status" in table.column_names
-                  else np.zeros(len(ts), dtype=np.int32))
+        status = (
+            table.column("status").fill_null(0).to_numpy(zero_copy_only=False)
+            if "status" in table.column_names
+            else np.zeros(len(ts), dtype=np.int32)
+        )
         if "extra_tags" in table.column_names:
             # few distinct tag sets: find the endpoint once per distinct value, not once per row
             enc = pc.dictionary_encode(table.column("extra_tags")).combine_chunks()
-            per_value = [_parse_tags(v).get("endpoint") or UNTAGGED for v in enc.dictionary.to_pylist()]
+            per_value = [parse_tags(v).get("endpoint") or UNTAGGED for v in enc.dictionary.to_pylist()]
             ep_names = sorted(set(per_value))
             remap = np.array([ep_names.index(e) for e in per_value], dtype=np.int64)
             ep_idx = remap[enc.indices.to_numpy(zero_copy_only=False)]
@@ -505,15 +372,22 @@ class K6CsvIngest:
             key = (g // 1024, ep_names[g % 1024])
             acc = self._acc.get(key)
             if acc is None:
-                acc = self._acc[key] = _Acc()
+                acc = self._acc[key] = SecondAccumulator()
             acc.hist.merge(hists[i])
             for c, n in codes_of[i].items():
                 acc.codes[c] = acc.codes.get(c, 0) + n
         if self.keep_requests:
             self._write_requests(table, ts, values, status, ep_names, ep_idx)
 
-    def _write_requests(self, table: pa.Table, ts: np.ndarray, values: np.ndarray, status: np.ndarray,
-                        ep_names: list[str], ep_idx: np.ndarray) -> None:
+    def _write_requests(
+        self,
+        table: pa.Table,
+        ts: np.ndarray,
+        values: np.ndarray,
+        status: np.ndarray,
+        ep_names: list[str],
+        ep_idx: np.ndarray,
+    ) -> None:
         cols = table.column_names
         names = table.column("name").to_pylist() if "name" in cols else [None] * len(ts)
         errs = table.column("error_code").to_pylist() if "error_code" in cols else [None] * len(ts)
@@ -522,15 +396,24 @@ class K6CsvIngest:
         methods = table.column("method").to_pylist() if "method" in cols else [None] * len(ts)
         rows = []
         for i in range(len(ts)):
-            tags = _parse_tags(extras[i])
+            tags = parse_tags(extras[i])
             tags.pop("endpoint", None)
             if k6sc[i]:
                 tags["k6_scenario"] = k6sc[i]
             if methods[i]:
                 tags["method"] = methods[i]
-            rows.append({"scenario_run_id": self.scenario_run_id, "ts": float(ts[i]) / 1000.0,
-                         "endpoint": ep_names[ep_idx[i]], "name": names[i] or None, "status": int(status[i]),
-                         "duration_ms": float(values[i]), "error_code": errs[i] or None, "tags": tags or None})
+            rows.append(
+                {
+                    "scenario_run_id": self.scenario_run_id,
+                    "ts": float(ts[i]) / 1000.0,
+                    "endpoint": ep_names[ep_idx[i]],
+                    "name": names[i] or None,
+                    "status": int(status[i]),
+                    "duration_ms": float(values[i]),
+                    "error_code": errs[i] or None,
+                    "tags": tags or None,
+                }
+            )
         with self.engine.begin() as c:
             c.execute(insert(store.requests), rows)
         self.summary.request_rows += len(rows)
@@ -543,12 +426,19 @@ class K6CsvIngest:
             if p is None:
                 continue
             fields = dict(zip(cols[1:], p[2], strict=False))
-            tags = _parse_tags(fields.get("extra_tags", ""))
+            tags = parse_tags(fields.get("extra_tags", ""))
             for k in ("name", "scenario", "status"):
                 if fields.get(k):
                     tags["k6_scenario" if k == "scenario" else k] = fields[k]
-            out.append({"scenario_run_id": self.scenario_run_id, "ts": p[0] / 1000.0,
-                        "metric": name.decode(), "value": p[1], "tags": tags or None})
+            out.append(
+                {
+                    "scenario_run_id": self.scenario_run_id,
+                    "ts": p[0] / 1000.0,
+                    "metric": name.decode(),
+                    "value": p[1],
+                    "tags": tags or None,
+                }
+            )
         if out:
             with self.engine.begin() as c:
                 c.execute(insert(store.k6_samples), out)
@@ -562,7 +452,7 @@ class K6CsvIngest:
         agg_rows: list[dict[str, Any]] = []
         per_second: list[tuple[int, dict[str, SecondAggregate]]] = []
         by_sec: dict[int, list[str]] = {}
-        for (sec, ep) in self._acc:
+        for sec, ep in self._acc:
             if sec in ready_set:
                 by_sec.setdefault(sec, []).append(ep)
         for sec in ready:
@@ -571,15 +461,37 @@ class K6CsvIngest:
             self._update_live(sec, eps, accs)
             per_second.append((sec, eps))
             for a in eps.values():
-                agg_rows.append({"scenario_run_id": self.scenario_run_id, "second": sec, "endpoint": a.endpoint,
-                                 "count": a.count, "s2xx": a.s2xx, "s3xx": a.s3xx, "s4xx": a.s4xx, "s5xx": a.s5xx,
-                                 "failed": a.failed, "codes": a.codes, "p50_ms": a.p50_ms, "p95_ms": a.p95_ms,
-                                 "p99_ms": a.p99_ms, "max_ms": a.max_ms, "sketch": a.sketch})
+                agg_rows.append(
+                    {
+                        "scenario_run_id": self.scenario_run_id,
+                        "second": sec,
+                        "endpoint": a.endpoint,
+                        "count": a.count,
+                        "s2xx": a.s2xx,
+                        "s3xx": a.s3xx,
+                        "s4xx": a.s4xx,
+                        "s5xx": a.s5xx,
+                        "failed": a.failed,
+                        "codes": a.codes,
+                        "p50_ms": a.p50_ms,
+                        "p95_ms": a.p95_ms,
+                        "p99_ms": a.p99_ms,
+                        "max_ms": a.max_ms,
+                        "sketch": a.sketch,
+                    }
+                )
         samples = []
         for table_, metric in ((self._vus, "vus"), (self._dropped, "dropped_iterations")):
             for sec in sorted(s for s in table_ if limit is None or s <= limit):
-                samples.append({"scenario_run_id": self.scenario_run_id, "ts": float(sec), "metric": metric,
-                                "value": table_.pop(sec), "tags": None})
+                samples.append(
+                    {
+                        "scenario_run_id": self.scenario_run_id,
+                        "ts": float(sec),
+                        "metric": metric,
+                        "value": table_.pop(sec),
+                        "tags": None,
+                    }
+                )
         errors_changed = self.summary.ingest_errors != self._errors_written
         if agg_rows or samples or errors_changed or final:
             with self.engine.begin() as c:
@@ -588,8 +500,11 @@ class K6CsvIngest:
                 if samples:
                     c.execute(insert(store.k6_samples), samples)
                 if errors_changed or final:
-                    c.execute(update(store.scenario_runs).where(store.scenario_runs.c.id == self.scenario_run_id)
-                              .values(ingest_errors=self.summary.ingest_errors))
+                    c.execute(
+                        update(store.scenario_runs)
+                        .where(store.scenario_runs.c.id == self.scenario_run_id)
+                        .values(ingest_errors=self.summary.ingest_errors)
+                    )
             self._errors_written = self.summary.ingest_errors
             self.summary.aggregate_rows += len(agg_rows)
             self.summary.sample_rows += len(samples)
@@ -601,7 +516,7 @@ class K6CsvIngest:
                 except Exception:  # the hook must never stop the ingest
                     log.exception("on_second hook failed for %s second %s", self.scenario, sec)
 
-    def _update_live(self, sec: int, eps: dict[str, SecondAggregate], accs: dict[str, _Acc]) -> None:
+    def _update_live(self, sec: int, eps: dict[str, SecondAggregate], accs: dict[str, SecondAccumulator]) -> None:
         counted = [a for ep, a in eps.items() if ep != SETUP_TAG]
         n = sum(a.count for a in counted)
         errors = sum(a.s5xx + a.failed for a in counted)
@@ -646,18 +561,34 @@ class IngestThread(threading.Thread):
         return self.ingest.summary
 
 
-def ingest_file(engine: Engine, scenario_run_id: int, scenario: str, path: str | Path, *,
-                keep_requests: bool | None = None, on_second: OnSecond | None = None) -> IngestSummary:
+def ingest_file(
+    engine: Engine,
+    scenario_run_id: int,
+    scenario: str,
+    path: str | Path,
+    *,
+    keep_requests: bool | None = None,
+    on_second: OnSecond | None = None,
+) -> IngestSummary:
     """Ingest a finished k6 CSV file in one go (same code path as streaming)."""
     ing = K6CsvIngest(engine, scenario_run_id, scenario, path, keep_requests=keep_requests, on_second=on_second)
     return ing.finish()
 
 
-def start_streaming(engine: Engine, scenario_run_id: int, scenario: str, path: str | Path, *,
-                    keep_requests: bool | None = None, on_second: OnSecond | None = None,
-                    interval_s: float = 0.5) -> IngestThread:
+def start_streaming(
+    engine: Engine,
+    scenario_run_id: int,
+    scenario: str,
+    path: str | Path,
+    *,
+    keep_requests: bool | None = None,
+    on_second: OnSecond | None = None,
+    interval_s: float = 0.5,
+) -> IngestThread:
     """Start tailing `path` (it may not exist yet) on a thread; `thread.stop()` finishes and returns the summary."""
-    th = IngestThread(K6CsvIngest(engine, scenario_run_id, scenario, path, keep_requests=keep_requests,
-                                  on_second=on_second), interval_s)
+    th = IngestThread(
+        K6CsvIngest(engine, scenario_run_id, scenario, path, keep_requests=keep_requests, on_second=on_second),
+        interval_s,
+    )
     th.start()
     return th

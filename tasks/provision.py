@@ -35,10 +35,14 @@ def external_endpoints(profile: Profile) -> Endpoints:
     base = profile.target.base_url
     if not base:
         raise ValueError("target.base_url is required for an external target")
-    return Endpoints(base_url=base.rstrip("/"), database_url=profile.target.database_url,
-                     metrics_url=profile.metrics.scrape_url or f"{base.rstrip('/')}/metrics", redis_url=None,
-                     prometheus_url=profile.metrics.prometheus_url,
-                     admin_token=os.environ.get(profile.target.admin_token_env))
+    return Endpoints(
+        base_url=base.rstrip("/"),
+        database_url=profile.target.database_url,
+        metrics_url=profile.metrics.scrape_url or f"{base.rstrip('/')}/metrics",
+        redis_url=None,
+        prometheus_url=profile.metrics.prometheus_url,
+        admin_token=os.environ.get(profile.target.admin_token_env),
+    )
 
 
 def provision(profile: Profile, run_dir: str | Path) -> Provisioned:
@@ -51,11 +55,30 @@ def provision(profile: Profile, run_dir: str | Path) -> Provisioned:
         return Provisioned(stack.start(), stack)
     if kind == "aws":
         from infra.aws_stack import AwsStack
+        from tasks.runs import build_id
 
         aws = AwsStack(profile)
         aws.admin_token = os.environ.get(profile.target.admin_token_env)
-        return Provisioned(aws.start(), aws)
+        if profile.environment.aws.app:
+            aws.approved_build = last_approved_build(profile)
+        return Provisioned(aws.start(build=build_id(profile)), aws)
     return Provisioned(external_endpoints(profile), None)
+
+
+def last_approved_build(profile: Profile) -> str | None:
+    """The newest build this profile's campaigns approved (the rollback redeploys it); None when the store
+    has none or cannot be read (the rollback then restarts what runs, and says so)."""
+    from soundcheck import store
+
+    try:
+        engine = store.open_store(profile.store_url)
+        try:
+            return store.last_approved_build(engine, profile.name)
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - a rollback target is a convenience, never a reason to stop
+        log.warning("no last approved build: %s", store.store_sentence(profile.store_url, exc))
+        return None
 
 
 def teardown(handle: Any) -> None:
@@ -83,8 +106,13 @@ class StageEnv(BaseModel):
 
     @classmethod
     def of(cls, endpoints: Any, handle: Any = None) -> StageEnv:
-        return cls(base_url=endpoints.base_url, metrics_url=getattr(endpoints, "metrics_url", None),
-                   has_database=bool(getattr(endpoints, "database_url", None)), endpoints=endpoints, handle=handle)
+        return cls(
+            base_url=endpoints.base_url,
+            metrics_url=getattr(endpoints, "metrics_url", None),
+            has_database=bool(getattr(endpoints, "database_url", None)),
+            endpoints=endpoints,
+            handle=handle,
+        )
 
     @property
     def database_url(self) -> str | None:

@@ -8,7 +8,10 @@ so the CLI, the flow and the tests agree on one wording.
 from __future__ import annotations
 
 import errno
+import os
+import subprocess
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
@@ -46,21 +49,105 @@ def new_run(profile: Profile, output: str | Path | None) -> RunContext:
     run_id = store.new_run_id()
     run_dir = Path(output) if output else Path(profile.output_dir) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    return RunContext(run_id=run_id, profile_name=profile.name, store_url=profile.store_url,
-                      run_dir=str(run_dir.resolve()), started_at=store.now().isoformat())
+    return RunContext(
+        run_id=run_id,
+        profile_name=profile.name,
+        store_url=profile.store_url,
+        run_dir=str(run_dir.resolve()),
+        started_at=store.now().isoformat(),
+    )
+
+
+def build_id(profile: Profile) -> str | None:
+    """The commit or build being judged: the profile's (the CLI's --build), else $SOUNDCHECK_BUILD; for the
+    local stack, this checkout's commit (the reference service ships in it), `-dirty` with local changes."""
+    if profile.build:
+        return profile.build
+    if os.environ.get("SOUNDCHECK_BUILD"):
+        return os.environ["SOUNDCHECK_BUILD"]
+    if profile.environment.kind != "local" or profile.target.base_url:
+        return None
+    from soundcheck.paths import ROOT
+
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def environment_settings(profile: Profile) -> dict[str, Any]:
+    """What a change in the nightly series may be traced to besides the build: the environment's settings."""
+    env = profile.environment
+    out: dict[str, Any] = {
+        "kind": env.kind,
+        "dialect": profile.target.dialect,
+        "admission": profile.target.admission.mode,
+    }
+    if env.kind == "local" and not profile.target.base_url:
+        out |= {
+            "workers": env.local.workers,
+            "settings": dict(env.local.settings),
+            "database": (env.local.database_url or "sqlite").split(":", 1)[0],
+            "redis": "external" if env.local.redis_url else "bundled",
+        }
+    elif env.kind == "aws":
+        out |= {
+            "stack": env.aws.stack_name,
+            "desired_capacity": env.aws.desired_capacity,
+            "parameters": dict(env.aws.parameters),
+        }
+    return out
 
 
 def register_run(profile: Profile, run: RunContext) -> None:
     """The run's row in the result store; a store that cannot take it is `StoreUnavailable` (one sentence)."""
+    from soundcheck.redact import redact_json
+
     try:
         engine = store.open_store(profile.store_url)
         try:
-            store.start_run(engine, run.run_id, profile.name, scale=profile.scale, time_scale=profile.time_scale,
-                            scenarios=profile.scenarios, target=profile.target.base_url)
+            store.start_run(
+                engine,
+                run.run_id,
+                profile.name,
+                scale=profile.scale,
+                time_scale=profile.time_scale,
+                scenarios=profile.scenarios,
+                target=profile.target.base_url,
+                build=build_id(profile),
+                settings=redact_json(environment_settings(profile)),
+            )
         finally:
             engine.dispose()
     except DBAPIError as exc:
         raise StoreUnavailable(store.store_sentence(profile.store_url, exc)) from exc
+
+
+def note_environment(run: RunContext, endpoints: Any) -> None:
+    """Which bus the Saga ran on (the local stack may fall back from Kafka to Redis Streams), kept with the
+    run's settings so the history can tell the two apart; and the build the environment deployed."""
+    extra = getattr(endpoints, "extra", None) or {}
+    if "bus" not in extra and "build" not in extra:
+        return
+    engine = store.open_store(run.store_url)
+    try:
+        if "bus" in extra:
+            store.merge_run_settings(engine, run.run_id, {"bus": extra["bus"]})
+        if "build" in extra:  # the build the environment deployed ("latest" resolved to its tag)
+            store.set_run_build(engine, run.run_id, extra["build"])
+    finally:
+        engine.dispose()
 
 
 def record(run: RunContext, kind: str, outcome: str, detail: str) -> None:
@@ -75,10 +162,18 @@ def record(run: RunContext, kind: str, outcome: str, detail: str) -> None:
 def incomplete_verdict(run: RunContext, reason: str, detail: str | None = None) -> Verdict:
     """What a run that could not finish tells its readers: INCONCLUSIVE, why, and to fix the environment."""
     return Verdict(
-        run_id=run.run_id, profile=run.profile_name, started_at=run.started_at,
-        finished_at=store.now().isoformat(), verdict=Decision.INCONCLUSIVE,
-        remediations=[Remediation(code="fix_test_environment", reason=f"the campaign did not finish: {reason}",
-                                  detail=detail or "fix the cause and re-run; the rows measured so far are kept")],
+        run_id=run.run_id,
+        profile=run.profile_name,
+        started_at=run.started_at,
+        finished_at=store.now().isoformat(),
+        verdict=Decision.INCONCLUSIVE,
+        remediations=[
+            Remediation(
+                code="fix_test_environment",
+                reason=f"the campaign did not finish: {reason}",
+                detail=detail or "fix the cause and re-run; the rows measured so far are kept",
+            )
+        ],
         extra={"status": "INCOMPLETE", "reason": reason},
     )
 

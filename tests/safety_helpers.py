@@ -41,8 +41,14 @@ class Sut:
         env = {**os.environ, "SUT_SEED_USERS": "2000", "SUT_ADMIN_TOKEN": "safety-admin-token"}
         env.update({f"SUT_{k.upper()}": str(v) for k, v in settings.items()})
         self.log = open(log_dir / f"sut-{self.port}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "infra.sut", "--port", str(self.port)], cwd=ROOT, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.sut", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -117,12 +117,21 @@ class SlackStandIn:
             self._reply(h, 200, {"ok": False, "error": "invalid_auth"})
             return
         if method == "chat.postMessage":
-            self._reply(h, 200, {"ok": True, "channel": "C0SOUNDCHK", "ts": "1700000000.000100",
-                                 "message": {"text": (call.json or {}).get("text")}})
+            self._reply(
+                h,
+                200,
+                {
+                    "ok": True,
+                    "channel": "C0SOUNDCHK",
+                    "ts": "1700000000.000100",
+                    "message": {"text": (call.json or {}).get("text")},
+                },
+            )
         elif method == "files.getUploadURLExternal":
             file_id = f"F{len(self.calls_to('files.getUploadURLExternal')):04d}"
-            self._reply(h, 200, {"ok": True, "file_id": file_id,
-                                 "upload_url": f"http://127.0.0.1:{self.port}/upload/{file_id}"})
+            self._reply(
+                h, 200, {"ok": True, "file_id": file_id, "upload_url": f"http://127.0.0.1:{self.port}/upload/{file_id}"}
+            )
         elif method == "files.completeUploadExternal":
             files = json.loads(call.form.get("files", "[]"))
             self._reply(h, 200, {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]})

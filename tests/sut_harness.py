@@ -30,6 +30,7 @@ def mariadb_url() -> str | None:
     """A fresh database on the local MariaDB when it is reachable, else None (tests skip)."""
     try:
         import pymysql
+
         conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=2)
     except Exception:  # noqa: BLE001 - unreachable for any reason: skip
         return None
@@ -42,6 +43,7 @@ def mariadb_url() -> str | None:
 
 def drop_mariadb(url: str) -> None:
     import pymysql
+
     name = url.rsplit("/", 1)[1]
     with contextlib.suppress(Exception):
         conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=2)
@@ -60,8 +62,9 @@ class Sut:
         """Run one of the plan's SQL checks, unchanged, against the service's database."""
         from sqlalchemy import create_engine, text
 
-        sync_url = (self.db_url.replace("+aiosqlite", "").replace("+aiomysql", "+pymysql")
-                    .replace("+asyncpg", "+psycopg"))
+        sync_url = (
+            self.db_url.replace("+aiosqlite", "").replace("+aiomysql", "+pymysql").replace("+asyncpg", "+psycopg")
+        )
         engine = create_engine(sync_url)
         try:
             with engine.connect() as conn:
@@ -75,19 +78,29 @@ class Sut:
 
 
 @contextlib.contextmanager
-def run_sut(tmp: Path, db_url: str | None = None, **settings) -> Iterator[Sut]:
-    """Start ``python -m infra.sut`` on a free loopback port with ``SUT_*`` settings; stop it after."""
+def run_sut(tmp: Path, db_url: str | None = None, kafka: str | None = None, **settings) -> Iterator[Sut]:
+    """Start ``python -m infra.sut`` on a free loopback port with ``SUT_*`` settings; stop it after.
+    `kafka`: a broker's bootstrap servers for the Saga's bus (Redis Streams without)."""
     redis = EmbeddedRedis().start()
     port = free_port()
     db_url = db_url or f"sqlite+aiosqlite:///{tmp / f'sut-{port}.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUT_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    values = {"port": port, "redis_url": redis.url, "db_url": db_url, "admin_token": ADMIN["X-Admin-Token"],
-              "seed_users": 1500, "seed_seats": 300, **settings}
+    values = {
+        "port": port,
+        "redis_url": redis.url,
+        "db_url": db_url,
+        "admin_token": ADMIN["X-Admin-Token"],
+        "seed_users": 1500,
+        "seed_seats": 300,
+        **({"kafka_bootstrap": kafka} if kafka else {}),
+        **settings,
+    }
     for k, v in values.items():
         env["SUT_" + k.upper()] = str(v)
     log = open(tmp / f"sut-{port}.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "infra.sut"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.sut"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -132,8 +145,9 @@ async def together(n: int, make: Callable[[int], Awaitable]) -> list:
 
 
 def client(base: str, n: int = 256) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=base, timeout=30,
-                             limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+    return httpx.AsyncClient(
+        base_url=base, timeout=30, limits=httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    )
 
 
 async def entered_token(c: httpx.AsyncClient, user: int, target: int | None = None) -> str:

@@ -16,41 +16,24 @@ from pathlib import Path
 
 import pytest
 from botocore.stub import ANY, Stubber
-from moto_fixture import moto_url, session  # noqa: F401 - fixture
+from moto_fixture import moto_profile, moto_url, release_route_tables, session  # noqa: F401 - fixture
 
 from infra.aws_stack import AwsStack, cloudwatch_dimensions, load_template, template_body
 from soundcheck.paths import ROOT
 from soundcheck.profile import CloudWatchQuery, parse_profile
 from tasks.collect import CloudWatchCollector
 
-MOTO_PARAMS = {"CreateCache": "false", "CreateKafka": "false", "CreateDbParameterGroup": "false"}
-
 
 def _stack(url: str, name: str, **aws) -> AwsStack:
-    profile = parse_profile({"name": "staging-test", "environment": {"kind": "aws", "aws": {
-        "stack_name": name, "endpoint_url": url, "parameters": MOTO_PARAMS,
-        "database_url": "mysql+pymysql://reader:${SC_TEST_DB_PW}@${DbEndpoint}:${DbPort}/${DbName}", **aws}}})
-    return AwsStack(profile, poll_s=0.2, session=session())
-
-
-def _moto_release_route_tables(stack: AwsStack) -> None:
-    """moto does not delete AWS::EC2::RouteTable resources with their stack (CloudFormation does), so
-    its VPC deletion fails on them; release them as CloudFormation would before deleting the stack."""
-    ec2 = session().client("ec2", endpoint_url=stack.env.endpoint_url)
-    res = stack.cfn.list_stack_resources(StackName=stack.env.stack_name)["StackResourceSummaries"]
-    vpc = next(r["PhysicalResourceId"] for r in res if r["LogicalResourceId"] == "Vpc")
-    for rt in ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["RouteTables"]:
-        if any(a.get("Main") for a in rt["Associations"]):
-            continue
-        for a in rt["Associations"]:
-            ec2.disassociate_route_table(AssociationId=a["RouteTableAssociationId"])
-        ec2.delete_route_table(RouteTableId=rt["RouteTableId"])
+    dsn = "mysql+pymysql://reader:${SC_TEST_DB_PW}@${DbEndpoint}:${DbPort}/${DbName}"
+    return AwsStack(moto_profile(url, name, database_url=dsn, **aws), poll_s=0.2, session=session())
 
 
 def test_cfn_lint_passes_on_the_template():
     cfn_lint = Path(sys.executable).parent / "cfn-lint"
-    res = subprocess.run([str(cfn_lint), str(ROOT / "infra/aws/stack.yaml")], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [str(cfn_lint), str(ROOT / "infra/aws/stack.yaml")], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -96,15 +79,27 @@ def test_create_update_capacity_deregister_restart_teardown(moto_url, monkeypatc
     # the outputs feed the CloudWatch collector's dimensions (RDS CPU of this stack's instance)
     cw = session().client("cloudwatch", endpoint_url=moto_url)
     minute = (int(time.time()) // 60) * 60 - 120
-    cw.put_metric_data(Namespace="AWS/RDS", MetricData=[{
-        "MetricName": "CPUUtilization",
-        "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": ep.extra["DbInstanceId"]}],
-        "Timestamp": datetime.fromtimestamp(minute, UTC), "Value": 93.0}])
-    q = CloudWatchQuery(namespace="AWS/RDS", metric="CPUUtilization",
-                        dimensions={"DBInstanceIdentifier": "${DbInstanceId}"}, stat="Maximum")
+    cw.put_metric_data(
+        Namespace="AWS/RDS",
+        MetricData=[
+            {
+                "MetricName": "CPUUtilization",
+                "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": ep.extra["DbInstanceId"]}],
+                "Timestamp": datetime.fromtimestamp(minute, UTC),
+                "Value": 93.0,
+            }
+        ],
+    )
+    q = CloudWatchQuery(
+        namespace="AWS/RDS",
+        metric="CPUUtilization",
+        dimensions={"DBInstanceIdentifier": "${DbInstanceId}"},
+        stat="Maximum",
+    )
     c = CloudWatchCollector({"db_cpu_percent": q}, region="ap-northeast-2", placeholders=ep.extra, client=cw)
     assert [(s.kpi, s.ts, s.value) for s in c.collect_range(minute - 300, minute + 120)] == [
-        ("db_cpu_percent", minute, 93.0)]
+        ("db_cpu_percent", minute, 93.0)
+    ]
 
     # update in place: one more instance, and the group follows
     stack.deploy({"DesiredCapacity": "3"})
@@ -128,7 +123,7 @@ def test_create_update_capacity_deregister_restart_teardown(moto_url, monkeypatc
     now = {i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"}
     assert len(now) == 3 and not (now & before)
 
-    _moto_release_route_tables(stack)
+    release_route_tables(stack)
     stack.stop()  # teardown: true
     assert stack.status() is None
 
@@ -139,7 +134,7 @@ def test_keeps_the_stack_unless_teardown_is_asked_for(moto_url):  # noqa: F811
     assert stack.deploy() == stack.outputs()  # no change: the update is a no-op, not an error
     stack.stop()  # teardown false: kept
     assert stack.status() in ("CREATE_COMPLETE", "UPDATE_COMPLETE")
-    _moto_release_route_tables(stack)
+    release_route_tables(stack)
     stack.delete()
     assert stack.status() is None
 
@@ -149,13 +144,25 @@ def test_instance_refresh_request_and_wait():
     stack = AwsStack(parse_profile({"name": "x"}).environment.aws, poll_s=0.0, session=session())
     stack._outputs = {"AutoScalingGroupName": "grp", "TargetGroupArn": "arn:tg", "BaseUrl": "http://x"}
     with Stubber(stack.asg) as stub:
-        stub.add_response("start_instance_refresh", {"InstanceRefreshId": "r-1"}, {
-            "AutoScalingGroupName": "grp", "Strategy": "Rolling",
-            "Preferences": {"MinHealthyPercentage": 50, "InstanceWarmup": 120}})
-        stub.add_response("describe_instance_refreshes", {"InstanceRefreshes": [{"Status": "InProgress"}]},
-                          {"AutoScalingGroupName": "grp", "InstanceRefreshIds": ["r-1"]})
-        stub.add_response("describe_instance_refreshes", {"InstanceRefreshes": [{"Status": "Successful"}]},
-                          {"AutoScalingGroupName": "grp", "InstanceRefreshIds": ["r-1"]})
+        stub.add_response(
+            "start_instance_refresh",
+            {"InstanceRefreshId": "r-1"},
+            {
+                "AutoScalingGroupName": "grp",
+                "Strategy": "Rolling",
+                "Preferences": {"MinHealthyPercentage": 50, "InstanceWarmup": 120},
+            },
+        )
+        stub.add_response(
+            "describe_instance_refreshes",
+            {"InstanceRefreshes": [{"Status": "InProgress"}]},
+            {"AutoScalingGroupName": "grp", "InstanceRefreshIds": ["r-1"]},
+        )
+        stub.add_response(
+            "describe_instance_refreshes",
+            {"InstanceRefreshes": [{"Status": "Successful"}]},
+            {"AutoScalingGroupName": "grp", "InstanceRefreshIds": ["r-1"]},
+        )
         assert stack.restart() == "instance refresh r-1 successful"
         stub.assert_no_pending_responses()
 
@@ -163,15 +170,37 @@ def test_instance_refresh_request_and_wait():
 def test_upgrade_db_instance_is_a_stack_update_of_the_instance_class():
     """moto fails serialising an RDS instance-class update made through CloudFormation (500), so the
     update request is checked with botocore's Stubber."""
-    stack = AwsStack(parse_profile({"name": "x"}).environment.aws, poll_s=0.0, session=session())
-    stacks = lambda status: {"Stacks": [{"StackName": "soundcheck-staging", "StackStatus": status,  # noqa: E731
-                                         "CreationTime": "2026-11-26T00:00:00Z", "Outputs": []}]}
+    aws = parse_profile({"name": "x", "environment": {"aws": {"allow_billable": True}}}).environment.aws
+    stack = AwsStack(aws, poll_s=0.0, session=session())
+
+    def stacks(status: str) -> dict:
+        return {
+            "Stacks": [
+                {
+                    "StackName": "soundcheck-staging",
+                    "StackStatus": status,
+                    "CreationTime": "2026-11-26T00:00:00Z",
+                    "Outputs": [],
+                }
+            ]
+        }
+
     with Stubber(stack.cfn) as stub:
         stub.add_response("describe_stacks", stacks("CREATE_COMPLETE"), {"StackName": "soundcheck-staging"})
-        stub.add_response("update_stack", {"StackId": "arn:stack"}, {
-            "StackName": "soundcheck-staging", "TemplateBody": ANY, "Tags": ANY,
-            "Parameters": [{"ParameterKey": "DbInstanceClass", "ParameterValue": "db.r5.xlarge"},
-                           {"ParameterKey": "DesiredCapacity", "ParameterValue": "2"}]})
+        stub.add_response(
+            "update_stack",
+            {"StackId": "arn:stack"},
+            {
+                "StackName": "soundcheck-staging",
+                "TemplateBody": ANY,
+                "Tags": ANY,
+                "Parameters": [
+                    {"ParameterKey": "DbInstanceClass", "ParameterValue": "db.r5.xlarge"},
+                    {"ParameterKey": "DesiredCapacity", "ParameterValue": "2"},
+                    {"ParameterKey": "CampaignName", "ParameterValue": "soundcheck-staging"},
+                ],
+            },
+        )
         stub.add_response("describe_stacks", stacks("UPDATE_IN_PROGRESS"), {"StackName": "soundcheck-staging"})
         stub.add_response("describe_stacks", stacks("UPDATE_COMPLETE"), {"StackName": "soundcheck-staging"})
         stub.add_response("describe_stacks", stacks("UPDATE_COMPLETE"), {"StackName": "soundcheck-staging"})
@@ -186,13 +215,40 @@ def test_kafka_bootstrap_brokers_join_the_endpoints():
     stack = AwsStack(parse_profile({"name": "x"}).environment.aws, session=session())
     stack._outputs = {"BaseUrl": "http://internal-alb", "KafkaClusterArn": "arn:aws:kafka:r:1:cluster/k/1"}
     with Stubber(stack.kafka) as stub:
-        stub.add_response("get_bootstrap_brokers", {"BootstrapBrokerStringTls": "b-1:9094,b-2:9094,b-3:9094"},
-                          {"ClusterArn": "arn:aws:kafka:r:1:cluster/k/1"})
+        stub.add_response(
+            "get_bootstrap_brokers",
+            {"BootstrapBrokerStringTls": "b-1:9094,b-2:9094,b-3:9094"},
+            {"ClusterArn": "arn:aws:kafka:r:1:cluster/k/1"},
+        )
         assert stack.endpoints().extra["KafkaBootstrapBrokers"] == "b-1:9094,b-2:9094,b-3:9094"
 
 
 def test_cloudwatch_dimensions_from_arns():
-    dims = cloudwatch_dimensions({
-        "LoadBalancerArn": "arn:aws:elasticloadbalancing:r:1:loadbalancer/app/my-alb/50dc6c495c0c9188",
-        "TargetGroupArn": "arn:aws:elasticloadbalancing:r:1:targetgroup/my-tg/73e2d6bc24d8a067"})
+    dims = cloudwatch_dimensions(
+        {
+            "LoadBalancerArn": "arn:aws:elasticloadbalancing:r:1:loadbalancer/app/my-alb/50dc6c495c0c9188",
+            "TargetGroupArn": "arn:aws:elasticloadbalancing:r:1:targetgroup/my-tg/73e2d6bc24d8a067",
+        }
+    )
     assert dims == {"LoadBalancer": "app/my-alb/50dc6c495c0c9188", "TargetGroup": "targetgroup/my-tg/73e2d6bc24d8a067"}
+
+
+def test_the_sizing_stages_instance_count_is_the_groups_desired_capacity(moto_url):  # noqa: F811
+    """Issue 12 on AWS: an instance count of the capacity stage is the auto-scaling group's desired capacity,
+    reached and healthy before the stairs start; nothing is restarted between climbs (a team's data stays)."""
+    from tasks.capacity import _quota_note, fresh_state, set_instances
+
+    stack = _stack(moto_url, "sc-sizing-counts")
+    stack.start()
+    for n in (3, 1):
+        set_instances(stack, n, 0.25)
+        group = stack.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[stack.group_name()])
+        assert group["AutoScalingGroups"][0]["DesiredCapacity"] == n
+        assert len(stack.wait_healthy(n, timeout_s=10)) >= n
+    assert _quota_note(stack, 0.25) == (None, "AWS: an instance is one EC2 instance of the auto-scaling group")
+    restarted = []
+    stack.restart = lambda *a, **k: restarted.append(a)  # type: ignore[method-assign]
+    fresh_state(stack)
+    assert restarted == []
+    release_route_tables(stack)
+    stack.delete()

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from prefect.logging.configuration import setup_logging
 
-from soundcheck.cli import print_history, rejudge
+from soundcheck.cli import print_history, rejudge, verify_run
 
 PASSWORD = "s3cret-Store-pw"
 
@@ -20,8 +20,18 @@ setup_logging()
 
 def _profile(tmp_path, store_url: str):
     p = tmp_path / "profile.yaml"
-    p.write_text(yaml.safe_dump({"name": "local", "store_url": store_url, "output_dir": str(tmp_path / "runs"),
-                                 "scenarios": ["points"], "scale": 0.02, "time_scale": 0.02}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "name": "local",
+                "store_url": store_url,
+                "output_dir": str(tmp_path / "runs"),
+                "scenarios": ["points"],
+                "scale": 0.02,
+                "time_scale": 0.02,
+            }
+        )
+    )
     return p
 
 
@@ -39,11 +49,17 @@ def _reachable(port: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("command", ["history", "report"])
+@pytest.mark.parametrize("command", ["history", "trends", "report", "verify"])
 def test_unreachable_store_is_one_sentence_without_password(tmp_path, command, capsys):
     url = f"postgresql+psycopg://soundcheck:{PASSWORD}@127.0.0.1:{_closed_port()}/results"
     profile = _profile(tmp_path, url)
-    code = print_history(profile) if command == "history" else rejudge(profile, "some-run")
+    commands = {
+        "history": lambda: print_history(profile),
+        "trends": lambda: print_history(profile, kpi="p95_ms"),
+        "report": lambda: rejudge(profile, "some-run"),
+        "verify": lambda: verify_run("some-run", profile),
+    }
+    code = commands[command]()
     printed = capsys.readouterr()
     assert code == 2, printed
     assert "the result store at postgresql+psycopg://soundcheck@127.0.0.1" in printed.err
@@ -72,3 +88,11 @@ def test_history_prints_the_store_without_its_password(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "postgres@127.0.0.1:5432/test" in printed.replace("\n", "")
     assert PASSWORD not in printed
+
+
+def test_verify_of_a_run_the_store_does_not_have_is_one_sentence(tmp_path, capsys):
+    assert verify_run("no-such-run", _profile(tmp_path, f"sqlite:///{tmp_path}/s.db")) == 2
+    err = capsys.readouterr().err
+    assert "run no-such-run is not in the result store" in err and "Traceback" not in err
+    assert verify_run("r", _profile(tmp_path, f"sqlite:///{tmp_path}/s.db"), change=["oops"]) == 2
+    assert "expected SETTING=VALUE" in capsys.readouterr().err

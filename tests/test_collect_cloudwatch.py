@@ -11,14 +11,28 @@ from moto_fixture import moto_url, session  # noqa: F401 - fixture
 from soundcheck.profile import CloudWatchQuery, load_profile
 from tasks.collect import CloudWatchCollector, build_collectors
 
-OUTPUTS = {"DbInstanceId": "sc-db-1", "CacheReplicationGroupId": "sc-cache", "LoadBalancer": "app/sc-alb/50dc6c49",
-           "AutoScalingGroupName": "sc-asg", "KafkaClusterName": "sc-kafka"}
+OUTPUTS = {
+    "DbInstanceId": "sc-db-1",
+    "CacheReplicationGroupId": "sc-cache",
+    "LoadBalancer": "app/sc-alb/50dc6c49",
+    "AutoScalingGroupName": "sc-asg",
+    "KafkaClusterName": "sc-kafka",
+}
 
 
 def _put(cw, namespace: str, metric: str, dims: dict[str, str], points: list[tuple[float, float]]) -> None:
-    cw.put_metric_data(Namespace=namespace, MetricData=[
-        {"MetricName": metric, "Dimensions": [{"Name": k, "Value": v} for k, v in dims.items()],
-         "Timestamp": datetime.fromtimestamp(ts, UTC), "Value": v} for ts, v in points])
+    cw.put_metric_data(
+        Namespace=namespace,
+        MetricData=[
+            {
+                "MetricName": metric,
+                "Dimensions": [{"Name": k, "Value": v} for k, v in dims.items()],
+                "Timestamp": datetime.fromtimestamp(ts, UTC),
+                "Value": v,
+            }
+            for ts, v in points
+        ],
+    )
 
 
 def test_staging_queries_read_rds_elasticache_alb_and_msk(moto_url):  # noqa: F811
@@ -35,10 +49,16 @@ def test_staging_queries_read_rds_elasticache_alb_and_msk(moto_url):  # noqa: F8
     _put(cw, "AWS/Kafka", "EstimatedMaxTimeLag", kafka, [(t2, 0.8)])
 
     profile = load_profile("deployments/staging.yaml")
-    queries = {k: q.model_copy(update={"stat": "Maximum" if q.stat.startswith("p") else q.stat})
-               for k, q in profile.metrics.cloudwatch.queries.items()}  # moto computes no percentiles
-    c = CloudWatchCollector(queries, region="ap-northeast-2", placeholders=OUTPUTS,
-                            client=session().client("cloudwatch", endpoint_url=moto_url))
+    queries = {
+        k: q.model_copy(update={"stat": "Maximum" if q.stat.startswith("p") else q.stat})
+        for k, q in profile.metrics.cloudwatch.queries.items()
+    }  # moto computes no percentiles
+    c = CloudWatchCollector(
+        queries,
+        region="ap-northeast-2",
+        placeholders=OUTPUTS,
+        client=session().client("cloudwatch", endpoint_url=moto_url),
+    )
     got: dict[str, list[tuple[float, float]]] = {}
     for s in c.collect_range(now - 600, now):
         got.setdefault(s.kpi, []).append((s.ts, s.value))
@@ -61,8 +81,9 @@ def test_scale_turns_milliseconds_into_seconds(moto_url):  # noqa: F811
     cw = session().client("cloudwatch", endpoint_url=moto_url)
     now = (int(time.time()) // 60) * 60
     _put(cw, "Custom/App", "OutboxAgeMs", {"Service": "pay"}, [(now - 120, 2500.0)])
-    q = CloudWatchQuery(namespace="Custom/App", metric="OutboxAgeMs", dimensions={"Service": "pay"},
-                        stat="Maximum", scale=0.001)
+    q = CloudWatchQuery(
+        namespace="Custom/App", metric="OutboxAgeMs", dimensions={"Service": "pay"}, stat="Maximum", scale=0.001
+    )
     c = CloudWatchCollector({"outbox_oldest_age_s": q}, region="ap-northeast-2", client=cw)
     assert [(s.kpi, s.value) for s in c.collect_range(now - 600, now)] == [("outbox_oldest_age_s", 2.5)]
 
@@ -79,7 +100,6 @@ def test_staging_profile_builds_prometheus_and_cloudwatch_collectors(monkeypatch
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     profile = load_profile("deployments/staging.yaml")
-    ep = Endpoints(base_url="http://internal-alb", database_url=None, metrics_url=None, redis_url=None,
-                   extra=OUTPUTS)
+    ep = Endpoints(base_url="http://internal-alb", database_url=None, metrics_url=None, redis_url=None, extra=OUTPUTS)
     kinds = [type(c).__name__ for c in build_collectors(profile, ep)]
     assert kinds == ["PrometheusCollector", "CloudWatchCollector"]

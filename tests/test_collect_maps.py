@@ -50,17 +50,30 @@ def _collector(texts: list[str], metric_map: dict[str, str]) -> ScrapeCollector:
 def test_spring_boot_map_on_micrometer_names():
     got = {s.kpi: s.value for s in _collector([SPRING], load_metric_map("spring-boot")).collect()}
     assert got == {
-        "db_pool_size": 10.0, "db_pool_in_use": 5.0, "db_pool_waiting": 3.0, "db_pool_timeouts_total": 2.0,
-        "heap_used_bytes": 4.0e8, "heap_max_bytes": 4.294967296e9 - 1, "gc_pause_max_s": 0.087,
-        "rss_bytes": 6.5e8, "cpu_percent": 25.0, "consumer_lag_messages": 42.0}
+        "db_pool_size": 10.0,
+        "db_pool_in_use": 5.0,
+        "db_pool_waiting": 3.0,
+        "db_pool_timeouts_total": 2.0,
+        "heap_used_bytes": 4.0e8,
+        "heap_max_bytes": 4.294967296e9 - 1,
+        "gc_pause_max_s": 0.087,
+        "rss_bytes": 6.5e8,
+        "cpu_percent": 25.0,
+        "consumer_lag_messages": 42.0,
+    }
 
 
 def test_rate_and_counter_reset_and_labels_without_aggregation():
-    m = {"cpu_percent": "sum(rate(cpu_seconds_total[30s])) * 100", "per_pool": 'pool_in_use{pool=~"a|b"}',
-         "cpu_s": "sum(increase(cpu_seconds_total[30s]))"}
-    texts = ["cpu_seconds_total 10\npool_in_use{pool=\"a\"} 1\npool_in_use{pool=\"c\"} 9\n",
-             "cpu_seconds_total 10.5\npool_in_use{pool=\"a\"} 2\npool_in_use{pool=\"b\"} 3\n",
-             "cpu_seconds_total 0.2\n"]
+    m = {
+        "cpu_percent": "sum(rate(cpu_seconds_total[30s])) * 100",
+        "per_pool": 'pool_in_use{pool=~"a|b"}',
+        "cpu_s": "sum(increase(cpu_seconds_total[30s]))",
+    }
+    texts = [
+        'cpu_seconds_total 10\npool_in_use{pool="a"} 1\npool_in_use{pool="c"} 9\n',
+        'cpu_seconds_total 10.5\npool_in_use{pool="a"} 2\npool_in_use{pool="b"} 3\n',
+        "cpu_seconds_total 0.2\n",
+    ]
     c = _collector(texts, m)
     first = c.collect()
     assert [(s.kpi, s.value, s.labels) for s in first] == [("per_pool", 1.0, {"pool": "a"})]
@@ -80,8 +93,11 @@ def test_histogram_quantile_over_bucket_increases():
 
     def text(counts):
         les = ["0.001", "0.01", "0.1", "+Inf"]
-        return "".join(f'gc_pause_seconds_bucket{{gen="{g}",le="{le}"}} {n}\n'
-                       for g in ("0", "1") for le, n in zip(les, counts, strict=True))
+        return "".join(
+            f'gc_pause_seconds_bucket{{gen="{g}",le="{le}"}} {n}\n'
+            for g in ("0", "1")
+            for le, n in zip(les, counts, strict=True)
+        )
 
     c = _collector([text([5, 6, 6, 6]), text([5, 6, 6, 6]), text([5, 8, 9, 9])], m)
     assert c.collect() == []  # no previous scrape

@@ -20,8 +20,13 @@ pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="no p
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
-    profile = parse_profile({"name": "prom-test", "environment": {"local": {"seed_users": 50, "prometheus": True}},
-                             "metrics": {"source": "prometheus", "interval_s": 1.0}})
+    profile = parse_profile(
+        {
+            "name": "prom-test",
+            "environment": {"local": {"seed_users": 50, "prometheus": True}},
+            "metrics": {"source": "prometheus", "interval_s": 1.0},
+        }
+    )
     stack = LocalStack(profile, tmp_path_factory.mktemp("prom") / "run")
     try:
         ep = stack.start()
@@ -67,7 +72,11 @@ def test_range_queries_return_every_kpi_over_the_window(running):
 def test_sampler_reads_prometheus_live_without_duplicates(running):
     profile, ep = running
     collectors = build_collectors(profile, ep)
-    assert [type(c).__name__ for c in collectors] == ["PrometheusCollector"]
+    # Lag comes from the broker itself when the stack runs a Kafka bus, from Prometheus otherwise.
+    kafka = ["KafkaLagCollector"] if ep.extra.get("kafka_bootstrap") else []
+    assert [type(c).__name__ for c in collectors] == [*kafka, "PrometheusCollector"]
+    prometheus = collectors[-1]
+    assert bool(kafka) != any(k.startswith("consumer_lag") for k in prometheus.map)
     sampler = Sampler(collectors, interval_s=1.0)
     with sampler:
         time.sleep(3.5)

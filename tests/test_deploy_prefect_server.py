@@ -1,6 +1,8 @@
 """The real Prefect path: a server on loopback, `prefect deploy` of deployments/prefect.yaml, a run
 triggered the way the UI's Run button does it (create_flow_run_from_deployment), a process worker
-running it, and the verdict read back from the run's artifact.
+running it, and the verdict read back from the run's artifact; then the morning read in the real UI, driven
+in headless Chromium (issue 17): a run submitted from the Custom run form, its verdict in the runs list, the
+dashboard in its artifact, its report link opening (S3 storage on moto) and its Task Runs tab.
 
 Everything runs in its own PREFECT_HOME with its own SQLite database and a free port, and every
 process it starts is stopped at the end.
@@ -11,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -23,6 +27,7 @@ import pytest
 import yaml
 
 from soundcheck.paths import ROOT
+from tests.moto_fixture import REGION, moto_url, session  # noqa: F401 - fixture
 
 PREFECT = [sys.executable, "-m", "prefect"]
 
@@ -48,14 +53,25 @@ def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_CLI_PROMPT": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_CLI_PROMPT": "false",
+    }
     env.pop("PREFECT_PROFILES_PATH", None)
     log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     t0 = time.monotonic()
     try:
         while True:
@@ -68,7 +84,7 @@ def prefect_server(tmp_path_factory):
                 raise RuntimeError("Prefect server did not start: " + (home / "server.log").read_text()[-2000:])
             time.sleep(0.3)
         print(f"prefect server up in {time.monotonic() - t0:.1f} s")
-        yield {"api": api, "env": env, "home": home}
+        yield {"api": api, "env": env, "home": home, "ui": f"http://127.0.0.1:{port}"}
     finally:
         _stop(proc)
         log.close()
@@ -83,13 +99,19 @@ def _cli(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
 def test_deployments_file_shape():
     doc = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in doc["deployments"]}
-    assert set(deps) == {"nightly", "manual"}
+    assert set(deps) == {"nightly", "nightly-staging", "weekly-sizing", "manual", "verify"}
+    staging = deps["nightly-staging"]
+    assert staging["parameters"]["build"] == "latest" and staging["parameters"]["profile"] == "deployments/staging.yaml"
+    assert staging["schedules"][0]["active"] is False  # on once a team fills in its app and the billable flag
+    (weekly,) = deps["weekly-sizing"]["schedules"]
+    assert weekly["cron"] == "0 4 * * 0" and deps["weekly-sizing"]["parameters"]["sizing"] is True
     (sched,) = deps["nightly"]["schedules"]
     assert sched["cron"] == "0 2 * * *" and sched["timezone"] == "Asia/Seoul"
     assert deps["nightly"]["parameters"]["scale"] == 1.0 and deps["nightly"]["parameters"]["time_scale"] == 1.0
     assert not deps["manual"]["schedules"]
     for d in deps.values():
-        assert d["entrypoint"] == "flows/campaign.py:campaign" and d["work_pool"]["name"] == "soundcheck"
+        assert d["entrypoint"] in ("flows/campaign.py:campaign", "flows/verify.py:verify")
+        assert d["work_pool"]["name"] == "soundcheck"
 
 
 @pytest.mark.slow
@@ -106,8 +128,9 @@ def test_manual_run_from_the_ui_path(prefect_server, tmp_path):
     # The default local profile (the worker starts the reference service), results kept in tmp_path.
     profile = tmp_path / "profile.yaml"
     data = yaml.safe_load((ROOT / "deployments" / "local.yaml").read_text())
-    data.update(name="prefect-server-test", store_url=f"sqlite:///{tmp_path}/store.db",
-                output_dir=str(tmp_path / "runs"))
+    data.update(
+        name="prefect-server-test", store_url=f"sqlite:///{tmp_path}/store.db", output_dir=str(tmp_path / "runs")
+    )
     profile.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
     with temporary_settings({PREFECT_API_URL: prefect_server["api"]}), get_client(sync_client=True) as client:
@@ -117,30 +140,46 @@ def test_manual_run_from_the_ui_path(prefect_server, tmp_path):
         manual = client.read_deployment_by_name("campaign/manual")
         assert not manual.schedules and manual.work_pool_name == "soundcheck"
         props = manual.parameter_openapi_schema["properties"]
-        for name in ("profile", "scenarios", "scale", "time_scale", "target", "notify", "output"):
+        for name in ("profile", "scenarios", "scale", "time_scale", "target", "notify", "output", "build"):
             assert props[name].get("description"), f"parameter {name} has no description in the UI form"
             assert name in manual.parameters, f"parameter {name} has no default in the deployment"
 
         # What the UI's Run button does: create a flow run from the deployment with the form's values.
         run = client.create_flow_run_from_deployment(
-            manual.id, parameters={"profile": str(profile), "scenarios": ["points"], "scale": 0.02,
-                                   "time_scale": 0.05, "notify": False, "output": str(out)})
+            manual.id,
+            parameters={
+                "profile": str(profile),
+                "scenarios": ["points"],
+                "scale": 0.02,
+                "time_scale": 0.05,
+                "notify": False,
+                "output": str(out),
+            },
+        )
         t_run = time.monotonic()
-        worker = subprocess.run([*PREFECT, "worker", "start", "--pool", "soundcheck", "--run-once",
-                                 "--type", "process"], env=env, cwd=ROOT, capture_output=True, text=True,
-                                timeout=240)
+        worker = subprocess.run(
+            [*PREFECT, "worker", "start", "--pool", "soundcheck", "--run-once", "--type", "process"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         run_s = time.monotonic() - t_run
         fr = client.read_flow_run(run.id)
         assert fr.state is not None and fr.state.is_final(), worker.stdout[-3000:] + worker.stderr[-3000:]
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]), key=ArtifactFilterKey(any_=["campaign-verdict"])))
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]), key=ArtifactFilterKey(any_=["campaign-verdict"])
+            )
+        )
     assert arts, f"no verdict artifact; state {fr.state}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
-    body = json.loads(re.search(r"```json\n(.*?)\n```", arts[0].data, re.S).group(1))
-    on_disk = json.loads((out / "verdict.json").read_text())
-    assert body == on_disk
+    body = json.loads((out / "verdict.json").read_text())
+    assert arts[0].data.startswith(f"# {body['verdict']}") and str(out / "verdict.json") in arts[0].data
     assert body["profile"] == "prefect-server-test"
+    assert fr.state.name == body["verdict"]  # the verdict at a glance
     assert body["verdict"] in ("APPROVE", "APPROVE_WITH_TUNING", "BLOCK", "INCONCLUSIVE")
     print(f"deploy {deployed_s:.1f} s; worker run {run_s:.1f} s; state {fr.state.name}; verdict {body['verdict']}")
     # Pausing the nightly schedule, as docs/running.md says.
@@ -149,9 +188,144 @@ def test_manual_run_from_the_ui_path(prefect_server, tmp_path):
     _cli(["deployment", "schedule", "pause", "campaign/nightly", sched_id], env)
     with temporary_settings({PREFECT_API_URL: prefect_server["api"]}), get_client(sync_client=True) as client:
         assert not client.read_deployment_by_name("campaign/nightly").schedules[0].active
-    if fr.state.is_failed():  # the failure contract: an INCONCLUSIVE verdict that says why
-        assert body["verdict"] == "INCONCLUSIVE" and body["remediations"][0]["code"] == "fix_test_environment"
+    if fr.state.is_failed() and body["verdict"] == "INCONCLUSIVE":  # the failure contract: it says why
+        assert body["remediations"][0]["code"] == "fix_test_environment"
     else:
         assert fr.state.is_completed() and body["extra"]["run_status"] == "COMPLETED"
         assert (out / "report.html").exists()
+    if fr.state.is_failed() and body["verdict"] == "BLOCK":  # a BLOCK is a Failed run named BLOCK
+        assert body["extra"]["run_status"] == "COMPLETED"
     Path(tmp_path / "worker.log").write_text(worker.stdout + worker.stderr)
+
+
+# ------------------------------------------------------------------------------------ the morning read
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_morning_read_in_the_real_ui(prefect_server, moto_url, tmp_path, monkeypatch):  # noqa: F811
+    """Submit a small run from the deployment's Custom run form in headless Chromium, let a process worker
+    run it, then read it as a person would: the verdict in the runs list, the dashboard in the verdict
+    artifact, the report link opening, the Task Runs tab listing the tasks. Screenshots go to tmp_path
+    (and to docs/img when SOUNDCHECK_DOCS_SHOTS is set)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    pw = pytest.importorskip("playwright.sync_api")
+    env = {**prefect_server["env"], "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    bucket = f"reports-{uuid.uuid4().hex[:8]}"  # moto's backends are per process, shared by every moto server
+    session().client("s3", endpoint_url=moto_url).create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    subprocess.run(
+        [*PREFECT, "work-pool", "create", "soundcheck", "--type", "process"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )  # already there when the test above ran first
+    _cli(["--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "manual"], env, timeout=180)
+    data = yaml.safe_load((ROOT / "deployments" / "local.yaml").read_text())
+    data.update(
+        name="ui-test",
+        store_url=f"sqlite:///{tmp_path}/store.db",
+        output_dir=str(tmp_path / "runs"),
+        report_storage={"bucket": bucket, "endpoint_url": moto_url, "region": REGION, "expires_s": 3600},
+    )
+    data["environment"]["local"]["seed_users"] = 700
+    profile = tmp_path / "ui-profile.yaml"
+    profile.write_text(yaml.safe_dump(data))
+    shots = Path(os.environ["SOUNDCHECK_DOCS_SHOTS"]) if os.environ.get("SOUNDCHECK_DOCS_SHOTS") else tmp_path
+    ui = prefect_server["ui"]
+    worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(
+        [*PREFECT, "worker", "start", "--pool", "soundcheck", "--type", "process"],
+        env=env,
+        cwd=ROOT,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        with pw.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            # the Custom run form: our profile, only the points scenario, the quick scale it defaults to
+            page.goto(f"{ui}/deployments")
+            page.get_by_text("manual", exact=True).first.click()
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.get_by_text("Custom run").first.click()
+            page.get_by_text("profile (Optional)").wait_for()
+            page.locator("textarea").first.fill(str(profile))
+            for name in ("race", "saga", "spike", "soak"):
+                page.locator(".p-tag", has_text=name).locator(".p-tag__dismiss").click()
+            page.screenshot(path=str(shots / "prefect-custom-run.png"), full_page=True)
+            page.get_by_role("button", name="Submit").click()
+            run_id = _wait_for_run(prefect_server["api"], deadline_s=480, log=tmp_path / "worker.log")
+            # the runs list: the verdict without a click
+            page.goto(f"{ui}/runs")
+            page.get_by_text("APPROVE", exact=True).first.wait_for()
+            page.screenshot(path=str(shots / "prefect-runs.png"))
+            # the run page: artifacts attached to the flow run, the verdict artifact reads like the report
+            page.goto(f"{ui}/runs/flow-run/{run_id}")
+            page.get_by_text("APPROVE", exact=True).first.wait_for()
+            page.screenshot(path=str(shots / "prefect-run-page.png"))
+            page.get_by_text("Artifacts", exact=True).first.click()
+            page.get_by_text("campaign-verdict").first.click()
+            page.get_by_text("Dashboard (plan §4.3)").wait_for()
+            assert page.get_by_text("p95 response time").count() >= 1
+            assert page.get_by_text("Slack is not enabled", exact=False).count() >= 1
+            page.screenshot(path=str(shots / "prefect-verdict-artifact.png"), full_page=True)
+            # the report link opens (a presigned S3 URL, here moto's)
+            data = _artifact(prefect_server["api"], run_id, "campaign-report")
+            assert data is not None, "no report link artifact"
+            link = re.search(r"\((https?://[^)]+)\)", data).group(1)  # the link artifact is Markdown: [text](url)
+            report = browser.new_page()
+            report.goto(link)
+            assert report.locator("#verdict-banner").get_attribute("data-verdict") == "APPROVE"
+            report.screenshot(path=str(shots / "report-top.png"))
+            # the Task Runs tab lists the tasks
+            page.goto(f"{ui}/runs/flow-run/{run_id}")
+            page.get_by_text("Task Runs", exact=True).first.click()
+            page.get_by_text("judge", exact=False).first.wait_for()
+            assert page.get_by_text("No task runs").count() == 0
+            browser.close()
+    finally:
+        _stop(worker)
+        worker_log.close()
+
+
+def _wait_for_run(api: str, deadline_s: float, log: Path) -> str:
+    """The newest flow run of campaign/manual, once final."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    t0 = time.monotonic()
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name("campaign/manual")
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        while time.monotonic() - t0 < deadline_s:
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+            runs = [r for r in runs if r.parameters.get("profile", "").endswith("ui-profile.yaml")]
+            if runs and runs[0].state is not None and runs[0].state.is_final():
+                return str(runs[0].id)
+            time.sleep(2)
+    raise AssertionError(f"the run did not finish in {deadline_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _artifact(api: str, run_id: str, key: str) -> str | None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), key=ArtifactFilterKey(any_=[key])
+            )
+        )
+    return arts[0].data if arts else None

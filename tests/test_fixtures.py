@@ -40,8 +40,14 @@ def foreign(tmp_path_factory):
 
 
 def test_api_fixtures_on_a_service_without_admin(foreign):
-    profile = parse_profile({"name": "x", "target": {"dialect": "original", "base_url": foreign.base},
-                             "environment": {"kind": "external"}, "fixtures": {"mode": "api"}})
+    profile = parse_profile(
+        {
+            "name": "x",
+            "target": {"dialect": "original", "base_url": foreign.base},
+            "environment": {"kind": "external"},
+            "fixtures": {"mode": "api"},
+        }
+    )
     said = api_balances(profile, foreign.base, Balance(301, 1, 10_000, exact=True))
     assert "1 charged" in said
     rich = api_balances(profile, foreign.base, Balance(302, 20, 1_000_000))
@@ -67,8 +73,9 @@ def _postgres() -> str | None:
         import psycopg
 
         name = f"fixtures_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=2,
-                             autocommit=True) as c:
+        with psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=2, autocommit=True
+        ) as c:
             c.execute(f"CREATE DATABASE {name}")
         return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     except Exception:  # noqa: BLE001 - unreachable for any reason: skip
@@ -83,14 +90,21 @@ def test_sql_fixtures_bind_every_value(backend, tmp_path):
     engine = create_engine(url)
     try:
         with engine.begin() as c:
-            c.execute(text("CREATE TABLE points (user_id BIGINT PRIMARY KEY, balance BIGINT NOT NULL, "
-                           "created_at TIMESTAMP NULL, updated_at TIMESTAMP NULL)"))
+            c.execute(
+                text(
+                    "CREATE TABLE points (user_id BIGINT PRIMARY KEY, balance BIGINT NOT NULL, "
+                    "created_at TIMESTAMP NULL, updated_at TIMESTAMP NULL)"
+                )
+            )
             c.execute(text("INSERT INTO points (user_id, balance) VALUES (301, 999999)"))
         said = sql_balances(url, "original", Balance(301, 3, 10_000, exact=True))
         assert said.endswith("(sql original: 1 set, 2 added)")
         with engine.connect() as c:
             assert c.execute(text("SELECT user_id, balance FROM points ORDER BY user_id")).all() == [
-                (301, 10_000), (302, 10_000), (303, 10_000)]
+                (301, 10_000),
+                (302, 10_000),
+                (303, 10_000),
+            ]
     finally:
         engine.dispose()
         if backend == "mariadb":

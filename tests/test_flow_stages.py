@@ -24,10 +24,21 @@ def test_stage_env_carries_the_profiles_target_to_k6():
     from flows.stages import stage_env
     from soundcheck.profile import parse_profile
 
-    p = parse_profile({"name": "x", "scenarios": ["race", "spike"],
-                       "target": {"concert_id": 7, "show_id": 707, "user_offset": 100_000, "seat_offset": 5000,
-                                  "dialect": "original", "lock_wait_seconds": 1.5,
-                                  "admission": {"mode": "shared_token", "wait_s": 30}}})
+    p = parse_profile(
+        {
+            "name": "x",
+            "scenarios": ["race", "spike"],
+            "target": {
+                "concert_id": 7,
+                "show_id": 707,
+                "user_offset": 100_000,
+                "seat_offset": 5000,
+                "dialect": "original",
+                "lock_wait_seconds": 1.5,
+                "admission": {"mode": "shared_token", "wait_s": 30},
+            },
+        }
+    )
     race, spike = stage_env("race", p), stage_env("spike", p)
     assert (race["CONCERT_ID"], race["SHOW_ID"], race["USER_OFFSET"]) == ("7", "707", "100001")
     assert race["TC1_SEAT"] == "5003" and race["TC2_SEAT_FIRST"] == "5101"  # TC-1 beside the spike, moved

@@ -78,8 +78,9 @@ def test_counts_exact_and_percentiles_within_one_percent(engine, tmp_path: Path)
             assert abs(merged.quantile(q) - exact) <= 0.01 * exact
     everything = merge_bytes(r.sketch for r in rows)
     assert everything.count == len(syn.ts_ms)
-    assert abs(everything.quantile(0.99) - np.quantile(syn.duration_ms, 0.99, method="lower")) <= 0.01 * \
-        np.quantile(syn.duration_ms, 0.99, method="lower")
+    assert abs(everything.quantile(0.99) - np.quantile(syn.duration_ms, 0.99, method="lower")) <= 0.01 * np.quantile(
+        syn.duration_ms, 0.99, method="lower"
+    )
 
 
 def test_streams_while_written_with_live_hook_and_bounded_state(engine, tmp_path: Path) -> None:
@@ -103,7 +104,7 @@ def test_streams_while_written_with_live_hook_and_bounded_state(engine, tmp_path
     step = len(text) // 40
     with open(path, "a") as f:
         for i in range(0, len(text), step):
-            f.write(text[i:i + step])  # cuts lines in the middle on purpose
+            f.write(text[i : i + step])  # cuts lines in the middle on purpose
             f.flush()
             time.sleep(0.03)
     writer_done.set()
@@ -134,16 +135,21 @@ def test_malformed_lines_are_counted_and_skipped(engine, tmp_path: Path) -> None
         f"sc_saga_time_s,{START * 1000},oops,,,,,saga,,,\n",
     ]
     path = tmp_path / "k6.csv"
-    path.write_text(head + "\n" + "".join(lines[:mid]) + "".join(bad) + "".join(lines[mid:])
-                    + "http_req_duration,17956600")  # k6 killed mid-line
+    path.write_text(
+        head + "\n" + "".join(lines[:mid]) + "".join(bad) + "".join(lines[mid:]) + "http_req_duration,17956600"
+    )  # k6 killed mid-line
     sid = _scenario(engine)
     summary = ingest_file(engine, sid, "soak", path)
     assert summary.requests == len(syn.ts_ms)  # every good request kept
     assert summary.ingest_errors == len(bad) + 1
     with engine.connect() as c:
         run = c.execute(select(store.scenario_runs).where(store.scenario_runs.c.id == sid)).one()
-        total = sum(r.count for r in c.execute(select(store.second_aggregates.c.count)
-                                               .where(store.second_aggregates.c.scenario_run_id == sid)))
+        total = sum(
+            r.count
+            for r in c.execute(
+                select(store.second_aggregates.c.count).where(store.second_aggregates.c.scenario_run_id == sid)
+            )
+        )
     assert run.ingest_errors == len(bad) + 1
     assert total == len(syn.ts_ms)
 
@@ -173,7 +179,8 @@ def test_small_scenarios_keep_every_request_and_custom_samples(engine, tmp_path:
         + f"http_req_duration,{t + 2},30001,1211,false,POST,tc1,race_tc1,0,endpoint=API-3&tc=tc1,\n"
         + f"sc_tc3_reservation,{t + 3},1,,,,,race_tc3,,status=200&reservationId=abc-1&round=1,\n"
         + f"sc_release_offset_ms,{t + 4},2,,,,,race_tc1,,tc=tc1,\n"
-        + f"dropped_iterations,{t + 5},3,,,,,race_tc1,,,\n")
+        + f"dropped_iterations,{t + 5},3,,,,,race_tc1,,,\n"
+    )
     sid = _scenario(engine, "race")
     s = ingest_file(engine, sid, "race", path)
     assert s.requests == 3 and s.dropped_iterations == 3
@@ -195,13 +202,24 @@ def test_small_scenarios_keep_every_request_and_custom_samples(engine, tmp_path:
 def test_vectorised_line_classifier_matches_line_by_line() -> None:
     """The numpy classifier (16-byte gathers, hand-padded tail) agrees with the plain line-by-line one,
     wherever a chunk starts and ends, on k6 rows mixed with short and malformed lines."""
-    from tasks.ingest import _classify, _classify_slow
+    from tasks.k6csv import classify as _classify
+    from tasks.k6csv import classify_slow as _classify_slow
 
     syn = k6synth.requests_for(50, 2, START, seed=11)
     body = "".join(k6synth.lines(syn)).split("\n", 1)[1]
-    extra = ["", "x", "vus,1", "http", "http_req_duration", "sc_x,1,2,,,,,s,,,", "sc_",
-             "dropped_iterations,1,2,,,,,,,,", "http_req_durationX,1,2,,,,,,,,", "garbage line that is long enough",
-             "vus,17956600000,3.000000,,,,,,,,"]
+    extra = [
+        "",
+        "x",
+        "vus,1",
+        "http",
+        "http_req_duration",
+        "sc_x,1,2,,,,,s,,,",
+        "sc_",
+        "dropped_iterations,1,2,,,,,,,,",
+        "http_req_durationX,1,2,,,,,,,,",
+        "garbage line that is long enough",
+        "vus,17956600000,3.000000,,,,,,,,",
+    ]
     rng = np.random.default_rng(5)
     lines = body.splitlines(keepends=True)
     for e in extra:

@@ -18,6 +18,7 @@ from infra.sut.redis_server import free_port
 from soundcheck import store
 from soundcheck.models import ScenarioStatus
 from soundcheck.paths import venv_bin
+from tasks.load import LoadRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(venv_bin("k6") is None, reason="k6 binary not installed")]
 RUN = "run-fail"
@@ -42,19 +43,33 @@ def _k6_children() -> list[psutil.Process]:
 
 def _aggregates(engine, sid: int) -> int:
     with engine.connect() as c:
-        return c.execute(select(func.count()).select_from(store.second_aggregates)
-                         .where(store.second_aggregates.c.scenario_run_id == sid)).scalar_one()
+        return c.execute(
+            select(func.count())
+            .select_from(store.second_aggregates)
+            .where(store.second_aggregates.c.scenario_run_id == sid)
+        ).scalar_one()
 
 
 def _run_in_thread(engine, base: str, tmp_path: Path, **kw):
     """Start a long soak (20 users, ~60 s) in a thread; returns (scenario run id, thread, result box)."""
     sid = store.start_scenario(engine, RUN, "soak")
     box: dict = {}
+    abort = kw.pop("abort", None)
 
     def target() -> None:
-        box["result"] = load.run_scenario(
-            engine, RUN, "soak", base, output_dir=tmp_path, scale=0.02, time_scale=0.033, progress=False,
-            admin_token=ADMIN["X-Admin-Token"], scenario_run_id=sid, stop_grace_s=5, **kw)
+        req = LoadRequest(
+            "soak",
+            base,
+            output_dir=tmp_path,
+            scale=0.02,
+            time_scale=0.033,
+            progress=False,
+            admin_token=ADMIN["X-Admin-Token"],
+            scenario_run_id=sid,
+            stop_grace_s=5,
+            **kw,
+        )
+        box["result"] = load.run_scenario(engine, RUN, req, abort=abort)
 
     th = threading.Thread(target=target, daemon=True)
     th.start()
@@ -73,7 +88,7 @@ def _finished(engine, sid: int):
 
 def test_target_down_before_start(engine, tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{free_port()}"
-    r = load.run_scenario(engine, RUN, "race", base, output_dir=tmp_path, progress=False)
+    r = load.run_scenario(engine, RUN, LoadRequest("race", base, output_dir=tmp_path, progress=False))
     assert r.status == ScenarioStatus.TARGET_DOWN
     assert "down before the start" in r.reason and base in r.reason
     assert r.k6_exit_code is None and not Path(r.csv_path).exists()
@@ -82,7 +97,7 @@ def test_target_down_before_start(engine, tmp_path: Path) -> None:
 
 def test_k6_missing(engine, sut, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(load, "venv_bin", lambda name: None)
-    r = load.run_scenario(engine, RUN, "race", sut.base, output_dir=tmp_path, progress=False)
+    r = load.run_scenario(engine, RUN, LoadRequest("race", sut.base, output_dir=tmp_path, progress=False))
     assert r.status == ScenarioStatus.K6_MISSING and "k6" in r.reason
 
 
@@ -117,8 +132,11 @@ def test_abort_event_stops_k6_gracefully(engine, sut, tmp_path: Path) -> None:
 
 
 def test_deadline_times_out(engine, sut, tmp_path: Path) -> None:
-    r = load.run_scenario(engine, RUN, "soak", sut.base, output_dir=tmp_path, scale=0.01, time_scale=0.033,
-                          deadline_s=4, progress=False)
+    r = load.run_scenario(
+        engine,
+        RUN,
+        LoadRequest("soak", sut.base, output_dir=tmp_path, scale=0.01, time_scale=0.033, deadline_s=4, progress=False),
+    )
     assert r.status == ScenarioStatus.TIMED_OUT and "deadline" in r.reason
     assert r.finished_at - r.started_at < 30 and r.ingest.requests > 0
     assert not _k6_children()
@@ -134,7 +152,9 @@ export default function () {
   http.get(`${__ENV.BASE_URL}/api/v1/concerts/`, { tags: { endpoint: 'API-5', name: 'concerts' } });
 }
 """)
-    r = load.run_scenario(engine, RUN, "soak", sut.base, output_dir=tmp_path, script=script, progress=False)
+    r = load.run_scenario(
+        engine, RUN, LoadRequest("soak", sut.base, output_dir=tmp_path, script=script, progress=False)
+    )
     assert r.status == ScenarioStatus.THRESHOLD_ABORTED and r.k6_exit_code == 99
     assert "http_req_duration" in r.reason
     assert r.finished_at - r.started_at < 30 and r.ingest.requests > 0
@@ -167,8 +187,20 @@ def test_sigterm_in_a_flow_is_aborted_not_crashed(engine, sut, tmp_path: Path, m
     monkeypatch.setattr(load._Progress, "update", update)
     sid = store.start_scenario(engine, RUN, "soak")
     with pytest.raises(TerminationSignal):
-        load.run_scenario(engine, RUN, "soak", sut.base, output_dir=tmp_path, scale=0.02, time_scale=0.033,
-                          progress=False, scenario_run_id=sid, stop_grace_s=5)
+        load.run_scenario(
+            engine,
+            RUN,
+            LoadRequest(
+                "soak",
+                sut.base,
+                output_dir=tmp_path,
+                scale=0.02,
+                time_scale=0.033,
+                progress=False,
+                scenario_run_id=sid,
+                stop_grace_s=5,
+            ),
+        )
     row = _finished(engine, sid)
     assert row.status == "ABORTED" and "TerminationSignal (SIGTERM)" in row.reason, (row.status, row.reason)
     assert _aggregates(engine, sid) > 0 and not _k6_children()  # the rows already ingested stay
@@ -184,8 +216,13 @@ def test_lag_s_reaches_the_ingest(engine, sut, tmp_path: Path, monkeypatch) -> N
         return ing
 
     monkeypatch.setattr(load, "K6CsvIngest", spy)
-    r = load.run_scenario(engine, RUN, "soak", sut.base, output_dir=tmp_path, scale=0.01, time_scale=0.033,
-                          deadline_s=3, progress=False, lag_s=1)
+    r = load.run_scenario(
+        engine,
+        RUN,
+        LoadRequest(
+            "soak", sut.base, output_dir=tmp_path, scale=0.01, time_scale=0.033, deadline_s=3, progress=False, lag_s=1
+        ),
+    )
     assert r.status == ScenarioStatus.TIMED_OUT and seen == [1]
     assert not _k6_children()
 

@@ -22,10 +22,23 @@ print(json.dumps({"dnt": os.environ.get("DO_NOT_TRACK"),
 
 
 def test_campaign_import_turns_prefect_telemetry_off() -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "CI") and not k.startswith("GITHUB_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "CI") and not k.startswith("GITHUB_")
+    }
     env["DO_NOT_TRACK"] = "0"  # even a caller that asks for tracking gets none from a campaign
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     got = json.loads(out.strip().splitlines()[-1])
     assert got == {"dnt": "1", "server": "false", "telemetry": False}
+
+
+def test_progress_line_names_busy_vus_of_an_arrival_rate_stage_and_shows_its_length():
+    from tasks.load import _Progress
+
+    soak = _Progress("soak", use_rich=False, planned_s=54)
+    assert soak.vu_label == "VUs busy" and _Progress("spike", use_rich=False).vu_label == "users"
+    assert soak.elapsed(27) == "27 of ≤ 54 s ▕█████▒▒▒▒▒▏ 50%"
+    assert _Progress("race", use_rich=False).elapsed(12.4) == "12 s"

@@ -22,7 +22,7 @@ from soundcheck.paths import venv_bin
 from soundcheck.profile import parse_profile
 from tasks.fixtures import apply_fixtures
 from tasks.kpis import compute_kpis
-from tasks.load import run_scenario
+from tasks.load import LoadRequest, run_scenario
 from tasks.snapshot import snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(venv_bin("k6") is None, reason="k6 binary not installed")]
@@ -31,8 +31,13 @@ ADMIN_TOKEN = ADMIN["X-Admin-Token"]
 
 @pytest.fixture(scope="module")
 def sut(tmp_path_factory):
-    with run_sut(tmp_path_factory.mktemp("sut"), seed_users=2500, seed_seats=1000, outbox_interval_seconds=0.2,
-                 queue_sweep_seconds=0.5) as s:
+    with run_sut(
+        tmp_path_factory.mktemp("sut"),
+        seed_users=2500,
+        seed_seats=1000,
+        outbox_interval_seconds=0.2,
+        queue_sweep_seconds=0.5,
+    ) as s:
         yield s
 
 
@@ -44,8 +49,20 @@ def engine(tmp_path_factory):
 
 
 def _run(engine, sut, scenario: str, tmp_path: Path, *, scale: float = 1.0, time_scale: float = 1.0, **env: str):
-    r = run_scenario(engine, "run-load", scenario, sut.base, output_dir=tmp_path, scale=scale, time_scale=time_scale,
-                     env=env, admin_token=ADMIN_TOKEN, progress=False)
+    r = run_scenario(
+        engine,
+        "run-load",
+        LoadRequest(
+            scenario,
+            sut.base,
+            output_dir=tmp_path,
+            scale=scale,
+            time_scale=time_scale,
+            env=env,
+            admin_token=ADMIN_TOKEN,
+            progress=False,
+        ),
+    )
     assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "k6"]
     return r
 
@@ -71,8 +88,11 @@ def test_race_tc1_tc2_tc3_full_100_users(engine, sut, tmp_path: Path) -> None:
     assert by[("tc2", 200)] == 100  # R-RACE-2
     assert by[("tc3", 200)] == 100  # R-RACE-3: every answer 200 …
     assert {q.tags["seat"] for q in reqs if q.name == "tc1"} == {"1"}
-    ids = {s.tags["reservationId"] for s in _rows(engine, store.k6_samples, r.scenario_run_id)
-           if s.metric == "sc_tc3_reservation"}
+    ids = {
+        s.tags["reservationId"]
+        for s in _rows(engine, store.k6_samples, r.scenario_run_id)
+        if s.metric == "sc_tc3_reservation"
+    }
     assert len(ids) == 1 and "" not in ids  # … with the same reservationId
     k = _kpis(engine, r.scenario_run_id)
     assert k[("rate_5xx", None)] == 0 and k[("error_rate", None)] == 0
@@ -81,8 +101,11 @@ def test_race_tc1_tc2_tc3_full_100_users(engine, sut, tmp_path: Path) -> None:
     assert k[("p95_ms.API-3", None)] > 0 and k[("throughput_rps", None)] > 0
     counts = snapshot(engine, r.scenario_run_id, sut.db_url, dt.datetime.fromtimestamp(r.started_at, dt.UTC))
     assert counts["reservation"] == 1 + 100 + 1
-    seat1 = [s.row for s in _rows(engine, store.db_snapshots, r.scenario_run_id)
-             if s.table_name == "reservation" and s.row["seat_id"] == 1]
+    seat1 = [
+        s.row
+        for s in _rows(engine, store.db_snapshots, r.scenario_run_id)
+        if s.table_name == "reservation" and s.row["seat_id"] == 1
+    ]
     assert len(seat1) == 1  # R-RACE-5: the §3.2 query returns 1
 
 
@@ -116,8 +139,7 @@ def test_points_exact_balance(engine, sut, tmp_path: Path) -> None:
 
 
 def test_spike_small_scale_with_phases(engine, sut, tmp_path: Path) -> None:
-    r = _run(engine, sut, "spike", tmp_path, scale=0.008, time_scale=0.05, POLL_LIMIT_S="4",
-             SEAT_IDS="900,901")
+    r = _run(engine, sut, "spike", tmp_path, scale=0.008, time_scale=0.05, POLL_LIMIT_S="4", SEAT_IDS="900,901")
     assert r.status in (ScenarioStatus.COMPLETED,), r.reason
     k = _kpis(engine, r.scenario_run_id)
     # R-SPIKE-10: the capacity ENTERED at issue, plus at most one place freed by the one paying user
@@ -146,8 +168,19 @@ def _poll_seconds(engine, sid: int) -> list[int]:
 def test_spike_polls_spread_when_the_ramp_is_compressed(engine, sut, tmp_path: Path) -> None:
     """Time scale 0.03: the 10 s ramp lasts 0.3 s, shorter than the 3 s poll interval. Real users arrive
     over 10 s and poll in every second; the compressed run must too, not in lockstep bursts every 3 s."""
-    r = _run(engine, sut, "spike", tmp_path, scale=0.008, time_scale=0.03, POLL_LIMIT_S="10", SEAT_IDS="902,903",
-             USER_OFFSET="2001", USER_COUNT="100", CONCERT_ID="2")
+    r = _run(
+        engine,
+        sut,
+        "spike",
+        tmp_path,
+        scale=0.008,
+        time_scale=0.03,
+        POLL_LIMIT_S="10",
+        SEAT_IDS="902,903",
+        USER_OFFSET="2001",
+        USER_COUNT="100",
+        CONCERT_ID="2",
+    )
     assert r.status == ScenarioStatus.COMPLETED, r.reason
     k = _kpis(engine, r.scenario_run_id)
     waiting = k[("tokens_waiting_at_issue", None)]
@@ -216,8 +249,18 @@ def test_soak_pool_absorbs_latency_without_dropping(engine, tmp_path: Path) -> N
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     try:
-        r = run_scenario(engine, "run-load", "soak", f"http://127.0.0.1:{srv.server_address[1]}",
-                         output_dir=tmp_path, scale=0.02, time_scale=0.005, progress=False)
+        r = run_scenario(
+            engine,
+            "run-load",
+            LoadRequest(
+                "soak",
+                f"http://127.0.0.1:{srv.server_address[1]}",
+                output_dir=tmp_path,
+                scale=0.02,
+                time_scale=0.005,
+                progress=False,
+            ),
+        )
     finally:
         srv.shutdown()
     assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "k6"]

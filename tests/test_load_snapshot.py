@@ -25,23 +25,92 @@ def _fill(url: str) -> None:
     with e.begin() as c:
         c.execute(insert(concert).values(id=1, title="c", created_at=old))
         c.execute(insert(concert_show).values(id=101, concert_id=1, starts_at=new, created_at=old))
-        c.execute(insert(seat), [{"id": i, "show_id": 101, "seat_no": i, "price": 75000,
-                                  "status": "AVAILABLE" if i != 2 else "HELD", "updated_at": old, "created_at": old}
-                                 for i in (1, 2, 3)])
-        c.execute(insert(reservation), [
-            {"id": "r-old", "show_id": 101, "seat_id": 3, "user_id": 9, "status": "EXPIRED", "amount": 1,
-             "expires_at": old, "updated_at": old, "created_at": old},
-            {"id": "r-new", "show_id": 101, "seat_id": 1, "user_id": 7, "status": "CANCELLED", "amount": 150000,
-             "expires_at": new, "updated_at": new, "created_at": new}])
-        c.execute(insert(payment), [{"id": 1, "reservation_id": "r-new", "user_id": 7, "amount": 150000,
-                                     "status": "FAILED", "failure_reason": "INSUFFICIENT_POINTS", "updated_at": new,
-                                     "created_at": new}])
-        c.execute(insert(payment_outbox), [
-            {"aggregate_id": 1, "event_type": e_, "payload": "{}", "status": "PUBLISHED", "next_attempt_at": new,
-             "created_at": new} for e_ in ("UsePointCommand", "CancelSeatsCommand")])
-        c.execute(insert(queue_token), [
-            {"target_id": 1, "user_id": u, "token": str(uuid.uuid4()), "status": "ENTERED" if u < 3 else "WAITING",
-             "expires_at": new, "updated_at": new, "created_at": new} for u in range(1, 6)])
+        c.execute(
+            insert(seat),
+            [
+                {
+                    "id": i,
+                    "show_id": 101,
+                    "seat_no": i,
+                    "price": 75000,
+                    "status": "AVAILABLE" if i != 2 else "HELD",
+                    "updated_at": old,
+                    "created_at": old,
+                }
+                for i in (1, 2, 3)
+            ],
+        )
+        c.execute(
+            insert(reservation),
+            [
+                {
+                    "id": "r-old",
+                    "show_id": 101,
+                    "seat_id": 3,
+                    "user_id": 9,
+                    "status": "EXPIRED",
+                    "amount": 1,
+                    "expires_at": old,
+                    "updated_at": old,
+                    "created_at": old,
+                },
+                {
+                    "id": "r-new",
+                    "show_id": 101,
+                    "seat_id": 1,
+                    "user_id": 7,
+                    "status": "CANCELLED",
+                    "amount": 150000,
+                    "expires_at": new,
+                    "updated_at": new,
+                    "created_at": new,
+                },
+            ],
+        )
+        c.execute(
+            insert(payment),
+            [
+                {
+                    "id": 1,
+                    "reservation_id": "r-new",
+                    "user_id": 7,
+                    "amount": 150000,
+                    "status": "FAILED",
+                    "failure_reason": "INSUFFICIENT_POINTS",
+                    "updated_at": new,
+                    "created_at": new,
+                }
+            ],
+        )
+        c.execute(
+            insert(payment_outbox),
+            [
+                {
+                    "aggregate_id": 1,
+                    "event_type": e_,
+                    "payload": "{}",
+                    "status": "PUBLISHED",
+                    "next_attempt_at": new,
+                    "created_at": new,
+                }
+                for e_ in ("UsePointCommand", "CancelSeatsCommand")
+            ],
+        )
+        c.execute(
+            insert(queue_token),
+            [
+                {
+                    "target_id": 1,
+                    "user_id": u,
+                    "token": str(uuid.uuid4()),
+                    "status": "ENTERED" if u < 3 else "WAITING",
+                    "expires_at": new,
+                    "updated_at": new,
+                    "created_at": new,
+                }
+                for u in range(1, 6)
+            ],
+        )
     e.dispose()
 
 
@@ -102,8 +171,7 @@ def _postgres() -> str | None:
     try:
         import psycopg
 
-        conn = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=2,
-                               autocommit=True)
+        conn = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=2, autocommit=True)
     except Exception:  # noqa: BLE001 - unreachable: skip
         return None
     conn.execute("DROP DATABASE IF EXISTS load_snapshot_test")

@@ -19,13 +19,21 @@ WEBHOOK_SECRET_PART = "B000/hook"
 
 def _verdict(decision: Decision = Decision.BLOCK) -> Verdict:
     return Verdict(
-        run_id="20261126T020000Z-abc123", profile="local", started_at="2026-11-26T02:00:00Z",
-        finished_at="2026-11-26T02:04:00Z", verdict=decision, report="runs/x/report.html",
-        checks=[Check(id="R-RACE-1", scenario="race", passed=False, observed="3 × 200", expected="exactly 1 × 200"),
-                Check(id="R-RACE-2", scenario="race", passed=True, observed="100 × 200", expected="100 × 200")],
-        kpis=[KPI(name="p95_ms", scenario="spike", value=812.0, unit="ms", band="target", previous=701.0),
-              KPI(name="db_pool_use", scenario="spike", value=0.86, unit="ratio", band="action", previous=None),
-              KPI(name="p95_ms.API-1", scenario="spike", value=120.0, unit="ms")],
+        run_id="20261126T020000Z-abc123",
+        profile="local",
+        started_at="2026-11-26T02:00:00Z",
+        finished_at="2026-11-26T02:04:00Z",
+        verdict=decision,
+        report="runs/x/report.html",
+        checks=[
+            Check(id="R-RACE-1", scenario="race", passed=False, observed="3 × 200", expected="exactly 1 × 200"),
+            Check(id="R-RACE-2", scenario="race", passed=True, observed="100 × 200", expected="100 × 200"),
+        ],
+        kpis=[
+            KPI(name="p95_ms", scenario="spike", value=812.0, unit="ms", band="target", previous=701.0),
+            KPI(name="db_pool_use", scenario="spike", value=0.86, unit="ratio", band="action", previous=None),
+            KPI(name="p95_ms.API-1", scenario="spike", value=120.0, unit="ms"),
+        ],
         remediations=[Remediation(code="fix_code_and_retest", reason="R-RACE-1 failed", detail="seat sold twice")],
     )
 
@@ -39,8 +47,15 @@ def slack():
 @pytest.fixture
 def store(tmp_path):
     engine = open_store(f"sqlite:///{tmp_path}/store.db")
-    start_run(engine, "20261126T020000Z-abc123", "local", scale=0.02, time_scale=0.05, scenarios=["race"],
-              target="http://127.0.0.1:1")
+    start_run(
+        engine,
+        "20261126T020000Z-abc123",
+        "local",
+        scale=0.02,
+        time_scale=0.05,
+        scenarios=["race"],
+        target="http://127.0.0.1:1",
+    )
     return engine
 
 
@@ -56,7 +71,7 @@ def _all_text(blocks) -> str:
 def test_kpi_line_shows_band_and_delta_against_previous():
     line = kpi_line(KPI(name="p95_ms", scenario="spike", value=812.0, unit="ms", band="target", previous=701.0))
     assert "*p95_ms* spike" in line and "812 ms" in line and "target" in line
-    assert "↑ +15.8 % vs 701 ms" in line
+    assert "↑ +16 % vs 701 ms" in line
     assert "no previous run" in kpi_line(KPI(name="x", scenario="race", value=1.0, unit="", band="target"))
 
 
@@ -64,8 +79,15 @@ def test_bot_token_posts_blocks_and_uploads_chart(slack, store, tmp_path):
     chart = tmp_path / "headline.png"
     chart.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 500)
     cfg = Slack(enabled=True, channel="#load-tests", api_url=slack.api_url)
-    res = notify_and_record(_verdict(), cfg, store, report_location="/srv/runs/x/report.html", chart_path=chart,
-                            credentials=Credentials(token=VALID_TOKEN), backoff_s=0.01)
+    res = notify_and_record(
+        _verdict(),
+        cfg,
+        store,
+        report_location="/srv/runs/x/report.html",
+        chart_path=chart,
+        credentials=Credentials(token=VALID_TOKEN),
+        backoff_s=0.01,
+    )
     assert res.outcome == "ok" and res.via == "bot" and res.chart_uploaded
 
     (post,) = slack.calls_to("chat.postMessage")
@@ -77,7 +99,7 @@ def test_bot_token_posts_blocks_and_uploads_chart(slack, store, tmp_path):
     assert att["color"] == "#E01E5A"
     text = _all_text(body["blocks"]) + _all_text(att["blocks"])
     assert ":no_entry:" in text
-    assert "↑ +15.8 % vs 701 ms" in text  # KPI with band and delta
+    assert "↑ +16 % vs 701 ms" in text  # KPI with band and delta
     assert "*db_pool_use* spike — 86.00 %" in text and ":red_circle:" in text
     assert "R-RACE-1" in text and "exactly 1 × 200" in text  # failed check with observed/expected
     assert "R-RACE-2" not in text  # passed checks are not listed
@@ -98,8 +120,9 @@ def test_bot_token_posts_blocks_and_uploads_chart(slack, store, tmp_path):
 
 def test_webhook_posts_the_same_blocks(slack, store):
     cfg = Slack(enabled=True)
-    res = notify_and_record(_verdict(Decision.APPROVE), cfg, store,
-                            credentials=Credentials(webhook_url=slack.webhook_url), backoff_s=0.01)
+    res = notify_and_record(
+        _verdict(Decision.APPROVE), cfg, store, credentials=Credentials(webhook_url=slack.webhook_url), backoff_s=0.01
+    )
     assert res.outcome == "ok" and res.via == "webhook"
     (hook,) = slack.calls_to("hook")
     assert hook.json["attachments"][0]["color"] == "#2EB67D"
@@ -119,8 +142,9 @@ def test_server_errors_are_retried_then_succeed(slack, store):
 
 def test_persistent_failure_is_recorded_and_never_raises(slack, store):
     slack.fail("webhook", times=5, status=500)
-    res = notify_and_record(_verdict(), Slack(enabled=True), store,
-                            credentials=Credentials(webhook_url=slack.webhook_url), backoff_s=0.01)
+    res = notify_and_record(
+        _verdict(), Slack(enabled=True), store, credentials=Credentials(webhook_url=slack.webhook_url), backoff_s=0.01
+    )
     assert res.outcome == "failed" and res.attempts == 3
     assert len(slack.calls_to("hook")) == 3
     (ev,) = _events(store)
@@ -141,8 +165,13 @@ def test_bad_token_is_recorded_without_leaking_it(slack, store, caplog):
     caplog.set_level(logging.DEBUG)
     logging.getLogger("slack_sdk").setLevel(logging.DEBUG)
     try:
-        res = notify_and_record(_verdict(), Slack(enabled=True, api_url=slack.api_url), store,
-                                credentials=Credentials(token=bad), backoff_s=0.01)
+        res = notify_and_record(
+            _verdict(),
+            Slack(enabled=True, api_url=slack.api_url),
+            store,
+            credentials=Credentials(token=bad),
+            backoff_s=0.01,
+        )
     finally:
         logging.getLogger("slack_sdk").setLevel(logging.NOTSET)
     assert res.outcome == "failed" and res.attempts == 1  # a bad token is not worth retrying
@@ -161,17 +190,42 @@ def test_no_credentials_skips(monkeypatch):
 
 
 def test_headline_kpis_put_what_needs_attention_first():
-    kpis = [KPI(name="consumer_lag", scenario="points", value=0, unit="messages", band="target"),
-            KPI(name="p95_ms", scenario="spike", value=300, unit="ms", band="target"),
-            KPI(name="p95_ms.API-1", scenario="spike", value=300, unit="ms", band="target"),
-            KPI(name="p95_ms", scenario="spike", value=300, unit="ms", band="target", phase="plateau"),
-            KPI(name="db_pool_use", scenario="soak", value=0.8, unit="ratio", band="allowed"),
-            KPI(name="error_rate", scenario="race", value=0.02, unit="ratio", band="action"),
-            KPI(name="throughput_rps", scenario="soak", value=900, unit="req/s", band="target", previous=1000,
-                regression=True)]
+    kpis = [
+        KPI(name="consumer_lag", scenario="points", value=0, unit="messages", band="target"),
+        KPI(name="p95_ms", scenario="spike", value=300, unit="ms", band="target"),
+        KPI(name="p95_ms.API-1", scenario="spike", value=300, unit="ms", band="target"),
+        KPI(name="p95_ms", scenario="spike", value=300, unit="ms", band="target", phase="plateau"),
+        KPI(name="db_pool_use", scenario="soak", value=0.8, unit="ratio", band="allowed"),
+        KPI(name="error_rate", scenario="race", value=0.02, unit="ratio", band="action"),
+        KPI(
+            name="throughput_rps",
+            scenario="soak",
+            value=900,
+            unit="req/s",
+            band="target",
+            previous=1000,
+            regression=True,
+        ),
+    ]
     v = _verdict().model_copy(update={"kpis": kpis})
     text = build_message(v)["attachments"][0]["blocks"][0]["text"]["text"]
     lines = text.splitlines()[1:]
-    assert [ln.split("*")[1] for ln in lines] == ["error_rate", "db_pool_use", "throughput_rps", "p95_ms",
-                                                  "consumer_lag"]
+    assert [ln.split("*")[1] for ln in lines] == [
+        "error_rate",
+        "db_pool_use",
+        "throughput_rps",
+        "p95_ms",
+        "consumer_lag",
+    ]
     assert "regression" in lines[2] and "plateau" not in text and "API-1" not in text
+
+
+def test_the_message_and_the_report_name_the_build_judged():
+    """A regression must point at a build (issue 19): the build stored on the run heads both."""
+    from tasks.report import render_html
+
+    v = _verdict(Decision.APPROVE)
+    assert "build" not in build_message(v)["blocks"][1]["text"]["text"]
+    v.extra["build"] = "1.4.2"
+    assert "run `20261126T020000Z-abc123`, build `1.4.2`" in build_message(v)["blocks"][1]["text"]["text"]
+    assert "build <code style='color:#000'>1.4.2</code>" in render_html(v, None)

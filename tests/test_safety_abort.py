@@ -93,11 +93,14 @@ def test_sketch_quantile_is_used_when_given():
     assert w.tripped and w.breach.observed == 4000.0 and calls[-1] == 2
 
 
-@pytest.mark.parametrize(("kpi", "value", "rule"), [
-    ("redis_memory_bytes", 1.1 * 1024**3, "redis_memory"),
-    ("consumer_lag_messages", 1001, "consumer_lag"),
-    ("outbox_pending", 10001, "outbox_backlog"),
-])
+@pytest.mark.parametrize(
+    ("kpi", "value", "rule"),
+    [
+        ("redis_memory_bytes", 1.1 * 1024**3, "redis_memory"),
+        ("consumer_lag_messages", 1001, "consumer_lag"),
+        ("outbox_pending", 10001, "outbox_backlog"),
+    ],
+)
 def test_gauge_alarms(kpi, value, rule):
     w = AbortWatcher(Abort())
     w.on_sample(kpi, value * 0.9, T0)
@@ -194,10 +197,14 @@ def test_rollback_runs_every_step_and_stores_each(result_store):
 
     steps = rollback(result_store, "run-1", deregister=boom, delete_test_data=lambda: "12 rows", restart=None)
     assert [(s.step, s.outcome) for s in steps] == [
-        ("deregister_targets", "failed"), ("delete_test_data", "ok"), ("restart_service", "skipped")]
+        ("deregister_targets", "failed"),
+        ("delete_test_data", "ok"),
+        ("restart_service", "skipped"),
+    ]
     with result_store.connect() as c:
-        evs = c.execute(select(store.events.c.kind, store.events.c.outcome, store.events.c.detail)
-                        .order_by(store.events.c.id)).all()
+        evs = c.execute(
+            select(store.events.c.kind, store.events.c.outcome, store.events.c.detail).order_by(store.events.c.id)
+        ).all()
     assert [(k, o) for k, o, _ in evs] == [("rollback", "failed"), ("rollback", "ok"), ("rollback", "skipped")]
     assert "xoxb-1234567890-abcdef" not in evs[0][2] and "ALB said no" in evs[0][2]
 
@@ -209,9 +216,13 @@ def _make_tables(url):
             c.execute(text(f"DROP TABLE IF EXISTS {t}"))
         ts_type = "TIMESTAMP" if eng.dialect.name != "sqlite" else "DATETIME"
         for t in ("reservation", "queue_token", "payment", "seat"):
-            c.execute(text(f"CREATE TABLE {t} (id INTEGER PRIMARY KEY, created_at {ts_type}(6) NULL)"
-                           if eng.dialect.name == "mysql" else
-                           f"CREATE TABLE {t} (id INTEGER PRIMARY KEY, created_at {ts_type})"))
+            c.execute(
+                text(
+                    f"CREATE TABLE {t} (id INTEGER PRIMARY KEY, created_at {ts_type}(6) NULL)"
+                    if eng.dialect.name == "mysql"
+                    else f"CREATE TABLE {t} (id INTEGER PRIMARY KEY, created_at {ts_type})"
+                )
+            )
     return eng
 
 
@@ -226,9 +237,10 @@ def _check_delete(url):
     before, after = start - timedelta(minutes=5), start + timedelta(seconds=3)
     with eng.begin() as c:
         for t in ("reservation", "queue_token", "payment", "seat"):
-            c.execute(text(f"INSERT INTO {t} (id, created_at) VALUES (1, :b), (2, :a), (3, :s)"),
-                      {"b": before.replace(tzinfo=None), "a": after.replace(tzinfo=None),
-                       "s": start.replace(tzinfo=None)})
+            c.execute(
+                text(f"INSERT INTO {t} (id, created_at) VALUES (1, :b), (2, :a), (3, :s)"),
+                {"b": before.replace(tzinfo=None), "a": after.replace(tzinfo=None), "s": start.replace(tzinfo=None)},
+            )
     detail = delete_test_data_sql(url, start)
     for t in ("reservation", "queue_token", "payment"):
         assert _rows(eng, t) == [1], t  # rows created at/after the start are gone, older ones kept
@@ -275,14 +287,27 @@ def _agg(i, durations, endpoint="API-2", s5xx=0):
     import numpy as np
 
     from soundcheck.sketch import Histogram
-    from tasks.ingest import SecondAggregate
+    from tasks.seconds import SecondAggregate
 
     h = Histogram()
     h.add_values(np.asarray(durations, dtype=float))
     n = len(durations)
-    return SecondAggregate(second=T0 + i, endpoint=endpoint, count=n, s2xx=n - s5xx, s3xx=0, s4xx=0, s5xx=s5xx,
-                           failed=0, codes={"200": n - s5xx}, p50_ms=None, p95_ms=float(max(durations)),
-                           p99_ms=None, max_ms=None, sketch=h.to_bytes())
+    return SecondAggregate(
+        second=T0 + i,
+        endpoint=endpoint,
+        count=n,
+        s2xx=n - s5xx,
+        s3xx=0,
+        s4xx=0,
+        s5xx=s5xx,
+        failed=0,
+        codes={"200": n - s5xx},
+        p50_ms=None,
+        p95_ms=float(max(durations)),
+        p99_ms=None,
+        max_ms=None,
+        sketch=h.to_bytes(),
+    )
 
 
 def test_ingest_hook_signature_with_real_sketches():
@@ -290,12 +315,12 @@ def test_ingest_hook_signature_with_real_sketches():
     read from the merged sketches (here each second's own p95 field says 'slow', the merged data does not)."""
     w = AbortWatcher(Abort(window_s=3, p95_ms=3000))
     for i in range(6):  # 3 % of requests at 4 s: merged p95 is fast
-        w.on_second("soak", T0 + i, {"API-2": _agg(i, [100.0] * 97 + [4000.0] * 3),
-                                     "ADMIN": _agg(i, [9000.0] * 50, "ADMIN")})
+        w.on_second(
+            "soak", T0 + i, {"API-2": _agg(i, [100.0] * 97 + [4000.0] * 3), "ADMIN": _agg(i, [9000.0] * 50, "ADMIN")}
+        )
     assert not w.tripped
     for i in range(6, 9):  # 10 % at 4 s on another endpoint: the window p95 is above 3 s
-        w.on_second("soak", T0 + i, {"API-2": _agg(i, [100.0] * 90),
-                                     "API-5": _agg(i, [4000.0] * 10, "API-5")})
+        w.on_second("soak", T0 + i, {"API-2": _agg(i, [100.0] * 90), "API-5": _agg(i, [4000.0] * 10, "API-5")})
     assert w.tripped and w.breach.rule == "p95_ms" and 3000 < w.breach.observed < 4200
 
 
@@ -324,8 +349,13 @@ def test_rollback_step_results_are_described_not_dumped(result_store):
 
     from tasks.safety import rollback_steps_for
 
-    prof = parse_profile({"name": "x", "environment": {"kind": "external"},
-                          "target": {"base_url": "http://127.0.0.1:9", "database_url": "sqlite:///:memory:"}})
+    prof = parse_profile(
+        {
+            "name": "x",
+            "environment": {"kind": "external"},
+            "target": {"base_url": "http://127.0.0.1:9", "database_url": "sqlite:///:memory:"},
+        }
+    )
     steps = rollback_steps_for(prof, Handle(), datetime.now(UTC).isoformat())
     res = rollback(result_store, "run-1", **steps)
     assert [r.outcome for r in res] == ["ok", "ok", "ok"]

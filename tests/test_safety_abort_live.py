@@ -54,7 +54,7 @@ def _k6_children():
 
 @pytest.mark.skipif(venv_bin("k6") is None, reason="k6 binary not installed")
 def test_breach_stops_k6_and_is_recorded(tmp_path):
-    from tasks.load import run_scenario
+    from tasks.load import LoadRequest, run_scenario
 
     srv = _Server(("127.0.0.1", 0), _Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -66,8 +66,13 @@ def test_breach_stops_k6_and_is_recorded(tmp_path):
     watcher = AbortWatcher(Abort(window_s=5, min_requests=40))
     try:
         srv.harm_at = time.time() + 5
-        res = run_scenario(engine, "live", "soak", base, output_dir=tmp_path, script=script, deadline_s=60,
-                           abort=watcher.event, on_second=watcher.on_second, progress=False)
+        res = run_scenario(
+            engine,
+            "live",
+            LoadRequest("soak", base, output_dir=tmp_path, script=script, deadline_s=60, progress=False),
+            abort=watcher.event,
+            on_second=watcher.on_second,
+        )
         watcher.mark_stopped(res.finished_at)
         assert res.status.value == "ABORTED"
         assert watcher.breach is not None and watcher.breach.rule == "error_rate"

@@ -47,14 +47,18 @@ def test_loopback_is_allowed_by_default():
     assert addrs and all(a.is_loopback for a in addrs)
 
 
-@pytest.mark.parametrize("url", ["http://10.0.0.5/", "https://8.8.8.8:443/x", "http://[2001:db8::1]/",
-                                 "http://[::ffff:10.0.0.5]/"])
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.5/", "https://8.8.8.8:443/x", "http://[2001:db8::1]/", "http://[::ffff:10.0.0.5]/"]
+)
 def test_outside_addresses_are_refused_with_one_sentence_naming_the_host(url):
     with pytest.raises(AllowlistError) as e:
         check_allowlist(url)
     msg = str(e.value)
-    host = url.split("//")[1].split("/")[0].rsplit(":", 1)[0].strip("[]") if "[" not in url else \
-        url.split("[")[1].split("]")[0]
+    host = (
+        url.split("//")[1].split("/")[0].rsplit(":", 1)[0].strip("[]")
+        if "[" not in url
+        else url.split("[")[1].split("]")[0]
+    )
     assert repr(host) in msg or host in msg
     assert "\n" not in msg and msg.endswith(".")
     assert isinstance(e.value, ProfileError)  # the CLI maps it to exit 2
@@ -71,8 +75,9 @@ def test_cidr_and_address_entries():
 
 
 def test_every_resolved_address_must_be_allowed():
-    res = fake_resolver({"split.example": ["127.0.0.1", "93.184.216.34"], "lo.example": ["127.0.0.9"],
-                         "staging.internal": ["10.9.9.9"]})
+    res = fake_resolver(
+        {"split.example": ["127.0.0.1", "93.184.216.34"], "lo.example": ["127.0.0.9"], "staging.internal": ["10.9.9.9"]}
+    )
     check_host("lo.example", ["127.0.0.0/8"], resolver=res)
     with pytest.raises(AllowlistError, match=r"'split.example' resolves to 93\.184\.216\.34"):
         check_host("split.example", ["127.0.0.0/8"], resolver=res)
@@ -88,8 +93,12 @@ def test_bad_entry_is_a_clear_error():
 
 
 def test_profile_urls_are_all_checked():
-    p = parse_profile({"name": "x", "target": {"base_url": "http://127.0.0.1:9000",
-                                               "database_url": "mysql+pymysql://u:p@10.0.0.8:3306/app"}})
+    p = parse_profile(
+        {
+            "name": "x",
+            "target": {"base_url": "http://127.0.0.1:9000", "database_url": "mysql+pymysql://u:p@10.0.0.8:3306/app"},
+        }
+    )
     with pytest.raises(AllowlistError, match="'10.0.0.8'"):
         check_profile_urls(p)
     p = parse_profile({"name": "x", "metrics": {"scrape_url": "http://10.0.0.9/metrics"}})
@@ -217,9 +226,18 @@ def test_k6_itself_refuses_an_address_off_the_allowlist(tmp_path):
             f"  const c = http.get('http://localhost:{allowed.port}/', {{timeout: '2s'}});\n"
             "  console.log(JSON.stringify({a: a.status, b: b.status, be: b.error_code, c: c.status,"
             " ce: c.error_code}));\n"
-            "}\n")
-        cmd = [venv_bin("k6"), "run", "--quiet", "--no-usage-report", "--log-format", "raw",
-               *k6_guard_args(["127.0.0.1"]), str(script)]
+            "}\n"
+        )
+        cmd = [
+            venv_bin("k6"),
+            "run",
+            "--quiet",
+            "--no-usage-report",
+            "--log-format",
+            "raw",
+            *k6_guard_args(["127.0.0.1"]),
+            str(script),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         line = next(x for x in (out.stderr + out.stdout).splitlines() if x.startswith("{"))
         got = json.loads(line)

@@ -56,8 +56,14 @@ def write_profile(tmp_path: Path, **over) -> Path:
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([SOUNDCHECK, "run", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"})  # never reached
+    return subprocess.run(
+        [SOUNDCHECK, "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"},
+    )  # never reached
 
 
 def test_bad_profile_exit_2_one_sentence(tmp_path):
@@ -90,8 +96,10 @@ def test_target_off_the_allowlist_exit_2_before_a_single_request(tmp_path):
 
 
 #: The in-process cases need the whole campaign (provisioner included).
-needs_campaign = pytest.mark.skipif(importlib.util.find_spec("tasks.provision") is None,
-                                    reason="the campaign's provisioner (tasks/provision.py) is not in the tree yet")
+needs_campaign = pytest.mark.skipif(
+    importlib.util.find_spec("tasks.provision") is None,
+    reason="the campaign's provisioner (tasks/provision.py) is not in the tree yet",
+)
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +191,11 @@ def test_target_down_before_the_run_and_slack_down(prefect_server, tmp_path, mon
     is the verdict's, the failed notification recorded."""
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-0000000000-0000000000000-safetytestsafetytest")
     port = free_port()  # nothing listens there
-    p = write_profile(tmp_path, target={"base_url": f"http://127.0.0.1:{port}"},
-                      slack={"enabled": True, "api_url": f"http://127.0.0.1:{free_port()}/api/"})
+    p = write_profile(
+        tmp_path,
+        target={"base_url": f"http://127.0.0.1:{port}"},
+        slack={"enabled": True, "api_url": f"http://127.0.0.1:{free_port()}/api/"},
+    )
     t0 = time.monotonic()
     code, out = run_campaign(p, tmp_path / "out", notify=True)
     assert code == INCONCLUSIVE, out
@@ -246,8 +257,13 @@ def test_target_redis_down_during_the_run(prefect_server, tmp_path):
     redis = EmbeddedRedis().start()
     proxy = TcpProxy(redis.port)
     try:
-        _break_dependency_mid_run(prefect_server, tmp_path, {"redis_url": f"redis://127.0.0.1:{proxy.port}/0"},
-                                  proxy.cut, keep=(redis.proc.pid,))
+        _break_dependency_mid_run(
+            prefect_server,
+            tmp_path,
+            {"redis_url": f"redis://127.0.0.1:{proxy.port}/0"},
+            proxy.cut,
+            keep=(redis.proc.pid,),
+        )
     finally:
         proxy.cut()
         redis.stop()
@@ -263,9 +279,12 @@ def test_target_database_down_during_the_run(prefect_server, tmp_path):
     eng.dispose()
     proxy = TcpProxy(3306)
     try:
-        _break_dependency_mid_run(prefect_server, tmp_path,
-                                  {"db_url": f"mysql+aiomysql://root@127.0.0.1:{proxy.port}/soundcheck_safety_sut"},
-                                  proxy.cut)
+        _break_dependency_mid_run(
+            prefect_server,
+            tmp_path,
+            {"db_url": f"mysql+aiomysql://root@127.0.0.1:{proxy.port}/soundcheck_safety_sut"},
+            proxy.cut,
+        )
     finally:
         proxy.cut()
 
@@ -300,7 +319,7 @@ def test_k6_missing(prefect_server, sut, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_k6_crashing(prefect_server, sut, tmp_path, monkeypatch):
     fake = tmp_path / "k6"
-    fake.write_text("#!/bin/sh\necho 'time=\"x\" level=error msg=\"simulated crash\"'\nkill -SEGV $$\n")
+    fake.write_text('#!/bin/sh\necho \'time="x" level=error msg="simulated crash"\'\nkill -SEGV $$\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     _patch_k6(monkeypatch, str(fake))
     p = write_profile(tmp_path, target={"base_url": sut.url})

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from moto_fixture import moto_url, session  # noqa: F401 - fixture
+from moto_fixture import moto_profile, moto_url, session  # noqa: F401 - fixture
 from sqlalchemy import create_engine, select, text
 
 from infra.aws_stack import AwsStack
 from soundcheck import store
-from soundcheck.profile import parse_profile
 from tasks.safety import rollback, rollback_steps_for
-
-MOTO_PARAMS = {"CreateCache": "false", "CreateKafka": "false", "CreateDbParameterGroup": "false"}
 
 
 class _ReplaceRestart:
@@ -36,12 +33,16 @@ def test_aws_rollback(moto_url, tmp_path):  # noqa: F811
     start = datetime.now(UTC).replace(tzinfo=None)
     with eng.begin() as c:
         c.execute(text("CREATE TABLE reservation (id INTEGER PRIMARY KEY, created_at DATETIME)"))
-        c.execute(text("INSERT INTO reservation VALUES (1, :old), (2, :new)"),
-                  {"old": (start - timedelta(hours=1)).isoformat(sep=" "), "new": (start + timedelta(seconds=1))
-                   .isoformat(sep=" ")})
-    profile = parse_profile({"name": "staging-rollback", "environment": {"kind": "aws", "aws": {
-        "stack_name": "sc-safety-rollback", "endpoint_url": moto_url, "parameters": MOTO_PARAMS}},
-        "target": {"database_url": f"sqlite:///{db}"}})
+        c.execute(
+            text("INSERT INTO reservation VALUES (1, :old), (2, :new)"),
+            {
+                "old": (start - timedelta(hours=1)).isoformat(sep=" "),
+                "new": (start + timedelta(seconds=1)).isoformat(sep=" "),
+            },
+        )
+    profile = moto_profile(
+        moto_url, "sc-safety-rollback", name="staging-rollback", top={"target": {"database_url": f"sqlite:///{db}"}}
+    )
     stack = AwsStack(profile, poll_s=0.2, session=session())
     stack.start()
     members = set(stack.target_states())
@@ -52,7 +53,10 @@ def test_aws_rollback(moto_url, tmp_path):  # noqa: F811
     steps = rollback_steps_for(profile, _ReplaceRestart(stack), start.replace(tzinfo=UTC))
     res = rollback(results, "aws-rb", **steps)
     assert [(r.step, r.outcome) for r in res] == [
-        ("deregister_targets", "ok"), ("delete_test_data", "ok"), ("restart_service", "ok")], res
+        ("deregister_targets", "ok"),
+        ("delete_test_data", "ok"),
+        ("restart_service", "ok"),
+    ], res
     assert res[0].detail.startswith("2 done: i-")
     with eng.connect() as c:
         assert [r[0] for r in c.execute(text("SELECT id FROM reservation"))] == [1]
@@ -61,8 +65,9 @@ def test_aws_rollback(moto_url, tmp_path):  # noqa: F811
     new = {i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"}
     assert len(new) == 2 and not (new & members)  # restarted: every instance replaced
     with results.connect() as c:
-        evs = c.execute(select(store.events.c.kind, store.events.c.outcome, store.events.c.detail)
-                        .order_by(store.events.c.id)).all()
+        evs = c.execute(
+            select(store.events.c.kind, store.events.c.outcome, store.events.c.detail).order_by(store.events.c.id)
+        ).all()
     assert [(k, o) for k, o, _ in evs] == [("rollback", "ok")] * 3
     assert evs[2][2] == "restart_service: replaced 2 instances"
     results.dispose()

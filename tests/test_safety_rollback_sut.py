@@ -32,8 +32,12 @@ def _balance(url, user):
 
 
 def _charge(url, user, amount):
-    r = httpx.post(f"{url}/api/v1/users/me/points/charges", json={"amount": amount},
-                   headers={"Authorization": f"Bearer test-user-{user}"}, timeout=5)
+    r = httpx.post(
+        f"{url}/api/v1/users/me/points/charges",
+        json={"amount": amount},
+        headers={"Authorization": f"Bearer test-user-{user}"},
+        timeout=5,
+    )
     r.raise_for_status()
 
 
@@ -56,8 +60,11 @@ def test_admin_cleanup_deletes_only_this_runs_rows(sut, tmp_path):
         admin_token = TOKEN
 
     res = rollback(engine, "rb", **rollback_steps_for(prof, Handle(), start.isoformat()))
-    assert [(r.step, r.outcome) for r in res] == [("deregister_targets", "skipped"), ("delete_test_data", "ok"),
-                                                   ("restart_service", "skipped")]
+    assert [(r.step, r.outcome) for r in res] == [
+        ("deregister_targets", "skipped"),
+        ("delete_test_data", "ok"),
+        ("restart_service", "skipped"),
+    ]
     assert "'point_history': 2" in res[1].detail and "'wallets_restored': 2" in res[1].detail
     assert _balance(sut.url, 7) == before_run  # the earlier charge is kept, this run's undone
     assert httpx.get(f"{sut.url}/api/v1/concerts/", timeout=5).status_code == 200  # seed data untouched

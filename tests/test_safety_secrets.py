@@ -38,8 +38,10 @@ def fake_env(monkeypatch):
 
 
 def test_shapes_are_masked_without_any_environment():
-    text = (f"bot {SLACK_BOT} user {SLACK_USER} hook {WEBHOOK} key {AWS_ID} "
-            "db mysql+pymysql://app:s3cr3tpw@10.0.0.1:3306/x ok postgresql://postgres@127.0.0.1/test")
+    text = (
+        f"bot {SLACK_BOT} user {SLACK_USER} hook {WEBHOOK} key {AWS_ID} "
+        "db mysql+pymysql://app:s3cr3tpw@10.0.0.1:3306/x ok postgresql://postgres@127.0.0.1/test"
+    )
     out = redact(text)
     for s in (SLACK_BOT, SLACK_USER, WEBHOOK, AWS_ID, "s3cr3tpw"):
         assert s not in out
@@ -59,8 +61,9 @@ def test_profile_named_secret_variables(monkeypatch):
 
     monkeypatch.setenv("OPS_CHAT_CRED", "chat-credential-xyz")
     monkeypatch.setenv("TARGET_ADMIN", "target-admin-abc")
-    p = parse_profile({"name": "x", "slack": {"token_env": "OPS_CHAT_CRED"},
-                       "target": {"admin_token_env": "TARGET_ADMIN"}})
+    p = parse_profile(
+        {"name": "x", "slack": {"token_env": "OPS_CHAT_CRED"}, "target": {"admin_token_env": "TARGET_ADMIN"}}
+    )
     assert "chat-credential-xyz" in redact("t chat-credential-xyz")
     register_profile_secrets(p)
     out = redact("t chat-credential-xyz a target-admin-abc")

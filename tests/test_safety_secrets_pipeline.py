@@ -57,7 +57,7 @@ def captured_logs(tmp_path):
 
 @pytest.mark.skipif(venv_bin("k6") is None, reason="k6 binary not installed")
 def test_load_notify_and_verdict_leak_no_secret(fake_secrets, captured_logs, tmp_path):
-    from tasks.load import run_scenario
+    from tasks.load import LoadRequest, run_scenario
     from tasks.notify import notify_and_record
 
     sut = Sut(tmp_path, admin_token=ADMIN)
@@ -65,14 +65,34 @@ def test_load_notify_and_verdict_leak_no_secret(fake_secrets, captured_logs, tmp
     engine = store.open_store(f"sqlite:///{tmp_path / 'store.db'}")
     try:
         store.start_run(engine, "sec", "secrets", scale=0.05, time_scale=0.02, scenarios=["points"], target=sut.url)
-        res = run_scenario(engine, "sec", "points", sut.url, output_dir=out, scale=0.05, time_scale=0.02,
-                           admin_token=ADMIN, deadline_s=90, progress=False)
+        res = run_scenario(
+            engine,
+            "sec",
+            LoadRequest(
+                "points",
+                sut.url,
+                output_dir=out,
+                scale=0.05,
+                time_scale=0.02,
+                admin_token=ADMIN,
+                deadline_s=90,
+                progress=False,
+            ),
+        )
         assert res.ingest.requests > 0, res.reason  # the run really used the target (with the admin token)
-        logging.getLogger("tasks.test").error("the admin call failed with token %s (key %s / %s)", ADMIN, AWS_ID,
-                                              AWS_SECRET)
-        verdict = Verdict(run_id="sec", profile="secrets", started_at="s", finished_at="f", verdict=Decision.BLOCK,
-                          remediations=[Remediation(code="fix_code_and_retest", reason=f"posted to {WEBHOOK}",
-                                                    detail=f"token {VALID_TOKEN}")])
+        logging.getLogger("tasks.test").error(
+            "the admin call failed with token %s (key %s / %s)", ADMIN, AWS_ID, AWS_SECRET
+        )
+        verdict = Verdict(
+            run_id="sec",
+            profile="secrets",
+            started_at="s",
+            finished_at="f",
+            verdict=Decision.BLOCK,
+            remediations=[
+                Remediation(code="fix_code_and_retest", reason=f"posted to {WEBHOOK}", detail=f"token {VALID_TOKEN}")
+            ],
+        )
         (out / "verdict.json").write_text(redacted_json_dumps(verdict.to_json_dict(), indent=2))
         prof = parse_profile({"name": "secrets", "slack": {"enabled": True}})
         with SlackStandIn() as slack:
@@ -91,8 +111,10 @@ def test_load_notify_and_verdict_leak_no_secret(fake_secrets, captured_logs, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("tasks.provision") is None,
-                    reason="the campaign's provisioner (tasks/provision.py) is not in the tree yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tasks.provision") is None,
+    reason="the campaign's provisioner (tasks/provision.py) is not in the tree yet",
+)
 def test_whole_campaign_leaks_no_secret(prefect_harness, fake_secrets, captured_logs, tmp_path):
     import os
 
@@ -104,10 +126,18 @@ def test_whole_campaign_leaks_no_secret(prefect_harness, fake_secrets, captured_
     sut = Sut(tmp_path, admin_token=ADMIN)
     try:
         with SlackStandIn() as slack:
-            prof = {"name": "secrets", "environment": {"kind": "external"}, "target": {"base_url": sut.url},
-                    "metrics": {"source": "scrape"}, "scenarios": ["points"], "scale": 0.05, "time_scale": 0.02,
-                    "store_url": f"sqlite:///{tmp_path / 'store.db'}", "output_dir": str(tmp_path / "runs"),
-                    "slack": {"enabled": True, "api_url": slack.api_url}}
+            prof = {
+                "name": "secrets",
+                "environment": {"kind": "external"},
+                "target": {"base_url": sut.url},
+                "metrics": {"source": "scrape"},
+                "scenarios": ["points"],
+                "scale": 0.05,
+                "time_scale": 0.02,
+                "store_url": f"sqlite:///{tmp_path / 'store.db'}",
+                "output_dir": str(tmp_path / "runs"),
+                "slack": {"enabled": True, "api_url": slack.api_url},
+            }
             p = tmp_path / "profile.yaml"
             p.write_text(yaml.safe_dump(prof))
             code = run_campaign(profile=p, output=tmp_path / "out", notify=True)
@@ -127,5 +157,5 @@ def test_whole_campaign_leaks_no_secret(prefect_harness, fake_secrets, captured_
 def test_scan_finds_a_planted_secret(tmp_path):
     """The scan itself can fail: a secret written anywhere under the folder is found."""
     (tmp_path / "a" / "b").mkdir(parents=True)
-    (tmp_path / "a" / "b" / "k6.log").write_text(f"level=info msg=\"x-admin-token: {ADMIN}\"")
+    (tmp_path / "a" / "b" / "k6.log").write_text(f'level=info msg="x-admin-token: {ADMIN}"')
     assert find_secrets(tmp_path, SECRETS) == [(Path(tmp_path / "a" / "b" / "k6.log"), ADMIN)]

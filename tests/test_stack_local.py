@@ -82,6 +82,7 @@ def test_embedded_defaults_from_nothing_then_remediation_then_clean_teardown(tmp
         assert ep.base_url.startswith("http://127.0.0.1:")
         health = httpx.get(ep.base_url + "/health", timeout=5).json()
         assert health["status"] == "ok" and health["db"] == "sqlite" and health["workers"] == 2
+        assert health["bus"] == "kafka" and ep.extra["bus"] == "kafka (tansu)"  # the bundled broker
         # seeded: concert 1 is listed
         concerts = httpx.get(ep.base_url + "/api/v1/concerts/", timeout=5)
         assert concerts.status_code == 200 and "1" in concerts.text
@@ -121,8 +122,23 @@ def test_embedded_defaults_from_nothing_then_remediation_then_clean_teardown(tmp
     assert _all_gone(pids) == []
     assert not port_open("127.0.0.1", int(ep.base_url.rsplit(":", 1)[1]))
     assert not port_open("127.0.0.1", int(ep.redis_url.rsplit(":", 1)[1].split("/")[0]))
+    assert not port_open("127.0.0.1", int(ep.extra["kafka_bootstrap"].rsplit(":", 1)[1]))
     assert not (tmp_path / "run" / "stack" / "processes.json").exists()
     stack.stop()  # twice is fine
+
+
+def test_without_a_runnable_broker_the_saga_falls_back_to_redis_streams_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOUNDCHECK_KAFKA_BROKER_BIN", str(tmp_path / "no-such-tansu"))
+    with pytest.raises(RuntimeError, match="environment.local.bus is kafka but the Tansu binary .* does not run"):
+        LocalStack(_profile(bus="kafka"), tmp_path / "strict").start()
+    stack = LocalStack(_profile(), tmp_path / "run")
+    try:
+        ep = stack.start()
+        assert httpx.get(ep.base_url + "/health", timeout=5).json()["bus"] == "redis-streams"
+        assert ep.extra["bus"] == "redis-streams" and "kafka_bootstrap" not in ep.extra
+        assert stack.bus_note.startswith("Redis Streams instead of Kafka: the Tansu binary")
+    finally:
+        stack.stop()
 
 
 def test_a_killed_campaign_leaves_no_orphans(tmp_path):
@@ -181,8 +197,10 @@ def test_prometheus_absent_is_skipped_with_a_clear_message(tmp_path, monkeypatch
 def test_on_mariadb_and_a_redis_server(tmp_path):
     import redis
 
-    stack = LocalStack(_profile(database_url="mysql://root@127.0.0.1:3306/test",
-                                redis_url="redis://127.0.0.1:6379/11"), tmp_path / "run")
+    stack = LocalStack(
+        _profile(database_url="mysql://root@127.0.0.1:3306/test", redis_url="redis://127.0.0.1:6379/11"),
+        tmp_path / "run",
+    )
     try:
         ep = stack.start()
         assert httpx.get(ep.base_url + "/health", timeout=5).json()["db"] == "mysql"
@@ -196,7 +214,8 @@ def test_on_mariadb_and_a_redis_server(tmp_path):
                 c.execute(text("DELETE FROM seat"))
         eng.dispose()
         r = redis.Redis.from_url(ep.redis_url)
-        httpx.get(ep.base_url + "/api/v1/concerts/", timeout=5)
+        # a queue token lives in Redis (the Saga's bus is Kafka here, so no stream keys until a payment)
+        httpx.post(ep.base_url + "/api/v1/queues/tokens/1", headers={"Authorization": "Bearer test-user-1"}, timeout=5)
         assert any(True for _ in r.scan_iter(match=stack.redis_prefix + "*", count=1000))
         assert "redis" not in stack.procs.children  # the server's Redis, not a private one
     finally:
@@ -227,8 +246,9 @@ def test_on_postgresql(tmp_path):
 def _is_local_stack_process(p: psutil.Process) -> bool:
     """A reference service or private Redis started by a LocalStack (not by another area's test harness)."""
     try:
-        return (p.environ().get("SUT_REDIS_PREFIX", "").startswith("sc:")
-                or ("redis-server" in p.name() and p.cwd().endswith("/stack/redis")))  # --dir is its cwd
+        return p.environ().get("SUT_REDIS_PREFIX", "").startswith("sc:") or (
+            "redis-server" in p.name() and p.cwd().endswith("/stack/redis")
+        )  # --dir is its cwd
     except psutil.Error:
         return False
 
@@ -241,9 +261,16 @@ def test_provision_and_teardown_by_environment_kind(tmp_path, monkeypatch):
     from tasks.provision import Provisioned, provision, teardown
 
     monkeypatch.setenv("SC_TEST_ADMIN", "tok")
-    ext = provision(parse_profile({"name": "e", "environment": {"kind": "external"},
-                                   "target": {"base_url": "http://127.0.0.1:9/", "admin_token_env": "SC_TEST_ADMIN"}}),
-                    tmp_path)
+    ext = provision(
+        parse_profile(
+            {
+                "name": "e",
+                "environment": {"kind": "external"},
+                "target": {"base_url": "http://127.0.0.1:9/", "admin_token_env": "SC_TEST_ADMIN"},
+            }
+        ),
+        tmp_path,
+    )
     assert ext.handle is None and ext.endpoints.metrics_url == "http://127.0.0.1:9/metrics"
     assert ext.endpoints.admin_token == "tok"
     teardown(ext)  # nothing to stop

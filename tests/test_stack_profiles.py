@@ -16,10 +16,13 @@ def test_shipped_profiles_validate():
     q = staging.metrics.cloudwatch.queries
     assert q["db_cpu_percent"].namespace == "AWS/RDS" and q["db_cpu_percent"].metric == "CPUUtilization"
     assert q["redis_memory_bytes"].namespace == "AWS/ElastiCache"
-    assert {q["alb_request_count"].metric, q["alb_target_response_time_s"].metric} == {"RequestCount",
-                                                                                     "TargetResponseTime"}
-    assert {q[k].metric for k in ("consumer_lag_messages", "consumer_lag_max_partition_messages",
-                                  "consumer_lag_seconds")} == {"SumOffsetLag", "MaxOffsetLag", "EstimatedMaxTimeLag"}
+    assert {q["alb_request_count"].metric, q["alb_target_response_time_s"].metric} == {
+        "RequestCount",
+        "TargetResponseTime",
+    }
+    assert {
+        q[k].metric for k in ("consumer_lag_messages", "consumer_lag_max_partition_messages", "consumer_lag_seconds")
+    } == {"SumOffsetLag", "MaxOffsetLag", "EstimatedMaxTimeLag"}
     assert "${SOUNDCHECK_DB_RO_PASSWORD}" in staging.environment.aws.database_url  # the secret is not in the file
 
 
@@ -28,9 +31,16 @@ def test_shipped_profiles_validate():
     [
         ({"environment": {"local": {"workres": 2}}}, "unknown key 'environment.local.workres'"),
         ({"environment": {"aws": {"stack": "x"}}}, "unknown key 'environment.aws.stack'"),
-        ({"metrics": {"cloudwatch": {"queries": {"db_cpu_percent": {
-            "namespace": "AWS/RDS", "metric": "C", "metrik": "C"}}}}},
-         "unknown key 'metrics.cloudwatch.queries.db_cpu_percent.metrik'"),
+        (
+            {
+                "metrics": {
+                    "cloudwatch": {
+                        "queries": {"db_cpu_percent": {"namespace": "AWS/RDS", "metric": "C", "metrik": "C"}}
+                    }
+                }
+            },
+            "unknown key 'metrics.cloudwatch.queries.db_cpu_percent.metrik'",
+        ),
         ({"environment": {"local": {"workers": "many"}}}, "key 'environment.local.workers' is invalid"),
         ({"environment": {"local": {"prometheus": "maybe"}}}, "key 'environment.local.prometheus' is invalid"),
         ({"metrics": {"interval_s": 0}}, "key 'metrics.interval_s' is invalid: must be greater than 0"),
@@ -40,8 +50,10 @@ def test_shipped_profiles_validate():
         ({"metrics": {"source": "cloudwatch"}}, "key 'metrics.cloudwatch.queries' is required"),
         ({"environment": {"kind": "external"}}, "key 'target.base_url' is required"),
         ({"metrics": {"map": "jboss"}}, "key 'metrics.map' is invalid: no map named 'jboss'"),
-        ({"metrics": {"cloudwatch": {"queries": {"x": {"metric": "CPUUtilization"}}}}},
-         "required key 'metrics.cloudwatch.queries.x.namespace' is missing"),
+        (
+            {"metrics": {"cloudwatch": {"queries": {"x": {"metric": "CPUUtilization"}}}}},
+            "required key 'metrics.cloudwatch.queries.x.namespace' is missing",
+        ),
     ],
 )
 def test_bad_environment_and_metrics_sections_name_the_key(data, needle):
@@ -52,6 +64,7 @@ def test_bad_environment_and_metrics_sections_name_the_key(data, needle):
 
 
 def test_prometheus_url_may_come_from_the_local_stack():
-    p = parse_profile({"name": "p", "environment": {"local": {"prometheus": True}},
-                       "metrics": {"source": "prometheus"}})
+    p = parse_profile(
+        {"name": "p", "environment": {"local": {"prometheus": True}}, "metrics": {"source": "prometheus"}}
+    )
     assert p.metrics.prometheus_url is None

@@ -32,8 +32,11 @@ async def tc1(base: str, seat: int, users: range) -> list:
 
         async def reserve(i: int):
             u = first + i
-            return await c.post("/api/v1/reservations/101", json={"seatIds": [seat]}, headers={
-                **auth(u), "Queue-Token": tokens[u], "Idempotency-Key": f"tc1-{u}"})
+            return await c.post(
+                "/api/v1/reservations/101",
+                json={"seatIds": [seat]},
+                headers={**auth(u), "Queue-Token": tokens[u], "Idempotency-Key": f"tc1-{u}"},
+            )
 
         return await together(len(users), reserve)
 
@@ -72,8 +75,11 @@ def test_tc2_different_seats_all_win(sut):
 
             async def reserve(i: int):
                 u = 101 + i
-                return await c.post("/api/v1/reservations/101", json={"seatIds": [101 + i]}, headers={
-                    **auth(u), "Queue-Token": tokens[u], "Idempotency-Key": f"tc2-{u}"})
+                return await c.post(
+                    "/api/v1/reservations/101",
+                    json={"seatIds": [101 + i]},
+                    headers={**auth(u), "Queue-Token": tokens[u], "Idempotency-Key": f"tc2-{u}"},
+                )
 
             return await together(100, reserve)
 
@@ -118,27 +124,48 @@ def test_request_validation(sut):
             post = c.post
             return {
                 "no_auth": await post("/api/v1/reservations/101", json={"seatIds": [280]}),
-                "bad_auth": await post("/api/v1/reservations/101", json={"seatIds": [280]},
-                                       headers={**ok, "Authorization": "Bearer someone"}),
-                "no_key": await post("/api/v1/reservations/101", json={"seatIds": [280]},
-                                     headers={k: v for k, v in ok.items() if k != "Idempotency-Key"}),
-                "no_token": await post("/api/v1/reservations/101", json={"seatIds": [280]},
-                                       headers={k: v for k, v in ok.items() if k != "Queue-Token"}),
-                "foreign_token": await post("/api/v1/reservations/101", json={"seatIds": [280]},
-                                            headers={**ok, "Queue-Token": other_token}),
+                "bad_auth": await post(
+                    "/api/v1/reservations/101",
+                    json={"seatIds": [280]},
+                    headers={**ok, "Authorization": "Bearer someone"},
+                ),
+                "no_key": await post(
+                    "/api/v1/reservations/101",
+                    json={"seatIds": [280]},
+                    headers={k: v for k, v in ok.items() if k != "Idempotency-Key"},
+                ),
+                "no_token": await post(
+                    "/api/v1/reservations/101",
+                    json={"seatIds": [280]},
+                    headers={k: v for k, v in ok.items() if k != "Queue-Token"},
+                ),
+                "foreign_token": await post(
+                    "/api/v1/reservations/101", json={"seatIds": [280]}, headers={**ok, "Queue-Token": other_token}
+                ),
                 "five_seats": await post("/api/v1/reservations/101", json={"seatIds": [1, 2, 3, 4, 5]}, headers=ok),
-                "dup_seats": await post("/api/v1/reservations/101", json={"seatIds": [3, 3]},
-                                        headers={**ok, "Idempotency-Key": "v-2"}),
-                "no_seat": await post("/api/v1/reservations/101", json={"seatIds": [99999]},
-                                      headers={**ok, "Idempotency-Key": "v-3"}),
-                "no_show": await post("/api/v1/reservations/999", json={"seatIds": [280]},
-                                      headers={**ok, "Idempotency-Key": "v-4"}),
+                "dup_seats": await post(
+                    "/api/v1/reservations/101", json={"seatIds": [3, 3]}, headers={**ok, "Idempotency-Key": "v-2"}
+                ),
+                "no_seat": await post(
+                    "/api/v1/reservations/101", json={"seatIds": [99999]}, headers={**ok, "Idempotency-Key": "v-3"}
+                ),
+                "no_show": await post(
+                    "/api/v1/reservations/999", json={"seatIds": [280]}, headers={**ok, "Idempotency-Key": "v-4"}
+                ),
             }
 
     r = asyncio.run(run())
     assert {k: v.status_code for k, v in r.items()} == {
-        "no_auth": 401, "bad_auth": 401, "no_key": 400, "no_token": 401, "foreign_token": 403,
-        "five_seats": 400, "dup_seats": 400, "no_seat": 404, "no_show": 404}
+        "no_auth": 401,
+        "bad_auth": 401,
+        "no_key": 400,
+        "no_token": 401,
+        "foreign_token": 403,
+        "five_seats": 400,
+        "dup_seats": 400,
+        "no_seat": 404,
+        "no_show": 404,
+    }
     assert r["no_show"].json()["error"] == "SHOW_NOT_FOUND"
 
 
@@ -154,8 +181,11 @@ def test_lock_timeout_is_409_with_its_own_code(sut):
     async def run():
         async with client(sut.base) as c:
             token = await entered_token(c, 310)
-            return await c.post("/api/v1/reservations/101", json={"seatIds": [290]}, headers={
-                **auth(310), "Queue-Token": token, "Idempotency-Key": "lt-1"})
+            return await c.post(
+                "/api/v1/reservations/101",
+                json={"seatIds": [290]},
+                headers={**auth(310), "Queue-Token": token, "Idempotency-Key": "lt-1"},
+            )
 
     resp = asyncio.run(run())
     assert resp.status_code == 409 and resp.json()["error"] == "LOCK_TIMEOUT"
@@ -171,8 +201,9 @@ def test_lock_timeout_is_409_with_its_own_code(sut):
 # ------------------------------------------------------------------------------------------ points
 async def charge_together(base: str, user: int, n: int, amount: int) -> tuple[list, int]:
     async with client(base) as c:
-        rs = await together(n, lambda _i: c.post("/api/v1/users/me/points/charges", json={"amount": amount},
-                                                 headers=auth(user)))
+        rs = await together(
+            n, lambda _i: c.post("/api/v1/users/me/points/charges", json={"amount": amount}, headers=auth(user))
+        )
         balance = (await c.get("/api/v1/users/me/points", headers=auth(user))).json()["balance"]
     return rs, balance
 
@@ -190,26 +221,33 @@ def test_charge_validation(sut):
     async def run():
         async with client(sut.base) as c:
             post = c.post
-            return [(await post("/api/v1/users/me/points/charges", json={"amount": 5})).status_code,
-                    (await post("/api/v1/users/me/points/charges", json={"amount": 0}, headers=auth(1))).status_code,
-                    (await post("/api/v1/users/me/points/charges", json={"amount": "5"},
-                                headers=auth(1))).status_code,
-                    (await post("/api/v1/users/me/points/charges", json={"amount": 5},
-                                headers=auth(999_999))).status_code]
+            return [
+                (await post("/api/v1/users/me/points/charges", json={"amount": 5})).status_code,
+                (await post("/api/v1/users/me/points/charges", json={"amount": 0}, headers=auth(1))).status_code,
+                (await post("/api/v1/users/me/points/charges", json={"amount": "5"}, headers=auth(1))).status_code,
+                (await post("/api/v1/users/me/points/charges", json={"amount": 5}, headers=auth(999_999))).status_code,
+            ]
 
     assert asyncio.run(run()) == [401, 400, 400, 404]
 
 
 # ------------------------------------------------------------------------------------------ saga
-async def reserve_and_pay(c: httpx.AsyncClient, user: int, seats: list[int], amount: int,
-                          target: int | None = None) -> tuple[dict, dict]:
+async def reserve_and_pay(
+    c: httpx.AsyncClient, user: int, seats: list[int], amount: int, target: int | None = None
+) -> tuple[dict, dict]:
     token = await entered_token(c, user, target)
-    r = await c.post("/api/v1/reservations/101", json={"seatIds": seats},
-                     headers={**auth(user), "Queue-Token": token, "Idempotency-Key": f"res-{user}"})
+    r = await c.post(
+        "/api/v1/reservations/101",
+        json={"seatIds": seats},
+        headers={**auth(user), "Queue-Token": token, "Idempotency-Key": f"res-{user}"},
+    )
     assert r.status_code == 200, r.text
     res = r.json()
-    p = await c.post("/api/v1/payments/", json={"reservationId": res["reservationId"], "amount": amount},
-                     headers={**auth(user), "Idempotency-Key": f"pay-{user}"})
+    p = await c.post(
+        "/api/v1/payments/",
+        json={"reservationId": res["reservationId"], "amount": amount},
+        headers={**auth(user), "Idempotency-Key": f"pay-{user}"},
+    )
     assert p.status_code == 200, p.text
     return res, p.json()
 
@@ -246,8 +284,10 @@ def test_saga_compensation_and_completion_at_default_interval(sut):
     assert sut.sql("SELECT status FROM payment WHERE id = ?", pid) == [("FAILED",)]
     assert set(sut.sql("SELECT status FROM reservation WHERE id = ?", res_p["reservationId"])) == {("CANCELLED",)}
     assert set(sut.sql("SELECT status FROM seat WHERE id IN (20, 21)")) == {("AVAILABLE",)}
-    assert sut.sql("SELECT event_type, status FROM payment_outbox WHERE aggregate_id = ? ORDER BY created_at",
-                   pid) == [("UsePointCommand", "PUBLISHED"), ("CancelSeatsCommand", "PUBLISHED")]
+    assert sut.sql("SELECT event_type, status FROM payment_outbox WHERE aggregate_id = ? ORDER BY created_at", pid) == [
+        ("UsePointCommand", "PUBLISHED"),
+        ("CancelSeatsCommand", "PUBLISHED"),
+    ]
     assert sut.sql("SELECT balance FROM point_wallet WHERE user_id = ?", poor) == [(10_000,)]
     assert fin_r["status"] == "COMPLETED" and took_r < 10.0
     assert set(sut.sql("SELECT status FROM seat WHERE id IN (22, 23)")) == {("SOLD",)}
@@ -260,10 +300,12 @@ def test_saga_compensation_and_completion_at_default_interval(sut):
 
 def test_payment_rules(sut):
     """Idempotent replay, one payment per reservation, ownership, validation."""
+
     async def run():
         async with client(sut.base) as c:
             res, pay = await reserve_and_pay(c, 420, [30], 75_000)
             body = {"reservationId": res["reservationId"], "amount": 75_000}
+
             def post(json, headers):
                 return c.post("/api/v1/payments/", json=json, headers=headers)
 
@@ -272,14 +314,19 @@ def test_payment_rules(sut):
                 "second": await post(body, {**auth(420), "Idempotency-Key": "again"}),
                 "other_user": await post(body, {**auth(421), "Idempotency-Key": "x"}),
                 "no_key": await post(body, auth(420)),
-                "no_amount": await post({"reservationId": res["reservationId"]},
-                                        {**auth(420), "Idempotency-Key": "y"}),
+                "no_amount": await post({"reservationId": res["reservationId"]}, {**auth(420), "Idempotency-Key": "y"}),
                 "foreign_get": await c.get(f"/api/v1/payments/{pay['paymentId']}", headers=auth(421)),
             }
 
     pay, r = asyncio.run(run())
     assert {k: v.status_code for k, v in r.items()} == {
-        "replay": 200, "second": 409, "other_user": 404, "no_key": 400, "no_amount": 400, "foreign_get": 404}
+        "replay": 200,
+        "second": 409,
+        "other_user": 404,
+        "no_key": 400,
+        "no_amount": 400,
+        "foreign_get": 404,
+    }
     assert r["replay"].json()["paymentId"] == pay["paymentId"]
     assert sut.sql("SELECT COUNT(*) FROM payment WHERE user_id = ?", 420) == [(1,)]
 
@@ -292,11 +339,11 @@ def test_queue_200_users_50_entered_positions_then_promotion(sut):
 
     async def run():
         async with client(sut.base) as c:
-            issued = await together(200, lambda i: c.post(f"/api/v1/queues/tokens/{target}",
-                                                          headers=auth(users[i])))
+            issued = await together(200, lambda i: c.post(f"/api/v1/queues/tokens/{target}", headers=auth(users[i])))
             again = await c.post(f"/api/v1/queues/tokens/{target}", headers=auth(users[0]))
-            polled = await together(200, lambda i: c.post("/api/v1/queues/enter",
-                                                          headers={"Queue-Token": issued[i].json()["token"]}))
+            polled = await together(
+                200, lambda i: c.post("/api/v1/queues/enter", headers={"Queue-Token": issued[i].json()["token"]})
+            )
             by_token = {r.json()["token"]: r.json() for r in polled}
             first = next(b for b in by_token.values() if b["position"] == 1)
             entered = next(b for b in by_token.values() if b["status"] == "ENTERED")
@@ -308,8 +355,9 @@ def test_queue_200_users_50_entered_positions_then_promotion(sut):
                 if now["status"] == "ENTERED":
                     break
                 await asyncio.sleep(0.2)
-            after = await together(200, lambda i: c.post("/api/v1/queues/enter",
-                                                         headers={"Queue-Token": issued[i].json()["token"]}))
+            after = await together(
+                200, lambda i: c.post("/api/v1/queues/enter", headers={"Queue-Token": issued[i].json()["token"]})
+            )
             return issued, again, polled, final, now, after
 
     issued, again, polled, final, promoted, after = asyncio.run(run())
@@ -331,16 +379,31 @@ def test_queue_200_users_50_entered_positions_then_promotion(sut):
 def test_health_metrics_and_admin(sut):
     assert httpx.get(sut.base + "/health").json()["status"] == "ok"
     text = httpx.get(sut.base + "/metrics").text
-    for name in ("sut_http_request_duration_seconds_bucket", "sut_db_pool_size", "sut_db_pool_in_use",
-                 "sut_db_pool_waiting", "sut_db_pool_timeouts_total", "sut_process_resident_memory_bytes",
-                 "sut_gc_pause_seconds_bucket", "sut_redis_used_memory_bytes", "sut_bus_consumer_lag_messages",
-                 "sut_bus_consumer_lag_seconds", "sut_outbox_pending", "sut_outbox_oldest_age_seconds",
-                 "sut_lock_wait_timeouts_total", "sut_saga_duration_seconds_bucket"):
+    for name in (
+        "sut_http_request_duration_seconds_bucket",
+        "sut_db_pool_size",
+        "sut_db_pool_in_use",
+        "sut_db_pool_waiting",
+        "sut_db_pool_timeouts_total",
+        "sut_process_resident_memory_bytes",
+        "sut_gc_pause_seconds_bucket",
+        "sut_redis_used_memory_bytes",
+        "sut_bus_consumer_lag_messages",
+        "sut_bus_consumer_lag_seconds",
+        "sut_outbox_pending",
+        "sut_outbox_oldest_age_seconds",
+        "sut_lock_wait_timeouts_total",
+        "sut_saga_duration_seconds_bucket",
+    ):
         assert name in text, name
     assert "sut_db_pool_size 5.0" in text
     assert httpx.post(sut.base + "/admin/seed", json={}).status_code == 401
-    assert httpx.post(sut.base + "/admin/cleanup", json={"since": "2020-01-01T00:00:00Z"},
-                      headers={"X-Admin-Token": "wrong"}).status_code == 401
+    assert (
+        httpx.post(
+            sut.base + "/admin/cleanup", json={"since": "2020-01-01T00:00:00Z"}, headers={"X-Admin-Token": "wrong"}
+        ).status_code
+        == 401
+    )
     assert httpx.get(sut.base + "/admin/settings", headers=ADMIN).json()["db_pool_size"] == 5
     concerts = httpx.get(sut.base + "/api/v1/concerts/").json()
     assert concerts[0]["concertId"] == 1 and concerts[0]["shows"][0]["showId"] == 101
@@ -359,8 +422,11 @@ def test_cleanup_deletes_what_a_test_created(sut):
         async with client(sut.base) as c:
             await c.post("/api/v1/users/me/points/charges", json={"amount": 5_000}, headers=auth(460))
             token = await entered_token(c, 460)
-            r = await c.post("/api/v1/reservations/101", json={"seatIds": [70]},
-                             headers={**auth(460), "Queue-Token": token, "Idempotency-Key": "cleanup-1"})
+            r = await c.post(
+                "/api/v1/reservations/101",
+                json={"seatIds": [70]},
+                headers={**auth(460), "Queue-Token": token, "Idempotency-Key": "cleanup-1"},
+            )
             assert r.status_code == 200
             return r.json()
 

@@ -18,18 +18,32 @@ from test_sut_core import charge_together, reserve_and_pay, tc1, tc1_violations,
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory):
     """no_lock, lost_update and no_compensation at once (they touch different paths), rank positions."""
-    with run_sut(tmp_path_factory.mktemp("faults-a"), faults="no_lock,lost_update,no_compensation,leak",
-                 leak_bytes=262_144, outbox_interval_seconds=0.2, position_strategy="rank", concert_cache=1,
-                 concert_cache_ttl_seconds=60, concert_query_ms=300) as s:
+    with run_sut(
+        tmp_path_factory.mktemp("faults-a"),
+        faults="no_lock,lost_update,no_compensation,leak",
+        leak_bytes=262_144,
+        outbox_interval_seconds=0.2,
+        position_strategy="rank",
+        concert_cache=1,
+        concert_cache_ttl_seconds=60,
+        concert_query_ms=300,
+    ) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def stuck(tmp_path_factory):
     """stuck_outbox and lock_timeout_500, a 0.3 s lock wait, a 4 s token TTL and 3 s holds."""
-    with run_sut(tmp_path_factory.mktemp("faults-b"), faults="stuck_outbox,lock_timeout_500",
-                 lock_wait_seconds=0.3, queue_ttl_seconds=4, queue_sweep_seconds=0.2, hold_minutes=0.05,
-                 hold_sweep_seconds=0.2, concert_query_ms=300) as s:
+    with run_sut(
+        tmp_path_factory.mktemp("faults-b"),
+        faults="stuck_outbox,lock_timeout_500",
+        lock_wait_seconds=0.3,
+        queue_ttl_seconds=4,
+        queue_sweep_seconds=0.2,
+        hold_minutes=0.05,
+        hold_sweep_seconds=0.2,
+        concert_query_ms=300,
+    ) as s:
         yield s
 
 
@@ -58,8 +72,9 @@ def test_no_compensation_leaves_seats_held(broken):
     res, pay, final = asyncio.run(run())
     assert final["status"] == "FAILED"
     assert set(broken.sql("SELECT status FROM seat WHERE id IN (20, 21)")) == {("HELD",)}
-    assert broken.sql("SELECT event_type FROM payment_outbox WHERE aggregate_id = ?",
-                      pay["paymentId"]) == [("UsePointCommand",)]
+    assert broken.sql("SELECT event_type FROM payment_outbox WHERE aggregate_id = ?", pay["paymentId"]) == [
+        ("UsePointCommand",)
+    ]
 
 
 def test_rank_strategy_positions(broken):
@@ -67,10 +82,10 @@ def test_rank_strategy_positions(broken):
 
     async def run():
         async with client(broken.base) as c:
-            issued = await together(200, lambda i: c.post(f"/api/v1/queues/tokens/{target}",
-                                                          headers=auth(1001 + i)))
-            polled = await together(200, lambda i: c.post("/api/v1/queues/enter",
-                                                          headers={"Queue-Token": issued[i].json()["token"]}))
+            issued = await together(200, lambda i: c.post(f"/api/v1/queues/tokens/{target}", headers=auth(1001 + i)))
+            polled = await together(
+                200, lambda i: c.post("/api/v1/queues/enter", headers={"Queue-Token": issued[i].json()["token"]})
+            )
             return issued, polled
 
     issued, polled = asyncio.run(run())
@@ -89,8 +104,11 @@ def test_lock_timeout_500(stuck):
     async def run():
         async with client(stuck.base) as c:
             token = await entered_token(c, 5)
-            return await c.post("/api/v1/reservations/101", json={"seatIds": [5]}, headers={
-                **auth(5), "Queue-Token": token, "Idempotency-Key": "lt-500"})
+            return await c.post(
+                "/api/v1/reservations/101",
+                json={"seatIds": [5]},
+                headers={**auth(5), "Queue-Token": token, "Idempotency-Key": "lt-500"},
+            )
 
     resp = asyncio.run(run())
     r.close()
@@ -109,8 +127,9 @@ def test_stuck_outbox_leaves_payments_pending(stuck):
     assert stuck.sql("SELECT status FROM payment_outbox WHERE aggregate_id = ?", pay["paymentId"]) == [("PENDING",)]
     metrics = httpx.get(stuck.base + "/metrics").text
     assert "sut_outbox_pending 1.0" in metrics
-    age = float(next(line.split()[1] for line in metrics.splitlines()
-                     if line.startswith("sut_outbox_oldest_age_seconds ")))
+    age = float(
+        next(line.split()[1] for line in metrics.splitlines() if line.startswith("sut_outbox_oldest_age_seconds "))
+    )
     assert age >= 1.0
 
 
@@ -160,15 +179,22 @@ def test_concert_list_is_cached(broken):
         async with client(broken.base) as c:
             first = (await c.get("/api/v1/concerts/")).json()
             token = await entered_token(c, 480)
-            r = await c.post("/api/v1/reservations/101", json={"seatIds": [60]},
-                             headers={**auth(480), "Queue-Token": token, "Idempotency-Key": "cache-1"})
+            r = await c.post(
+                "/api/v1/reservations/101",
+                json={"seatIds": [60]},
+                headers={**auth(480), "Queue-Token": token, "Idempotency-Key": "cache-1"},
+            )
             assert r.status_code == 200
             return first, (await c.get("/api/v1/concerts/")).json()
 
     first, second = asyncio.run(run())
     assert first == second  # served from Redis although a seat was just taken
     r = redis.Redis.from_url(broken.redis_url)
-    assert r.pttl("sut:cache:concerts") > 50_000
+    for _ in range(40):  # when the 60 s entry (filled at start-up) just expired, one rebuild (300 ms) is under way
+        if r.pttl("sut:cache:concerts") > 0:
+            break
+        time.sleep(0.1)
+    assert 0 < r.pttl("sut:cache:concerts") <= 60_000, [(k, r.pttl(k)) for k in r.keys("*cache*")]
     r.close()
 
 
@@ -191,12 +217,43 @@ def test_slow_concert_list_holds_pool_connections_and_the_cache_avoids_it(stuck,
     assert cached < 0.3
 
 
+def test_cache_expiry_serves_the_previous_list_while_one_request_rebuilds_it(tmp_path):
+    """Stale-while-revalidate: when the entry expires, ten requests at once get the previous body at once
+    (no stampede of 1 s queries); one rebuild refreshes it in the background."""
+    with run_sut(tmp_path, concert_cache=1, concert_cache_ttl_seconds=0.5, concert_query_ms=1000) as s:
+
+        async def run():
+            async with client(s.base) as c:
+                for _ in range(50):  # warmed at start-up: the first request does not pay for the build
+                    t0 = time.perf_counter()
+                    first = await c.get("/api/v1/concerts/")
+                    if time.perf_counter() - t0 < 0.5:
+                        break
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(0.7)  # the fresh entry has expired
+                t0 = time.perf_counter()
+                rs = await together(10, lambda i: c.get("/api/v1/concerts/"))
+                expired = time.perf_counter() - t0
+                await asyncio.sleep(1.3)  # the background rebuild (1 s) has landed
+                return first, rs, expired
+
+        first, rs, expired = asyncio.run(run())
+        assert [r.status_code for r in rs] == [200] * 10 and all(r.json() == first.json() for r in rs)
+        assert expired < 0.6  # nobody waited for the 1 s query
+        r = redis.Redis.from_url(s.redis_url)
+        assert r.pttl("sut:cache:concerts") > 0  # rebuilt
+        r.close()
+
+
 def test_expired_hold_frees_its_seats(stuck):
     async def run():
         async with client(stuck.base) as c:
             token = await entered_token(c, 90)
-            r = await c.post("/api/v1/reservations/101", json={"seatIds": [50, 51]},
-                             headers={**auth(90), "Queue-Token": token, "Idempotency-Key": "hold-1"})
+            r = await c.post(
+                "/api/v1/reservations/101",
+                json={"seatIds": [50, 51]},
+                headers={**auth(90), "Queue-Token": token, "Idempotency-Key": "hold-1"},
+            )
             return r.json()
 
     res = asyncio.run(run())
@@ -234,9 +291,12 @@ def test_admin_reset_restores_the_start_state(stuck):
 def foreign_defects(tmp_path_factory):
     """Defects seen in a real third-party service: a taken seat answered 400, a lock timeout as a bare 500,
     admission that never follows a payment, an Idempotency-Key ignored."""
-    with run_sut(tmp_path_factory.mktemp("faults-c"),
-                 faults="taken_seat_400,lock_timeout_500_bare,admission_stall,no_idempotency",
-                 lock_wait_seconds=0.3, outbox_interval_seconds=0.2) as s:
+    with run_sut(
+        tmp_path_factory.mktemp("faults-c"),
+        faults="taken_seat_400,lock_timeout_500_bare,admission_stall,no_idempotency",
+        lock_wait_seconds=0.3,
+        outbox_interval_seconds=0.2,
+    ) as s:
         yield s
 
 
@@ -253,8 +313,11 @@ def test_lock_timeout_500_bare_has_no_code_and_no_hint(foreign_defects):
     async def run():
         async with client(foreign_defects.base) as c:
             token = await entered_token(c, 2100)
-            return await c.post("/api/v1/reservations/101", json={"seatIds": [8]}, headers={
-                **auth(2100), "Queue-Token": token, "Idempotency-Key": "lt-bare"})
+            return await c.post(
+                "/api/v1/reservations/101",
+                json={"seatIds": [8]},
+                headers={**auth(2100), "Queue-Token": token, "Idempotency-Key": "lt-bare"},
+            )
 
     resp = asyncio.run(run())
     r.close()
@@ -289,8 +352,14 @@ def test_no_idempotency_runs_a_replayed_key_again(foreign_defects):
     async def run():
         async with client(foreign_defects.base) as c:
             token = await entered_token(c, 3100)
-            send = lambda: c.post("/api/v1/reservations/101", json={"seatIds": [61]}, headers={  # noqa: E731
-                **auth(3100), "Queue-Token": token, "Idempotency-Key": "replayed"})
+
+            def send():
+                return c.post(
+                    "/api/v1/reservations/101",
+                    json={"seatIds": [61]},
+                    headers={**auth(3100), "Queue-Token": token, "Idempotency-Key": "replayed"},
+                )
+
             return await send(), await send()
 
     first, second = asyncio.run(run())

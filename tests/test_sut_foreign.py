@@ -160,10 +160,17 @@ def test_rollback_cleans_up_through_sql_where_there_is_no_admin_api(foreign):
     from soundcheck.profile import parse_profile
     from tasks.safety import rollback_steps_for
 
-    prof = parse_profile({"name": "f", "target": {"dialect": "original", "schema_map": "original"},
-                          "environment": {"local": {"settings": {"foreign": True}}}})
-    handle = SimpleNamespace(base_url=foreign.base, endpoints=SimpleNamespace(
-        extra={"write_database_url": foreign.db_url.replace("+aiosqlite", "")}))
+    prof = parse_profile(
+        {
+            "name": "f",
+            "target": {"dialect": "original", "schema_map": "original"},
+            "environment": {"local": {"settings": {"foreign": True}}},
+        }
+    )
+    handle = SimpleNamespace(
+        base_url=foreign.base,
+        endpoints=SimpleNamespace(extra={"write_database_url": foreign.db_url.replace("+aiosqlite", "")}),
+    )
     steps = rollback_steps_for(prof, handle, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
     said = steps["delete_test_data"]()
     assert "payments: " in said and "reservations: " in said

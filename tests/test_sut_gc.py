@@ -50,15 +50,19 @@ def test_gauge_is_the_max_over_worker_processes(tmp_path: Path) -> None:
     for pause in ("0.12", "0.21"):  # two workers, one pause each
         subprocess.run([sys.executable, "-c", WORKER, pause], cwd=ROOT, env=env, check=True, timeout=60)
     render = "from infra.sut import metrics; import sys; sys.stdout.write(metrics.render([]).decode())"
-    text = subprocess.run([sys.executable, "-c", render], cwd=ROOT, env=env, check=True, timeout=60,
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-c", render], cwd=ROOT, env=env, check=True, timeout=60, capture_output=True, text=True
+    ).stdout
     values = [float(v) for v in re.findall(r"^sut_gc_pause_max_seconds(?:\{[^}]*\})? (\S+)$", text, re.M)]
     assert len(values) == 1 and 0.21 <= values[0] < 0.25, text  # one merged series: the larger pause
 
 
 def test_reference_map_reads_the_gauge_and_the_service_freezes_its_heap(tmp_path: Path) -> None:
-    gc_map = {k: v for k, v in load_metric_map(str(ROOT / "deployments/metric_maps/reference.yaml")).items()
-              if k == "gc_pause_max_s"}
+    gc_map = {
+        k: v
+        for k, v in load_metric_map(str(ROOT / "deployments/metric_maps/reference.yaml")).items()
+        if k == "gc_pause_max_s"
+    }
     assert gc_map == {"gc_pause_max_s": "max(sut_gc_pause_max_seconds)"}
     with run_sut(tmp_path, seed_users=2000) as sut:
         text = httpx.get(sut.base + "/metrics").text

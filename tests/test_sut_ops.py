@@ -67,21 +67,38 @@ def test_outbox_retries_then_fails(tmp_path):
         svc, emb = await _services(tmp_path, bus, outbox_retry_seconds=0.0, outbox_max_retries=3)
         try:
             async with svc.db.begin() as conn:
-                await conn.execute(insert(payment_outbox).values(
-                    aggregate_id=1, event_type="UsePointCommand", payload="{}", status="PENDING", attempts=0,
-                    next_attempt_at=utcnow(), created_at=utcnow()))
+                await conn.execute(
+                    insert(payment_outbox).values(
+                        aggregate_id=1,
+                        event_type="UsePointCommand",
+                        payload="{}",
+                        status="PENDING",
+                        attempts=0,
+                        next_attempt_at=utcnow(),
+                        created_at=utcnow(),
+                    )
+                )
             states = []
             for _ in range(5):
                 await outbox.publish_once(svc)
                 async with svc.db.connect() as conn:
-                    states.append(tuple((await conn.execute(select(payment_outbox.c.status,
-                                                                   payment_outbox.c.attempts))).one()))
+                    states.append(
+                        tuple((await conn.execute(select(payment_outbox.c.status, payment_outbox.c.attempts))).one())
+                    )
             # a healthy bus publishes the next row and marks it PUBLISHED
             bus.fail = False
             async with svc.db.begin() as conn:
-                await conn.execute(insert(payment_outbox).values(
-                    aggregate_id=2, event_type="UsePointCommand", payload='{"paymentId": 2}', status="PENDING",
-                    attempts=0, next_attempt_at=utcnow(), created_at=utcnow()))
+                await conn.execute(
+                    insert(payment_outbox).values(
+                        aggregate_id=2,
+                        event_type="UsePointCommand",
+                        payload='{"paymentId": 2}',
+                        status="PENDING",
+                        attempts=0,
+                        next_attempt_at=utcnow(),
+                        created_at=utcnow(),
+                    )
+                )
             published = await outbox.publish_once(svc)
             return states, published, bus.sent
         finally:
@@ -97,9 +114,17 @@ def test_failed_publish_waits_for_the_retry_interval(tmp_path):
         svc, emb = await _services(tmp_path, RecordingBus(fail=True), outbox_retry_seconds=60.0)
         try:
             async with svc.db.begin() as conn:
-                await conn.execute(insert(payment_outbox).values(
-                    aggregate_id=1, event_type="UsePointCommand", payload="{}", status="PENDING", attempts=0,
-                    next_attempt_at=utcnow(), created_at=utcnow()))
+                await conn.execute(
+                    insert(payment_outbox).values(
+                        aggregate_id=1,
+                        event_type="UsePointCommand",
+                        payload="{}",
+                        status="PENDING",
+                        attempts=0,
+                        next_attempt_at=utcnow(),
+                        created_at=utcnow(),
+                    )
+                )
             await outbox.publish_once(svc)
             await outbox.publish_once(svc)
             async with svc.db.connect() as conn:
@@ -118,10 +143,16 @@ def test_redelivered_command_changes_nothing(tmp_path):
         svc, emb = await _services(tmp_path, bus)
         try:
             async with svc.db.begin() as conn:
-                await conn.execute(insert(point_wallet).values(user_id=5, balance=200_000, created_at=utcnow(),
-                                                               updated_at=utcnow()))
-            msg = Message("1-0", "points", "UsePointCommand", "outbox:9",
-                          {"paymentId": 9, "userId": 5, "amount": 150_000, "reservationId": "r"})
+                await conn.execute(
+                    insert(point_wallet).values(user_id=5, balance=200_000, created_at=utcnow(), updated_at=utcnow())
+                )
+            msg = Message(
+                "1-0",
+                "points",
+                "UsePointCommand",
+                "outbox:9",
+                {"paymentId": 9, "userId": 5, "amount": 150_000, "reservationId": "r"},
+            )
             await asyncio.gather(saga.on_points(svc, msg), saga.on_points(svc, msg))
             await saga.on_points(svc, msg)
             async with svc.db.connect() as conn:
@@ -150,8 +181,11 @@ def test_metrics_are_merged_across_worker_processes(tmp_path):
         for _ in range(8):
             with httpx.Client(base_url=sut.base) as c:  # new connections: scrapes land on either worker
                 text = c.get("/metrics").text
-            m = re.search(r'sut_http_request_duration_seconds_count\{method="GET",route="/api/v1/concerts/",'
-                          r'status="200"\} ([0-9.]+)', text)
+            m = re.search(
+                r'sut_http_request_duration_seconds_count\{method="GET",route="/api/v1/concerts/",'
+                r'status="200"\} ([0-9.]+)',
+                text,
+            )
             counts.add(float(m.group(1)))
             sizes.add(re.search(r"^sut_db_pool_size ([0-9.]+)", text, re.M).group(1))
     assert counts == {40.0}
@@ -163,8 +197,9 @@ def test_pool_exhaustion_times_out_and_is_counted(tmp_path):
     from infra.sut.db import PoolTimeout
 
     async def run():
-        db = Database(Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}", db_pool_size=1,
-                               db_pool_timeout=0.2))
+        db = Database(
+            Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}", db_pool_size=1, db_pool_timeout=0.2)
+        )
         before = metrics.POOL_TIMEOUTS._value.get()
         try:
             async with db.connect():

@@ -27,14 +27,19 @@ def test_expected_answers_follow_the_plan():
 
 
 def test_answers_table_counts_by_endpoint_and_status_without_setup_calls():
-    seconds = pd.DataFrame([
-        {"endpoint": "API-3", "codes": {"200": 5, "409": 90, "400": 3}},
-        {"endpoint": "API-3", "codes": {"400": 2, "0": 4}},
-        {"endpoint": "ADMIN", "codes": {"401": 1}},
-    ])
+    seconds = pd.DataFrame(
+        [
+            {"endpoint": "API-3", "codes": {"200": 5, "409": 90, "400": 3}},
+            {"endpoint": "API-3", "codes": {"400": 2, "0": 4}},
+            {"endpoint": "ADMIN", "codes": {"401": 1}},
+        ]
+    )
     a = answers(seconds)
     assert set(map(tuple, a[["endpoint", "status", "count"]].values.tolist())) == {
-        ("API-3", 200, 5), ("API-3", 400, 5), ("API-3", 409, 90)}  # no answer (0) and set-up calls left out
+        ("API-3", 200, 5),
+        ("API-3", 400, 5),
+        ("API-3", 409, 90),
+    }  # no answer (0) and set-up calls left out
     bad = unexpected_answers(seconds)
     assert bad[["endpoint", "status", "count"]].values.tolist() == [["API-3", 400, 5]]
 
@@ -44,15 +49,33 @@ def _add_answers(engine, scenario: str, endpoint: str, codes: dict[str, int]) ->
         sid = c.execute(select(store.scenario_runs.c.id).where(store.scenario_runs.c.scenario == scenario)).scalar()
     n = sum(codes.values())
     with engine.begin() as c:
-        c.execute(insert(store.second_aggregates), [{
-            "scenario_run_id": sid, "second": T0 + 1, "endpoint": endpoint, "count": n, "s2xx": 0, "s3xx": 0,
-            "s4xx": n, "s5xx": 0, "failed": 0, "codes": codes, "p50_ms": 5.0, "p95_ms": 9.0, "p99_ms": 10.0,
-            "max_ms": 12.0}])
+        c.execute(
+            insert(store.second_aggregates),
+            [
+                {
+                    "scenario_run_id": sid,
+                    "second": T0 + 1,
+                    "endpoint": endpoint,
+                    "count": n,
+                    "s2xx": 0,
+                    "s3xx": 0,
+                    "s4xx": n,
+                    "s5xx": 0,
+                    "failed": 0,
+                    "codes": codes,
+                    "p50_ms": 5.0,
+                    "p95_ms": 9.0,
+                    "p99_ms": 10.0,
+                    "max_ms": 12.0,
+                }
+            ],
+        )
     return sid
 
 
-@pytest.mark.parametrize("scenario,endpoint,status", [("race", "API-3", "400"), ("spike", "API-2", "404"),
-                                                       ("points", "API-6", "401")])
+@pytest.mark.parametrize(
+    "scenario,endpoint,status", [("race", "API-3", "400"), ("spike", "API-2", "404"), ("points", "API-6", "401")]
+)
 def test_an_answer_the_plan_does_not_expect_blocks_named(tmp_path, validator, scenario, endpoint, status):
     engine = new_store(tmp_path)
     try:

@@ -13,8 +13,16 @@ from tests.verdict_data import build_run, new_store
 
 def _profile(tmp_path, name="local", **extra):
     p = tmp_path / f"{name}-{len(extra)}.yaml"
-    p.write_text(yaml.safe_dump({"name": name, "store_url": f"sqlite:///{tmp_path}/results.db",
-                                 "output_dir": str(tmp_path / "runs"), **extra}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "store_url": f"sqlite:///{tmp_path}/results.db",
+                "output_dir": str(tmp_path / "runs"),
+                **extra,
+            }
+        )
+    )
     return p
 
 

@@ -16,8 +16,10 @@ LIMITS = {"queue_capacity": 2, "queue_ttl_seconds": 1800.0, "admission_period_s"
 
 
 def k6(*rows: tuple[float, str, float, dict[str, str]]) -> pd.DataFrame:
-    return pd.DataFrame([{"ts": T0 + t, "metric": m, "value": v, "tags": tags} for t, m, v, tags in rows],
-                        columns=["ts", "metric", "value", "tags"])
+    return pd.DataFrame(
+        [{"ts": T0 + t, "metric": m, "value": v, "tags": tags} for t, m, v, tags in rows],
+        columns=["ts", "metric", "value", "tags"],
+    )
 
 
 def issue(t: float, status: str) -> tuple[float, str, float, dict[str, str]]:
@@ -87,9 +89,11 @@ def test_give_ups_are_explained_by_the_limit_unless_the_queue_owed_a_place():
 
 
 def test_every_journey_is_accounted_for():
-    journeys = [(0.0, "sc_journey", 0.0, {"outcome": "entered", "how": "paid_COMPLETED", "at_issue": "ENTERED"}),
-                (0.1, "sc_journey", 0.0, {"outcome": "entered", "how": "seat_taken", "at_issue": "ENTERED"}),
-                (40.0, "sc_journey", 39.8, {"outcome": "gave_up", "how": "limit", "at_issue": "WAITING"})]
+    journeys = [
+        (0.0, "sc_journey", 0.0, {"outcome": "entered", "how": "paid_COMPLETED", "at_issue": "ENTERED"}),
+        (0.1, "sc_journey", 0.0, {"outcome": "entered", "how": "seat_taken", "at_issue": "ENTERED"}),
+        (40.0, "sc_journey", 39.8, {"outcome": "gave_up", "how": "limit", "at_issue": "WAITING"}),
+    ]
     data = k6(*BASE, *journeys, gave_up(40.0))
     s = journey_summary(data, QueueFlow.from_samples(data, LIMITS, None)).iloc[0]
     assert (s.issued, s.journeys, s.unaccounted, s.entered_at_issue, s.gave_up) == (4, 3, 1, 2, 1)
@@ -124,13 +128,18 @@ def test_the_healthy_queue_passes(engine, validator):
 def test_the_wait_kpi_is_over_everyone():
     """150 gave up at 20 s, 1 admitted at 4 s, 50 ENTERED at issue: p95 not reached (a lower bound of 20 s),
     not the 4 s the survivors alone would give."""
-    samples = {"sc_journey": [(T0, 0.0, {"outcome": "entered", "at_issue": "ENTERED"})] * 50
-               + [(T0, 4.0, {"outcome": "entered", "at_issue": "WAITING"})]
-               + [(T0, 20.0, {"outcome": "gave_up", "at_issue": "WAITING"})] * 150,
-               "sc_wait_until_entered_s": [(T0, 0.0, {})] * 50 + [(T0, 4.0, {})]}
+    samples = {
+        "sc_journey": [(T0, 0.0, {"outcome": "entered", "at_issue": "ENTERED"})] * 50
+        + [(T0, 4.0, {"outcome": "entered", "at_issue": "WAITING"})]
+        + [(T0, 20.0, {"outcome": "gave_up", "at_issue": "WAITING"})] * 150,
+        "sc_wait_until_entered_s": [(T0, 0.0, {})] * 50 + [(T0, 4.0, {})],
+    }
     k = {x.name: x.value for x in _wait_kpis(samples, "spike")}
-    assert k == {"wait_until_entered_s": 20.0, "wait_censored_share": pytest.approx(150 / 201),
-                 "wait_until_entered_max_s": 4.0}
+    assert k == {
+        "wait_until_entered_s": 20.0,
+        "wait_censored_share": pytest.approx(150 / 201),
+        "wait_until_entered_max_s": 4.0,
+    }
 
 
 def test_journeys_missing_are_not_measured(engine, validator):
@@ -142,8 +151,10 @@ def test_journeys_missing_are_not_measured(engine, validator):
 def test_a_target_that_never_admits_the_stage_users_is_a_finding(engine, validator):
     """The saga's set-up waited for admission in vain: the stage is unmeasured (INCONCLUSIVE item) and the
     target failed R-SPIKE-12 (BLOCK), named with what the set-up saw."""
-    why = ('k6 exited with code 107: level=error msg="Error: the target admitted 0 of 1 users within 60 s '
-           '(ADMISSION=wait); it should admit them all"')
+    why = (
+        'k6 exited with code 107: level=error msg="Error: the target admitted 0 of 1 users within 60 s '
+        '(ADMISSION=wait); it should admit them all"'
+    )
     v = judge(engine, validator, ("saga",), saga={"status": "K6_CRASHED", "reason": why})
     assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
     finding = next(c for c in v.checks if c.id == "R-SPIKE-12")

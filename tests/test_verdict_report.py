@@ -22,8 +22,13 @@ def blocked(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("verdict")
     engine = new_store(out)
-    build_run(engine, "run-block", ("race", "spike"), race={"tc1_200": 3, "tc1_rows": 3},
-              spike={"server": {"db_pool_in_use": 4}, "seconds": 20})
+    build_run(
+        engine,
+        "run-block",
+        ("race", "spike"),
+        race={"tc1_200": 3, "tc1_rows": 3},
+        spike={"server": {"db_pool_in_use": 4}, "seconds": 20},
+    )
     verdict = judge_run(engine, "run-block", parse_profile({"name": "test"}), out)
     publish_verdict(verdict, out, engine.url.render_as_string(hide_password=False))
     engine.dispose()
@@ -50,8 +55,17 @@ def test_report_is_self_contained(blocked):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "the report must open offline"
     assert "@import" not in html and "<script src" not in html
     assert html.count("data:image/png;base64,") >= 8  # latency, throughput, errors, pool, redis, lag, memory, gc
-    for needle in ("id=\"verdict-banner\"", "R-RACE-1", "raise_db_pool", "HikariCP maximum-pool-size 5 → 10",
-                   "decision trace", "DB pool use (n / size)", "Consumer lag", "GC pause", "Redis memory"):
+    for needle in (
+        'id="verdict-banner"',
+        "R-RACE-1",
+        "raise_db_pool",
+        "HikariCP maximum-pool-size 5 → 10",
+        "decision trace",
+        "DB pool use (n / size)",
+        "Consumer lag",
+        "GC pause",
+        "Redis memory",
+    ):
         assert needle in html
     png = (out / "headline.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -61,9 +75,18 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 
 def _chromium(tmp_path, *args):
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
-           *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'prof'}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
 
 
@@ -76,6 +99,9 @@ def test_report_renders_in_headless_chromium(blocked, tmp_path):
     dom = _chromium(tmp_path, "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-verdict="BLOCK"' in dom.stdout and "Deploy blocked" in dom.stdout
+    # the plan's dashboard figures lead, before the remediations, the trace and the detail (issue 18, §4.3)
+    order = [dom.stdout.index(f'id="{x}"') for x in ("dashboard", "remediations", "trace", "kpis")]
+    assert order == sorted(order) and "p95 response time" in dom.stdout
     shot = tmp_path / "shot.png"
     r = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1000,700", url)
     assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]

@@ -30,20 +30,38 @@ def test_all_on_target_approves(engine, validator):
     assert v.verdict == Decision.APPROVE, [t.why for t in v.trace]
     assert not failed(v) and not v.remediations
     ids = {c.id for c in v.checks}
-    assert {"R-RACE-1", "R-RACE-2", "R-RACE-3", "R-RACE-4", "R-RACE-5", "R-RACE-6", "R-SAGA-1", "R-SAGA-4",
-            "R-SAGA-6", "R-POINT-1", "R-SPIKE-1", "R-SPIKE-3", "R-SPIKE-5", "R-SOAK-1", "R-SOAK-2"} <= ids
+    assert {
+        "R-RACE-1",
+        "R-RACE-2",
+        "R-RACE-3",
+        "R-RACE-4",
+        "R-RACE-5",
+        "R-RACE-6",
+        "R-SAGA-1",
+        "R-SAGA-4",
+        "R-SAGA-6",
+        "R-POINT-1",
+        "R-SPIKE-1",
+        "R-SPIKE-3",
+        "R-SPIKE-5",
+        "R-SOAK-1",
+        "R-SOAK-2",
+    } <= ids
     assert v.trace[-1].subject == "verdict" and v.trace[-1].branch == Decision.APPROVE
     pool = next(k for k in v.kpis if k.name == "db_pool_use" and k.scenario == "spike" and k.phase is None)
     assert pool.value == pytest.approx(0.4) and pool.band == "target"
 
 
-@pytest.mark.parametrize(("server", "code", "detail"), [
-    ({"db_pool_in_use": 4}, "raise_db_pool", "5 → 10"),  # 80 %: "pool near 85 %"
-    ({"consumer_lag_messages": 300}, "raise_consumer_concurrency", "3 → 5"),
-    ({"db_cpu_percent": 80}, "add_read_replica", "replica"),
-    ({"redis_memory_bytes": 700 * MB}, "reduce_redis_memory", "TTL"),
-    ({"outbox_oldest_age_s": 15}, "shorten_outbox_interval", "5 s → 2 s"),
-])
+@pytest.mark.parametrize(
+    ("server", "code", "detail"),
+    [
+        ({"db_pool_in_use": 4}, "raise_db_pool", "5 → 10"),  # 80 %: "pool near 85 %"
+        ({"consumer_lag_messages": 300}, "raise_consumer_concurrency", "3 → 5"),
+        ({"db_cpu_percent": 80}, "add_read_replica", "replica"),
+        ({"redis_memory_bytes": 700 * MB}, "reduce_redis_memory", "TTL"),
+        ({"outbox_oldest_age_s": 15}, "shorten_outbox_interval", "5 s → 2 s"),
+    ],
+)
 def test_allowed_band_approves_with_tuning(engine, validator, server, code, detail):
     v = judge(engine, validator, ("spike",), spike={"server": server})
     assert v.verdict == Decision.APPROVE_WITH_TUNING, [t.why for t in v.trace]
@@ -139,8 +157,15 @@ def test_two_reservation_ids_in_tc3_block(engine, validator):
 
     rid = build_run(engine, "run-1", ("race",))
     with engine.begin() as c:
-        c.execute(insert(store.k6_samples).values(scenario_run_id=1, ts=1.0, metric="sc_tc3_reservation", value=1.0,
-                                                  tags={"status": "200", "reservationId": "r-other"}))
+        c.execute(
+            insert(store.k6_samples).values(
+                scenario_run_id=1,
+                ts=1.0,
+                metric="sc_tc3_reservation",
+                value=1.0,
+                tags={"status": "200", "reservationId": "r-other"},
+            )
+        )
     v = walk_tree(engine, rid, PROFILE, validator=validator)[0]
     assert v.verdict == Decision.BLOCK and "R-RACE-3" in failed(v)
 
@@ -151,8 +176,12 @@ def test_lost_point_update_blocks(engine, validator):
 
 
 def test_pool_exhaustion_under_spike_blocks_with_pool_remediation(engine, validator):
-    v = judge(engine, validator, ("spike",),
-              spike={"server": {"db_pool_size": 1, "db_pool_in_use": 1, "db_pool_timeouts_total": lambda i: i}})
+    v = judge(
+        engine,
+        validator,
+        ("spike",),
+        spike={"server": {"db_pool_size": 1, "db_pool_in_use": 1, "db_pool_timeouts_total": lambda i: i}},
+    )
     assert v.verdict == Decision.BLOCK
     assert "R-SPIKE-5" in failed(v)
     assert "raise_db_pool" in codes(v)
@@ -184,12 +213,15 @@ def test_flat_noisy_soak_has_no_trend(engine, validator):
     assert "R-SOAK-4" not in failed(v)
 
 
-@pytest.mark.parametrize(("stage", "needle"), [
-    ({"status": "K6_CRASHED"}, "status K6_CRASHED"),
-    ({"k6_cpu_share": 0.95}, "k6 CPU 95%"),
-    ({"dropped": 120}, "120 dropped iterations"),
-    ({"gap": 7}, "no missing seconds"),
-])
+@pytest.mark.parametrize(
+    ("stage", "needle"),
+    [
+        ({"status": "K6_CRASHED"}, "status K6_CRASHED"),
+        ({"k6_cpu_share": 0.95}, "k6 CPU 95%"),
+        ({"dropped": 120}, "120 dropped iterations"),
+        ({"gap": 7}, "no missing seconds"),
+    ],
+)
 def test_could_not_measure_is_inconclusive(engine, validator, stage, needle):
     v = judge(engine, validator, ("spike",), spike=stage)
     assert v.verdict == Decision.INCONCLUSIVE, [t.why for t in v.trace]
@@ -237,8 +269,12 @@ def test_throughput_judged_against_scaled_edges(engine, validator):
     assert v.verdict == Decision.APPROVE
     step = next(t for t in v.trace if t.subject == "kpi throughput_rps/soak")
     assert "--scale 0.02" in step.why and "1,000 → 20" in step.why
-    v2 = walk_tree(engine, build_run(engine, "run-2", ("soak",), scale=0.02, soak={"kpis": {"throughput_rps": 17.0}}),
-                   PROFILE, validator=validator)[0]
+    v2 = walk_tree(
+        engine,
+        build_run(engine, "run-2", ("soak",), scale=0.02, soak={"kpis": {"throughput_rps": 17.0}}),
+        PROFILE,
+        validator=validator,
+    )[0]
     assert v2.verdict == Decision.APPROVE_WITH_TUNING and "scale_out_app_servers" in codes(v2)
 
 
@@ -312,25 +348,43 @@ KPI_CASES = [
 ]
 #: a band for a KPI the plan does not band, so the catch-all rules are reachable
 EXTRA = parse_profile({"name": "test", "bands": {"wait_until_entered_s": {"target": 120, "allowed": 600}}})
-REQUIRED = {"spike": ["p95_ms", "error_rate", "throughput_rps", "db_pool_use", "db_pool_timeouts"],
-            "soak": ["p95_ms", "error_rate", "throughput_rps", "db_pool_use", "db_pool_timeouts", "memory_growth"],
-            "saga": ["saga_time_s", "consumer_lag"]}
+REQUIRED = {
+    "spike": ["p95_ms", "error_rate", "throughput_rps", "db_pool_use", "db_pool_timeouts"],
+    "soak": ["p95_ms", "error_rate", "throughput_rps", "db_pool_use", "db_pool_timeouts", "memory_growth"],
+    "saga": ["saga_time_s", "consumer_lag"],
+}
 
 
 def _facts(scenario, name, value, unit):
     """Every required KPI of the stage on target (neutral values), the tested one replaced."""
-    neutral = {"p95_ms": 100.0, "error_rate": 0.0, "throughput_rps": 1500.0, "db_pool_use": 0.3,
-               "db_pool_timeouts": 0.0, "memory_growth": 0.0, "saga_time_s": 5.0, "consumer_lag": 3.0}
+    neutral = {
+        "p95_ms": 100.0,
+        "error_rate": 0.0,
+        "throughput_rps": 1500.0,
+        "db_pool_use": 0.3,
+        "db_pool_timeouts": 0.0,
+        "memory_growth": 0.0,
+        "saga_time_s": 5.0,
+        "consumer_lag": 3.0,
+    }
     ks = [KPI(name=n, scenario=scenario, value=neutral[n], unit="") for n in REQUIRED[scenario] if n != name]
     return ks + [KPI(name=name, scenario=scenario, value=float(value), unit=unit)]
 
 
-@pytest.mark.parametrize(("rule_id", "scenario", "name", "value", "unit", "code"), KPI_CASES,
-                         ids=[f"{c[0]}-{c[2]}" for c in KPI_CASES])
+@pytest.mark.parametrize(
+    ("rule_id", "scenario", "name", "value", "unit", "code"), KPI_CASES, ids=[f"{c[0]}-{c[2]}" for c in KPI_CASES]
+)
 def test_each_kpi_rule(rule_id, scenario, name, value, unit, code):
     rule = next(r for r in TREE if r.id == rule_id)
-    v = decide(run_id="r", profile=EXTRA, started_at="", finished_at="", checks=[],
-               stages=[StageFacts(scenario, "COMPLETED", 0.2, 0)], kpis=_facts(scenario, name, value, unit))
+    v = decide(
+        run_id="r",
+        profile=EXTRA,
+        started_at="",
+        finished_at="",
+        checks=[],
+        stages=[StageFacts(scenario, "COMPLETED", 0.2, 0)],
+        kpis=_facts(scenario, name, value, unit),
+    )
     assert v.verdict == rule.branch, [t.why for t in v.trace]
     assert [r.code for r in v.remediations] == ([code] if code else [])
     if rule.branch != Decision.APPROVE:
@@ -340,17 +394,32 @@ def test_each_kpi_rule(rule_id, scenario, name, value, unit, code):
 
 def test_every_rule_has_a_case():
     assert {r.id for r in TREE} == {c[0] for c in KPI_CASES}
-    covered = {"not_run", "stage_status", "k6_saturated", "dropped_iterations", "coverage", "missing_metric",
-               "no_stages"}
+    covered = {
+        "not_run",
+        "stage_status",
+        "k6_saturated",
+        "dropped_iterations",
+        "coverage",
+        "missing_metric",
+        "no_stages",
+    }
     assert set(MEASUREMENT_RULES) == covered
 
 
 def test_ramp_phases_do_not_judge_throughput():
     ks = _facts("spike", "throughput_rps", 1500, "req/s") + [
         KPI(name="throughput_rps", scenario="spike", value=5.0, unit="req/s", phase="ramp_up"),
-        KPI(name="throughput_rps", scenario="spike", value=5.0, unit="req/s", phase="plateau")]
-    v = decide(run_id="r", profile=PROFILE, started_at="", finished_at="", checks=[],
-               stages=[StageFacts("spike", "COMPLETED", 0.2, 0)], kpis=ks)
+        KPI(name="throughput_rps", scenario="spike", value=5.0, unit="req/s", phase="plateau"),
+    ]
+    v = decide(
+        run_id="r",
+        profile=PROFILE,
+        started_at="",
+        finished_at="",
+        checks=[],
+        stages=[StageFacts("spike", "COMPLETED", 0.2, 0)],
+        kpis=ks,
+    )
     assert [k.band for k in ks if k.name == "throughput_rps"] == ["target", None, "action"]
     assert v.verdict == Decision.BLOCK
 
@@ -367,8 +436,9 @@ def test_lock_timeouts_are_read_from_the_k6_samples(engine, validator):
     assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
     r4 = [c for c in v.checks if c.id == "R-RACE-4" and not c.passed]
     assert any("tc2: 3 of 5 lock timeouts answered 5xx" in c.observed for c in r4), [c.observed for c in r4]
-    ok = walk_tree(engine, build_run(engine, "run-2", ("race",), race={"locks": {409: 2}}), PROFILE,
-                   validator=validator)[0]
+    ok = walk_tree(
+        engine, build_run(engine, "run-2", ("race",), race={"locks": {409: 2}}), PROFILE, validator=validator
+    )[0]
     assert ok.verdict == Decision.APPROVE, [t.why for t in ok.trace]
 
 
@@ -392,9 +462,18 @@ def test_sagas_that_never_finish_are_the_measurement(engine, validator):
 def test_an_aborted_stage_is_judged_on_what_it_measured(engine, validator):
     """pool_too_small: the spike aborted on sustained pool exhaustion before the load stage stored its client
     KPIs, with holes in its data. Its KPIs are still banded (the harm is what it measured): BLOCK, pool remedy."""
-    v = judge(engine, validator, ("spike",), spike={
-        "status": "ABORTED", "reason": "aborted on harm: DB pool exhausted", "gap": 7, "load_kpis": False,
-        "server": {"db_pool_size": 1, "db_pool_in_use": 1}})
+    v = judge(
+        engine,
+        validator,
+        ("spike",),
+        spike={
+            "status": "ABORTED",
+            "reason": "aborted on harm: DB pool exhausted",
+            "gap": 7,
+            "load_kpis": False,
+            "server": {"db_pool_size": 1, "db_pool_in_use": 1},
+        },
+    )
     assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
     assert codes(v)[0] == "raise_db_pool" and "fix_test_environment" in codes(v)
     pool = next(k for k in v.kpis if k.name == "db_pool_use" and k.phase is None)
@@ -404,13 +483,16 @@ def test_an_aborted_stage_is_judged_on_what_it_measured(engine, validator):
     assert not any("not judged" in t.why for t in v.trace)
 
 
-@pytest.mark.parametrize(("scenario", "per_endpoint", "want", "slowest"), [
-    ("soak", {"p95_ms.API-5": 1600.0, "p95_ms.API-2": 90.0, "p95_ms.API-3": 120.0}, "cache_concert_list", "API-5"),
-    ("spike", {"p95_ms.API-1": 1700.0, "p95_ms.API-3": 300.0}, "use_rank_positions", "API-1"),
-    ("spike", {"p95_ms.API-3": 1800.0, "p95_ms.API-1": 100.0}, None, "API-3"),
-])
+@pytest.mark.parametrize(
+    ("scenario", "per_endpoint", "want", "slowest"),
+    [
+        ("soak", {"p95_ms.API-5": 1600.0, "p95_ms.API-2": 90.0, "p95_ms.API-3": 120.0}, "cache_concert_list", "API-5"),
+        ("spike", {"p95_ms.API-1": 1700.0, "p95_ms.API-3": 300.0}, "use_rank_positions", "API-1"),
+        ("spike", {"p95_ms.API-3": 1800.0, "p95_ms.API-1": 100.0}, None, "API-3"),
+    ],
+)
 def test_overall_p95_is_blamed_on_its_slowest_endpoint(engine, validator, scenario, per_endpoint, want, slowest):
-    """"p95 near 1.5 s → cache the concert list" only when the concert list is what is slow."""
+    """ "p95 near 1.5 s → cache the concert list" only when the concert list is what is slow."""
     v = judge(engine, validator, (scenario,), **{scenario: {"kpis": {"p95_ms": 1500.0, **per_endpoint}}})
     assert v.verdict in (Decision.APPROVE_WITH_TUNING, Decision.BLOCK), [t.why for t in v.trace]
     step = next(t for t in v.trace if t.subject == f"kpi p95_ms/{scenario}")
@@ -420,12 +502,15 @@ def test_overall_p95_is_blamed_on_its_slowest_endpoint(engine, validator, scenar
         assert want in codes(v)
 
 
-@pytest.mark.parametrize(("scenario", "gc", "verdict", "observed"), [
-    ("soak", 0.0999, Decision.APPROVE, "longest pause 99.9 ms"),  # the exact gauge: under 100 ms
-    ("soak", 0.12, Decision.BLOCK, "longest pause 120.0 ms"),
-    ("soak", None, Decision.INCONCLUSIVE, "not measured"),  # the soak needs it (R-SOAK-3)
-    ("spike", None, Decision.APPROVE, None),  # the spike does not
-])
+@pytest.mark.parametrize(
+    ("scenario", "gc", "verdict", "observed"),
+    [
+        ("soak", 0.0999, Decision.APPROVE, "longest pause 99.9 ms"),  # the exact gauge: under 100 ms
+        ("soak", 0.12, Decision.BLOCK, "longest pause 120.0 ms"),
+        ("soak", None, Decision.INCONCLUSIVE, "not measured"),  # the soak needs it (R-SOAK-3)
+        ("spike", None, Decision.APPROVE, None),  # the spike does not
+    ],
+)
 def test_gc_pause_from_the_sampled_maximum(engine, validator, scenario, gc, verdict, observed):
     v = judge(engine, validator, (scenario,), **{scenario: {"server": {"gc_pause_max_s": gc}}})
     assert v.verdict == verdict, [t.why for t in v.trace]
@@ -448,15 +533,18 @@ def test_quiet_seconds_of_a_sparse_spike_are_not_missing(engine, validator):
     assert cov.passed and cov.observed.startswith("0 of 30 seconds missing")
 
 
-@pytest.mark.parametrize(("spike", "verdict", "req", "needle"), [
-    ({"tokens": (60, 140, 0)}, Decision.BLOCK, "R-SPIKE-10", "60 of 200 ENTERED at issue (capacity 50, 0 places"),
-    ({"tokens": (60, 140, 0), "freed": 10}, Decision.APPROVE, None, None),  # 10 users done → 10 places refilled
-    ({"tokens": (40, 160, 0)}, Decision.BLOCK, "R-SPIKE-10", "40 of 200 ENTERED"),
-    ({"tokens": (50, 140, 10)}, Decision.BLOCK, "R-SPIKE-10", "10 neither ENTERED nor WAITING"),
-    ({"tokens": (20, 0, 0)}, Decision.APPROVE, None, None),  # fewer users than places: all ENTERED
-    ({"expired": 3}, Decision.BLOCK, "R-SPIKE-9", "3 tokens EXPIRED 31 s after the first issue (TTL 1800 s)"),
-    ({"tokens": (0, 0, 0)}, Decision.INCONCLUSIVE, "R-SPIKE-10", "not measured"),
-])
+@pytest.mark.parametrize(
+    ("spike", "verdict", "req", "needle"),
+    [
+        ({"tokens": (60, 140, 0)}, Decision.BLOCK, "R-SPIKE-10", "60 of 200 ENTERED at issue (capacity 50, 0 places"),
+        ({"tokens": (60, 140, 0), "freed": 10}, Decision.APPROVE, None, None),  # 10 users done → 10 places refilled
+        ({"tokens": (40, 160, 0)}, Decision.BLOCK, "R-SPIKE-10", "40 of 200 ENTERED"),
+        ({"tokens": (50, 140, 10)}, Decision.BLOCK, "R-SPIKE-10", "10 neither ENTERED nor WAITING"),
+        ({"tokens": (20, 0, 0)}, Decision.APPROVE, None, None),  # fewer users than places: all ENTERED
+        ({"expired": 3}, Decision.BLOCK, "R-SPIKE-9", "3 tokens EXPIRED 31 s after the first issue (TTL 1800 s)"),
+        ({"tokens": (0, 0, 0)}, Decision.INCONCLUSIVE, "R-SPIKE-10", "not measured"),
+    ],
+)
 def test_queue_capacity_and_token_ttl(engine, validator, spike, verdict, req, needle):
     v = judge(engine, validator, ("spike",), spike=spike)
     assert v.verdict == verdict, [t.why for t in v.trace]
@@ -464,8 +552,9 @@ def test_queue_capacity_and_token_ttl(engine, validator, spike, verdict, req, ne
         assert not failed(v)
         return
     assert req in failed(v)
-    assert any(needle in c.observed for c in v.checks if c.id == req and not c.passed), \
-        [c.observed for c in v.checks if c.id == req]
+    assert any(needle in c.observed for c in v.checks if c.id == req and not c.passed), [
+        c.observed for c in v.checks if c.id == req
+    ]
     if verdict == Decision.BLOCK:
         assert "fix_code_and_retest" in codes(v)
 
@@ -481,12 +570,24 @@ def test_queue_capacity_comes_from_the_profile(engine, validator):
 def test_a_stage_aborted_on_slow_answers_is_banded_despite_dropped_iterations(engine, validator):
     """The concert list holds its connection ~1.3 s: the soak aborts on p95 > 3 s and its arrival-rate VUs run
     out (dropped iterations). Latencies are then lower bounds, and already in the action band: BLOCK, cache."""
-    v = judge(engine, validator, ("soak",), soak={
-        "status": "ABORTED", "reason": "aborted on harm: p95 response time above 3,000 ms", "dropped": 45,
-        "kpis": {"p95_ms": 2400.0, "p95_ms.API-5": 5200.0, "p95_ms.API-2": 11.0}})
+    v = judge(
+        engine,
+        validator,
+        ("soak",),
+        soak={
+            "status": "ABORTED",
+            "reason": "aborted on harm: p95 response time above 3,000 ms",
+            "dropped": 45,
+            "kpis": {"p95_ms": 2400.0, "p95_ms.API-5": 5200.0, "p95_ms.API-2": 11.0},
+        },
+    )
     assert v.verdict == Decision.BLOCK, [t.why for t in v.trace]
     assert codes(v)[0] == "cache_concert_list" and "fix_test_environment" in codes(v)
     assert next(k for k in v.kpis if k.name == "p95_ms.API-5").band == "action"
-    completed = walk_tree(engine, build_run(engine, "run-2", ("soak",), soak={
-        "dropped": 45, "kpis": {"p95_ms": 2400.0, "p95_ms.API-5": 5200.0}}), PROFILE, validator=validator)[0]
+    completed = walk_tree(
+        engine,
+        build_run(engine, "run-2", ("soak",), soak={"dropped": 45, "kpis": {"p95_ms": 2400.0, "p95_ms.API-5": 5200.0}}),
+        PROFILE,
+        validator=validator,
+    )[0]
     assert completed.verdict == Decision.INCONCLUSIVE  # a completed stage with dropped iterations: not measured

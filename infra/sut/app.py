@@ -16,14 +16,14 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from infra.sut import admin, concerts, metrics, outbox, payments, points, queue, reservations
-from infra.sut.bus import GROUPS, RedisStreamsBus
+from infra.sut.bus import GROUPS
 from infra.sut.consumers import start_consumers
-from infra.sut.context import Services
+from infra.sut.context import Services, make_bus
 from infra.sut.db import Database, PoolTimeout
+from infra.sut.hot import HotPaths, error_answer
 from infra.sut.settings import Settings
 from infra.sut.web import (
     ApiError,
-    error_response,
     idempotency_key,
     json_body,
     json_response,
@@ -75,16 +75,24 @@ async def reserve(request: Request) -> Response:
     show_id = path_int(request, "showId")
     body = await json_body(request)
     svc = svc_of(request)
-    status, answer = await reservations.reserve(svc, user=user, show_id=show_id, body=body, key=key,
-                                                token=request.headers.get("queue-token"), path=request.url.path)
+    status, answer = await reservations.reserve(
+        svc,
+        user=user,
+        show_id=show_id,
+        body=body,
+        key=key,
+        token=request.headers.get("queue-token"),
+        path=request.url.path,
+    )
     if svc.settings.foreign and status == 200:  # the original's createReservation answers 201 Created
         status = 201
     return json_response(answer, status)
 
 
 async def get_reservation(request: Request) -> Response:
-    return json_response(await reservations.get_reservation(svc_of(request), user_id(request),
-                                                            request.path_params["reservationId"]))
+    return json_response(
+        await reservations.get_reservation(svc_of(request), user_id(request), request.path_params["reservationId"])
+    )
 
 
 async def pay(request: Request) -> Response:
@@ -117,8 +125,12 @@ async def charge_points(request: Request) -> Response:
     if svc.settings.foreign:  # the original's PointRequest: requestId, userId, amount, useType
         missing = [k for k in ("requestId", "userId", "amount", "useType") if body.get(k) in (None, "")]
         if missing or body.get("useType") != "CHARGE":
-            raise ApiError(400, "VALIDATION_FAILED", f"PointRequest needs requestId, userId, amount and useType "
-                                                     f"CHARGE (missing: {', '.join(missing) or 'useType CHARGE'})")
+            raise ApiError(
+                400,
+                "VALIDATION_FAILED",
+                f"PointRequest needs requestId, userId, amount and useType "
+                f"CHARGE (missing: {', '.join(missing) or 'useType CHARGE'})",
+            )
     return json_response(await points.charge(svc, user, positive_int(body, "amount", points.MAX_CHARGE)))
 
 
@@ -136,8 +148,16 @@ async def health(request: Request) -> Response:
     except Exception as e:  # noqa: BLE001 - health reports any failure
         return json_response({"status": "down", "error": str(e)[:200]}, 503)
     s = svc.settings
-    return json_response({"status": "ok", "db": svc.db.dialect, "positionStrategy": s.position_strategy,
-                          "faults": sorted(s.fault_set), "workers": s.workers})
+    return json_response(
+        {
+            "status": "ok",
+            "db": svc.db.dialect,
+            "positionStrategy": s.position_strategy,
+            "faults": sorted(s.fault_set),
+            "workers": s.workers,
+            "bus": "kafka" if s.kafka_bootstrap else "redis-streams",
+        }
+    )
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -178,10 +198,16 @@ async def admin_seed(request: Request) -> Response:
     require_admin(request)
     body = await json_body(request, required=False)
     s = svc_of(request).settings
-    kw = {"concert_id": int(body.get("concertId", 1)), "show_id": int(body.get("showId", 101)),
-          "seats": int(body.get("seats", s.seed_seats)), "seat_price": int(body.get("seatPrice", s.seed_seat_price)),
-          "users": int(body.get("users", s.seed_users)), "user_start": int(body.get("userStart", 1)),
-          "balance": int(body.get("balance", s.seed_balance)), "reset_seats": bool(body.get("resetSeats", False))}
+    kw = {
+        "concert_id": int(body.get("concertId", 1)),
+        "show_id": int(body.get("showId", 101)),
+        "seats": int(body.get("seats", s.seed_seats)),
+        "seat_price": int(body.get("seatPrice", s.seed_seat_price)),
+        "users": int(body.get("users", s.seed_users)),
+        "user_start": int(body.get("userStart", 1)),
+        "balance": int(body.get("balance", s.seed_balance)),
+        "reset_seats": bool(body.get("resetSeats", False)),
+    }
     if "title" in body:
         kw["title"] = str(body["title"])
     out = await admin.seed(svc_of(request).db, **kw)
@@ -210,11 +236,17 @@ async def admin_reset(request: Request) -> Response:
     svc = svc_of(request)
     await admin.wipe(svc.db)
     await admin.clear_redis(svc.redis, svc.settings.redis_prefix)
+    await svc.bus.reset()
     for topic, group in GROUPS.items():
         await svc.bus.ensure_group(topic, group)
     s = svc.settings
-    out = await admin.seed(svc.db, seats=s.seed_seats, seat_price=s.seed_seat_price, users=s.seed_users,
-                           balance=s.seed_balance) if s.seed else {}
+    out = (
+        await admin.seed(
+            svc.db, seats=s.seed_seats, seat_price=s.seed_seat_price, users=s.seed_users, balance=s.seed_balance
+        )
+        if s.seed
+        else {}
+    )
     return json_response({"reset": True, "seed": out})
 
 
@@ -294,23 +326,20 @@ class Instrument:
             await self.app(scope, receive, send_wrapper)
         finally:
             metrics.REQUEST_LATENCY.labels(scope["method"], self.route_of(scope), str(status[0])).observe(
-                time.perf_counter() - start)
+                time.perf_counter() - start
+            )
             svc = self.svc_getter()
             if svc is not None and svc.fault("leak"):
                 svc.leak.append(b"\x01" * svc.settings.leak_bytes)  # touched pages: resident, unlike calloc's
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
-    return error_response(exc)  # type: ignore[arg-type]
-
-
-async def on_pool_timeout(request: Request, exc: Exception) -> Response:
-    return json_response({"error": "DB_POOL_TIMEOUT", "message": "no database connection available"}, 503)
+    return error_answer(exc)
 
 
 async def on_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    return json_response({"error": "INTERNAL_ERROR", "message": type(exc).__name__}, 500)
+    return error_answer(exc)
 
 
 # ------------------------------------------------------------------------------- background loops
@@ -341,9 +370,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         logging.basicConfig(level=logging.WARNING)
         metrics.install_gc_hook()
         db = Database(settings)
-        redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=512, timeout=20, decode_responses=True))
-        svc = Services(settings=settings, db=db, redis=redis, bus=RedisStreamsBus(redis, settings.redis_prefix))
+        redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=512, timeout=20, decode_responses=True
+            )
+        )
+        svc = Services(settings=settings, db=db, redis=redis, bus=make_bus(settings, redis))
         app.state.svc = holder["svc"] = svc
         tasks: list[asyncio.Task] = []
         try:
@@ -351,6 +383,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await queue.sync_sequence(svc)
             tasks += await start_consumers(svc)
         except BaseException:
+            await svc.bus.close()
             await redis.aclose()
             await db.dispose()
             raise
@@ -361,14 +394,30 @@ def create_app(settings: Settings | None = None) -> Starlette:
             tasks.append(asyncio.create_task(svc.token_writer.run(), name="token-writer"))
         tasks += [
             asyncio.create_task(outbox.run_publisher(svc), name="outbox"),
-            asyncio.create_task(_every(s.hold_sweep_seconds, lambda: _leader_pass(
-                svc, "holds", s.hold_sweep_seconds * 0.9, lambda: reservations.sweep_holds(svc)), "holds"),
-                name="hold-sweeper"),
-            asyncio.create_task(_every(s.queue_timer_seconds, lambda: _leader_pass(
-                svc, "queue", s.queue_timer_seconds * 0.9, lambda: queue.sweep(svc)), "queue"), name="queue-sweeper"),
-            asyncio.create_task(_every(s.metrics_interval_seconds, lambda: _refresh(svc), "metrics"),
-                                name="process-metrics"),
+            asyncio.create_task(
+                _every(
+                    s.hold_sweep_seconds,
+                    lambda: _leader_pass(
+                        svc, "holds", s.hold_sweep_seconds * 0.9, lambda: reservations.sweep_holds(svc)
+                    ),
+                    "holds",
+                ),
+                name="hold-sweeper",
+            ),
+            asyncio.create_task(
+                _every(
+                    s.queue_timer_seconds,
+                    lambda: _leader_pass(svc, "queue", s.queue_timer_seconds * 0.9, lambda: queue.sweep(svc)),
+                    "queue",
+                ),
+                name="queue-sweeper",
+            ),
+            asyncio.create_task(
+                _every(s.metrics_interval_seconds, lambda: _refresh(svc), "metrics"), name="process-metrics"
+            ),
         ]
+        if s.concert_cache:
+            tasks.append(asyncio.create_task(concerts.warm(svc), name="concert-cache-warm"))
         if s.gc_freeze:  # everything above lives for the whole run
             metrics.freeze_startup_heap()
         try:
@@ -377,12 +426,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await svc.bus.close()
             await redis.aclose()
             await db.dispose()
 
-    app = Starlette(routes=ROUTES + ([] if settings.foreign else ADMIN_ROUTES), lifespan=lifespan,
-                    exception_handlers={ApiError: on_api_error, PoolTimeout: on_pool_timeout, Exception: on_error})
-    return Instrument(app, lambda: holder.get("svc"))  # type: ignore[return-value]
+    app = Starlette(
+        routes=ROUTES + ([] if settings.foreign else ADMIN_ROUTES),
+        lifespan=lifespan,
+        exception_handlers={ApiError: on_api_error, PoolTimeout: on_api_error, Exception: on_error},
+    )
+    svc_getter = lambda: holder.get("svc")  # noqa: E731
+    inner = HotPaths(app, svc_getter) if settings.hot_paths else app
+    return Instrument(inner, svc_getter)  # type: ignore[return-value]
 
 
 async def _refresh(svc: Services) -> None:

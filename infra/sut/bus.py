@@ -1,8 +1,8 @@
-"""The message bus behind a small interface; Redis Streams with consumer groups stands in for Kafka.
+"""The message bus behind a small interface: Kafka (`infra.sut.kafka_bus`) or Redis Streams.
 
-Kafka cannot be installed on these machines. A Kafka bus would implement the same five methods
-(topics → Kafka topics, groups → consumer groups, ack → offset commit, claim_stale → rebalance redelivery,
-lag → end offset minus committed offset).
+``kafka_bootstrap`` set: the Saga runs on a Kafka-protocol broker (topics, consumer groups, offset
+commits, lag as log-end minus committed offset). Empty: Redis Streams with consumer groups, the fallback
+when no broker can run (ack → XACK, a failed message stays pending and is claimed again when idle).
 """
 
 from __future__ import annotations
@@ -38,17 +38,27 @@ class Message:
 
 
 class Bus(Protocol):
+    #: True where a failed message holds back the rest of its partition (Kafka offsets), False where
+    #: each message is acknowledged on its own (Redis Streams).
+    ordered: bool
+
     async def publish(self, type_: str, key: str, payload: dict) -> str: ...
     async def ensure_group(self, topic: str, group: str) -> None: ...
     async def read(self, topic: str, group: str, consumer: str, count: int, block_ms: int) -> list[Message]: ...
-    async def ack(self, topic: str, group: str, message_id: str) -> None: ...
-    async def claim_stale(self, topic: str, group: str, consumer: str, min_idle_ms: int,
-                          count: int) -> list[Message]: ...
+    async def ack(self, topic: str, group: str, consumer: str, message_id: str) -> None: ...
+    async def retry_later(self, topic: str, group: str, consumer: str, msg: Message) -> None: ...
+    async def claim_stale(
+        self, topic: str, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[Message]: ...
     async def lag(self, topic: str, group: str) -> tuple[int, float]: ...
+    async def reset(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 class RedisStreamsBus:
     """One stream per topic (``{prefix}bus:{topic}``), trimmed to about ``maxlen`` entries."""
+
+    ordered = False
 
     def __init__(self, redis: aioredis.Redis, prefix: str, maxlen: int = 200_000):
         self.r, self.prefix, self.maxlen = redis, prefix, maxlen
@@ -74,9 +84,15 @@ class RedisStreamsBus:
         for mid, fields in entries:
             if not fields:  # deleted entry still pending
                 continue
-            out.append(Message(_s(mid), topic, _s(fields[b"type"] if b"type" in fields else fields["type"]),
-                               _s(fields.get(b"key", fields.get("key", b""))),
-                               orjson.loads(fields.get(b"payload", fields.get("payload", b"{}")))))
+            out.append(
+                Message(
+                    _s(mid),
+                    topic,
+                    _s(fields[b"type"] if b"type" in fields else fields["type"]),
+                    _s(fields.get(b"key", fields.get("key", b""))),
+                    orjson.loads(fields.get(b"payload", fields.get("payload", b"{}"))),
+                )
+            )
         return out
 
     async def read(self, topic, group, consumer, count, block_ms):
@@ -86,8 +102,17 @@ class RedisStreamsBus:
             out.extend(self._decode(topic, entries))
         return out
 
-    async def ack(self, topic, group, message_id):
+    async def ack(self, topic, group, consumer, message_id):
         await self.r.xack(self.stream(topic), group, message_id)
+
+    async def retry_later(self, topic, group, consumer, msg):
+        pass  # it stays pending and is claimed again once idle (claim_stale)
+
+    async def reset(self) -> None:
+        pass  # the streams are keys under the prefix, cleared with the rest
+
+    async def close(self) -> None:
+        pass  # the Redis client is the service's
 
     async def claim_stale(self, topic, group, consumer, min_idle_ms, count):
         res = await self.r.xautoclaim(self.stream(topic), group, consumer, min_idle_ms, "0-0", count=count)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from infra.sut.bus import Bus
+from infra.sut.bus import Bus, RedisStreamsBus
 from infra.sut.db import Database
 from infra.sut.settings import Settings
 
@@ -36,3 +36,18 @@ class Services:
 
     def fault(self, name: str) -> bool:
         return self.settings.fault(name)
+
+
+def make_bus(settings, redis: aioredis.Redis) -> Bus:
+    """Kafka when the settings name a broker, else Redis Streams on the service's Redis."""
+    if settings.kafka_bootstrap:
+        from infra.sut.kafka_bus import KafkaBus
+
+        return KafkaBus(
+            settings.kafka_bootstrap,
+            settings.redis_prefix,
+            partitions=settings.kafka_partitions,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            retry_after_s=settings.consumer_claim_idle_seconds,
+        )
+    return RedisStreamsBus(redis, settings.redis_prefix)

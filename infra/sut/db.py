@@ -27,9 +27,13 @@ class Database:
         self.settings = settings
         self.url = settings.effective_db_url
         self.dialect = self.url.split(":", 1)[0].split("+", 1)[0]
-        kw: dict = dict(poolclass=AsyncAdaptedQueuePool, pool_size=settings.db_pool_size,
-                        max_overflow=settings.db_max_overflow, pool_timeout=settings.db_pool_timeout,
-                        pool_pre_ping=False)
+        kw: dict = dict(
+            poolclass=AsyncAdaptedQueuePool,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout,
+            pool_pre_ping=False,
+        )
         if self.dialect == "sqlite":
             kw["connect_args"] = {"timeout": 30}
         else:

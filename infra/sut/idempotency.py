@@ -44,8 +44,9 @@ class Idempotency:
             if raw is not None:
                 seen = orjson.loads(raw)
                 if seen["hash"] != self.digest:
-                    raise ApiError(422, "IDEMPOTENCY_KEY_REUSED",
-                                   "this Idempotency-Key was used with a different request body")
+                    raise ApiError(
+                        422, "IDEMPOTENCY_KEY_REUSED", "this Idempotency-Key was used with a different request body"
+                    )
                 if seen["state"] == "done":
                     return seen["status"], seen["body"]
             if time.monotonic() >= deadline:

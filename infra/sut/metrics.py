@@ -27,29 +27,48 @@ from prometheus_client.core import GaugeMetricFamily
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
-REQUEST_LATENCY = Histogram("sut_http_request_duration_seconds", "HTTP request latency by route and status.",
-                            ["method", "route", "status"], buckets=LATENCY_BUCKETS)
+REQUEST_LATENCY = Histogram(
+    "sut_http_request_duration_seconds",
+    "HTTP request latency by route and status.",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
 POOL_SIZE = Gauge("sut_db_pool_size", "DB pool size (sum over processes).", multiprocess_mode="livesum")
 POOL_IN_USE = Gauge("sut_db_pool_in_use", "DB connections checked out.", multiprocess_mode="livesum")
 POOL_WAITING = Gauge("sut_db_pool_waiting", "Requests waiting for a DB connection.", multiprocess_mode="livesum")
 POOL_TIMEOUTS = Counter("sut_db_pool_timeouts", "Pool exhaustion: waits for a connection that timed out.")
-RSS = Gauge("sut_process_resident_memory_bytes", "Resident memory (sum over processes).",
-            multiprocess_mode="livesum")
+RSS = Gauge("sut_process_resident_memory_bytes", "Resident memory (sum over processes).", multiprocess_mode="livesum")
 CPU = Counter("sut_process_cpu_seconds", "CPU seconds used by the service processes.")
-GC_PAUSE = Histogram("sut_gc_pause_seconds", "Python garbage-collector pauses.",
-                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+GC_PAUSE = Histogram(
+    "sut_gc_pause_seconds",
+    "Python garbage-collector pauses.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 #: The longest pause is kept this long, so every scrape at least this often sees every pause exactly.
 GC_PAUSE_WINDOW_S = 10.0
-GC_PAUSE_MAX = Gauge("sut_gc_pause_max_seconds",
-                     f"Longest Python GC pause in the last {GC_PAUSE_WINDOW_S:.0f} s (exact; max over processes).",
-                     multiprocess_mode="livemax")
-GC_FROZEN = Gauge("sut_gc_frozen_objects", "Objects moved out of the collector's generations at start-up "
-                  "(gc.freeze; 0 with --no-gc-freeze), sum over processes.", multiprocess_mode="livesum")
+GC_PAUSE_MAX = Gauge(
+    "sut_gc_pause_max_seconds",
+    f"Longest Python GC pause in the last {GC_PAUSE_WINDOW_S:.0f} s (exact; max over processes).",
+    multiprocess_mode="livemax",
+)
+GC_FROZEN = Gauge(
+    "sut_gc_frozen_objects",
+    "Objects moved out of the collector's generations at start-up "
+    "(gc.freeze; 0 with --no-gc-freeze), sum over processes.",
+    multiprocess_mode="livesum",
+)
 LOCK_TIMEOUTS = Counter("sut_lock_wait_timeouts", "Seat-lock waits that timed out (409 LOCK_TIMEOUT).")
-LOCK_WAIT = Histogram("sut_lock_wait_seconds", "Time to take all seat locks of a reservation.",
-                      buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0))
-SAGA_DURATION = Histogram("sut_saga_duration_seconds", "Payment request to terminal state.", ["outcome"],
-                          buckets=(0.5, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 60))
+LOCK_WAIT = Histogram(
+    "sut_lock_wait_seconds",
+    "Time to take all seat locks of a reservation.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0),
+)
+SAGA_DURATION = Histogram(
+    "sut_saga_duration_seconds",
+    "Payment request to terminal state.",
+    ["outcome"],
+    buckets=(0.5, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 60),
+)
 OUTBOX_PUBLISHED = Counter("sut_outbox_published", "Outbox rows published to the bus.", ["event_type"])
 OUTBOX_PUBLISH_ERRORS = Counter("sut_outbox_publish_errors", "Failed publish attempts.")
 CONSUMED = Counter("sut_bus_consumed", "Bus messages handled.", ["group", "event_type", "outcome"])

@@ -33,11 +33,20 @@ async def publish_once(svc: Services) -> int:
         return -1
     try:
         async with svc.db.connect() as conn:
-            rows = (await conn.execute(select(
-                payment_outbox.c.id, payment_outbox.c.aggregate_id, payment_outbox.c.event_type,
-                payment_outbox.c.payload, payment_outbox.c.attempts).where(
-                payment_outbox.c.status == "PENDING", payment_outbox.c.next_attempt_at <= utcnow()).order_by(
-                payment_outbox.c.id).limit(s.outbox_batch))).all()
+            rows = (
+                await conn.execute(
+                    select(
+                        payment_outbox.c.id,
+                        payment_outbox.c.aggregate_id,
+                        payment_outbox.c.event_type,
+                        payment_outbox.c.payload,
+                        payment_outbox.c.attempts,
+                    )
+                    .where(payment_outbox.c.status == "PENDING", payment_outbox.c.next_attempt_at <= utcnow())
+                    .order_by(payment_outbox.c.id)
+                    .limit(s.outbox_batch)
+                )
+            ).all()
         published, failed = [], []
         for r in rows:
             try:
@@ -51,8 +60,11 @@ async def publish_once(svc: Services) -> int:
         if published or failed:
             async with svc.db.begin() as conn:
                 if published:
-                    await conn.execute(update(payment_outbox).where(payment_outbox.c.id.in_(published)).values(
-                        status="PUBLISHED", published_at=now))
+                    await conn.execute(
+                        update(payment_outbox)
+                        .where(payment_outbox.c.id.in_(published))
+                        .values(status="PUBLISHED", published_at=now)
+                    )
                 for r, err in failed:
                     attempts = r.attempts + 1
                     values = {"attempts": attempts, "last_error": err}
@@ -63,8 +75,12 @@ async def publish_once(svc: Services) -> int:
                     await conn.execute(update(payment_outbox).where(payment_outbox.c.id == r.id).values(**values))
         return len(published)
     finally:
-        await svc.redis.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) "
-                             "end return 0", 1, leader, me)
+        await svc.redis.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            1,
+            leader,
+            me,
+        )
 
 
 async def run_publisher(svc: Services) -> None:
@@ -93,8 +109,11 @@ async def outbox_backlog(svc: Services) -> tuple[int, float, int]:
     from sqlalchemy import func
 
     async with svc.db.connect() as conn:
-        n, oldest = (await conn.execute(select(func.count(), func.min(payment_outbox.c.created_at)).where(
-            payment_outbox.c.status == "PENDING"))).one()
+        n, oldest = (
+            await conn.execute(
+                select(func.count(), func.min(payment_outbox.c.created_at)).where(payment_outbox.c.status == "PENDING")
+            )
+        ).one()
         failed = (await conn.execute(select(func.count()).where(payment_outbox.c.status == "FAILED"))).scalar()
     age = (utcnow() - oldest).total_seconds() if oldest else 0.0
     return int(n), max(0.0, age), int(failed or 0)

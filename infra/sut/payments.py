@@ -18,9 +18,16 @@ from infra.sut.web import ApiError, iso, positive_int
 
 
 def outbox_row(payment_id: int, event_type: str, payload: dict, now) -> dict:
-    return {"aggregate_id": payment_id, "aggregate_type": "PAYMENT", "event_type": event_type,
-            "payload": orjson.dumps(payload).decode(), "status": "PENDING", "attempts": 0,
-            "next_attempt_at": now, "created_at": now}
+    return {
+        "aggregate_id": payment_id,
+        "aggregate_type": "PAYMENT",
+        "event_type": event_type,
+        "payload": orjson.dumps(payload).decode(),
+        "status": "PENDING",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
 
 
 async def pay(svc: Services, *, user: int, body: dict, key: str, path: str) -> tuple[int, dict]:
@@ -46,23 +53,57 @@ async def _pay(svc: Services, user: int, rid: str, amount: int, key: str) -> dic
     now = utcnow()
     try:
         async with svc.db.begin() as conn:
-            res = await conn.execute(update(reservation).where(
-                reservation.c.id == rid, reservation.c.user_id == user, reservation.c.status == "HELD",
-                reservation.c.expires_at > now).values(status="PAYMENT_PENDING", updated_at=now))
+            res = await conn.execute(
+                update(reservation)
+                .where(
+                    reservation.c.id == rid,
+                    reservation.c.user_id == user,
+                    reservation.c.status == "HELD",
+                    reservation.c.expires_at > now,
+                )
+                .values(status="PAYMENT_PENDING", updated_at=now)
+            )
             if not res.rowcount:
-                row = (await conn.execute(select(reservation.c.status, reservation.c.user_id).where(
-                    reservation.c.id == rid).limit(1))).first()
+                row = (
+                    await conn.execute(
+                        select(reservation.c.status, reservation.c.user_id).where(reservation.c.id == rid).limit(1)
+                    )
+                ).first()
                 if row is None or row.user_id != user:
                     raise ApiError(404, "RESERVATION_NOT_FOUND", "no such reservation")
                 raise ApiError(409, "RESERVATION_NOT_PAYABLE", f"reservation is {row.status}")
-            token_id = (await conn.execute(select(reservation.c.queue_token_id).where(
-                reservation.c.id == rid).limit(1))).scalar()
-            pid = (await conn.execute(payment.insert().values(
-                reservation_id=rid, user_id=user, amount=amount, status="PENDING", idempotency_key=key,
-                created_at=now, updated_at=now))).inserted_primary_key[0]
-            await conn.execute(payment_outbox.insert().values(**outbox_row(pid, "UsePointCommand", {
-                "paymentId": pid, "reservationId": rid, "userId": user, "amount": amount,
-                "queueTokenId": token_id}, now)))
+            token_id = (
+                await conn.execute(select(reservation.c.queue_token_id).where(reservation.c.id == rid).limit(1))
+            ).scalar()
+            pid = (
+                await conn.execute(
+                    payment.insert().values(
+                        reservation_id=rid,
+                        user_id=user,
+                        amount=amount,
+                        status="PENDING",
+                        idempotency_key=key,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            ).inserted_primary_key[0]
+            await conn.execute(
+                payment_outbox.insert().values(
+                    **outbox_row(
+                        pid,
+                        "UsePointCommand",
+                        {
+                            "paymentId": pid,
+                            "reservationId": rid,
+                            "userId": user,
+                            "amount": amount,
+                            "queueTokenId": token_id,
+                        },
+                        now,
+                    )
+                )
+            )
     except IntegrityError as e:  # a second payment for the same reservation
         raise ApiError(409, "RESERVATION_NOT_PAYABLE", "reservation already has a payment") from e
     return {"paymentId": pid, "reservationId": rid, "status": "PENDING", "amount": amount, "createdAt": iso(now)}
@@ -73,6 +114,13 @@ async def get_payment(svc: Services, user: int, pid: int) -> dict:
         row = (await conn.execute(select(payment).where(payment.c.id == pid))).first()
     if row is None or row.user_id != user:
         raise ApiError(404, "PAYMENT_NOT_FOUND", "no such payment")
-    return {"paymentId": row.id, "reservationId": row.reservation_id, "status": row.status, "amount": row.amount,
-            "failureReason": row.failure_reason, "createdAt": iso(row.created_at),
-            "updatedAt": iso(row.updated_at), "completedAt": iso(row.completed_at)}
+    return {
+        "paymentId": row.id,
+        "reservationId": row.reservation_id,
+        "status": row.status,
+        "amount": row.amount,
+        "failureReason": row.failure_reason,
+        "createdAt": iso(row.created_at),
+        "updatedAt": iso(row.updated_at),
+        "completedAt": iso(row.completed_at),
+    }

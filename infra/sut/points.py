@@ -28,14 +28,19 @@ async def charge(svc: Services, user: int, amount: int) -> dict:
             await asyncio.sleep(0.01)  # a 10 ms read-to-write window: other charges read the same balance
             new = row.balance + amount
             async with svc.db.transaction(conn):
-                await conn.execute(update(point_wallet).where(point_wallet.c.user_id == user).values(
-                    balance=new, updated_at=now))
-                await conn.execute(point_history.insert().values(user_id=user, delta=amount, kind="CHARGE",
-                                                                 created_at=now))
+                await conn.execute(
+                    update(point_wallet).where(point_wallet.c.user_id == user).values(balance=new, updated_at=now)
+                )
+                await conn.execute(
+                    point_history.insert().values(user_id=user, delta=amount, kind="CHARGE", created_at=now)
+                )
         return {"userId": user, "amount": amount, "balance": new}
     async with svc.db.begin() as conn:
-        res = await conn.execute(update(point_wallet).where(point_wallet.c.user_id == user).values(
-            balance=point_wallet.c.balance + amount, updated_at=now))
+        res = await conn.execute(
+            update(point_wallet)
+            .where(point_wallet.c.user_id == user)
+            .values(balance=point_wallet.c.balance + amount, updated_at=now)
+        )
         if not res.rowcount:
             raise ApiError(404, "USER_NOT_FOUND", f"user {user} has no point wallet")
         await conn.execute(point_history.insert().values(user_id=user, delta=amount, kind="CHARGE", created_at=now))

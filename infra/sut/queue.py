@@ -108,7 +108,7 @@ class TokenWriter:
             await self.wake.wait()
             self.wake.clear()
             while self.pending:
-                batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
+                batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
                 await self._write(batch)
 
     async def _write(self, batch: list[tuple[dict, asyncio.Future]]) -> None:
@@ -152,18 +152,35 @@ async def issue(svc: Services, target: int, user: int) -> tuple[int, dict]:
     exp_epoch = now + s.queue_ttl_seconds
     expires_at = dt.datetime.fromtimestamp(exp_epoch, dt.UTC).replace(tzinfo=None)
     active, waiting, wexp = _keys(svc, target)
-    res = await svc.run_script(ADMIT, [active, waiting, wexp, svc.key("qt", token), svc.key("qu", target, user),
-                                       svc.key("q", "seq"), svc.key("q", "targets")],
-                               [s.queue_capacity, exp_epoch, int(s.queue_ttl_seconds * 1000), target, user, token,
-                                exp_epoch])
+    res = await svc.run_script(
+        ADMIT,
+        [
+            active,
+            waiting,
+            wexp,
+            svc.key("qt", token),
+            svc.key("qu", target, user),
+            svc.key("q", "seq"),
+            svc.key("q", "targets"),
+        ],
+        [s.queue_capacity, exp_epoch, int(s.queue_ttl_seconds * 1000), target, user, token, exp_epoch],
+    )
     again = 201 if s.foreign else 200
     if res[0] == "DUP":
         return again, await status_of(svc, res[1])
     status, tid, rank = res[0], int(res[1]), res[2]
     now_dt = utcnow()
-    row = {"id": tid, "target_id": target, "user_id": user, "token": token, "status": status,
-           "expires_at": expires_at, "entered_at": now_dt if status == "ENTERED" else None, "created_at": now_dt,
-           "updated_at": now_dt}
+    row = {
+        "id": tid,
+        "target_id": target,
+        "user_id": user,
+        "token": token,
+        "status": status,
+        "expires_at": expires_at,
+        "entered_at": now_dt if status == "ENTERED" else None,
+        "created_at": now_dt,
+        "updated_at": now_dt,
+    }
     try:
         if svc.token_writer is not None:
             await svc.token_writer.insert(row)
@@ -174,16 +191,25 @@ async def issue(svc: Services, target: int, user: int) -> tuple[int, dict]:
         # (target, user) already has a row whose Redis keys are gone (expired or finished): answer it.
         await svc.run_script(UNDO, [active, waiting, wexp, svc.key("qt", token), svc.key("qu", target, user)], [tid])
         async with svc.db.connect() as conn:
-            row = (await conn.execute(select(queue_token.c.token).where(
-                queue_token.c.target_id == target, queue_token.c.user_id == user))).first()
+            row = (
+                await conn.execute(
+                    select(queue_token.c.token).where(queue_token.c.target_id == target, queue_token.c.user_id == user)
+                )
+            ).first()
         if row is None:
             raise
         return again, await status_of(svc, row.token)
     except BaseException:
         await svc.run_script(UNDO, [active, waiting, wexp, svc.key("qt", token), svc.key("qu", target, user)], [tid])
         raise
-    body = {"token": token, "targetId": asked, "userId": user, "status": status, "position": None,
-            "expiresAt": iso(expires_at)}
+    body = {
+        "token": token,
+        "targetId": asked,
+        "userId": user,
+        "status": status,
+        "position": None,
+        "expiresAt": iso(expires_at),
+    }
     if status == "WAITING":
         # The position at admission, from the same atomic script: exact even while lower ids are still being
         # inserted. Polls (API-2) compute it with the configured strategy.
@@ -194,9 +220,20 @@ async def issue(svc: Services, target: int, user: int) -> tuple[int, dict]:
 async def count_position(svc: Services, target: int, tid: int) -> int:
     """The plan's position query, on index ix_queue_wait(target_id, status, expires_at, id)."""
     async with svc.db.connect() as conn:
-        n = (await conn.execute(select(func.count()).select_from(queue_token).where(and_(
-            queue_token.c.target_id == target, queue_token.c.status == "WAITING",
-            queue_token.c.expires_at > utcnow(), queue_token.c.id < tid)))).scalar_one()
+        n = (
+            await conn.execute(
+                select(func.count())
+                .select_from(queue_token)
+                .where(
+                    and_(
+                        queue_token.c.target_id == target,
+                        queue_token.c.status == "WAITING",
+                        queue_token.c.expires_at > utcnow(),
+                        queue_token.c.id < tid,
+                    )
+                )
+            )
+        ).scalar_one()
     return int(n) + 1
 
 
@@ -205,8 +242,14 @@ async def lookup(svc: Services, token: str) -> dict | None:
     res = await svc.run_script(POLL, [svc.key("qt", token)], [svc.settings.redis_prefix])
     if not res:
         return None
-    return {"status": res[0], "id": int(res[1]), "target": int(res[2]), "user": int(res[3]),
-            "exp": float(res[4]), "rank": int(res[5]) if res[5] else None}
+    return {
+        "status": res[0],
+        "id": int(res[1]),
+        "target": int(res[2]),
+        "user": int(res[3]),
+        "exp": float(res[4]),
+        "rank": int(res[5]) if res[5] else None,
+    }
 
 
 async def status_of(svc: Services, token: str) -> dict:
@@ -214,11 +257,20 @@ async def status_of(svc: Services, token: str) -> dict:
     live = await lookup(svc, token)
     if live is not None and live["status"] in ("ENTERED", "WAITING"):
         expires = dt.datetime.fromtimestamp(live["exp"], dt.UTC).replace(tzinfo=None)
-        body = {"token": token, "targetId": live["target"], "userId": live["user"], "status": live["status"],
-                "position": None, "expiresAt": iso(expires)}
+        body = {
+            "token": token,
+            "targetId": live["target"],
+            "userId": live["user"],
+            "status": live["status"],
+            "position": None,
+            "expiresAt": iso(expires),
+        }
         if live["status"] == "WAITING":
-            body["position"] = (live["rank"] if svc.settings.position_strategy == "rank"
-                                else await count_position(svc, live["target"], live["id"]))
+            body["position"] = (
+                live["rank"]
+                if svc.settings.position_strategy == "rank"
+                else await count_position(svc, live["target"], live["id"])
+            )
         return body
     async with svc.db.connect() as conn:
         row = (await conn.execute(select(queue_token).where(queue_token.c.token == token))).first()
@@ -227,8 +279,14 @@ async def status_of(svc: Services, token: str) -> dict:
     status = row.status
     if status in ("WAITING", "ENTERED") and (live is None or row.expires_at <= utcnow()):
         status = "EXPIRED"
-    return {"token": token, "targetId": row.target_id, "userId": row.user_id, "status": status, "position": None,
-            "expiresAt": iso(row.expires_at)}
+    return {
+        "token": token,
+        "targetId": row.target_id,
+        "userId": row.user_id,
+        "status": status,
+        "position": None,
+        "expiresAt": iso(row.expires_at),
+    }
 
 
 async def promote(svc: Services, target: int) -> list[int]:
@@ -239,9 +297,11 @@ async def promote(svc: Services, target: int) -> list[int]:
     if promoted:
         now = utcnow()
         async with svc.db.begin() as conn:
-            await conn.execute(update(queue_token).where(
-                queue_token.c.id.in_(promoted), queue_token.c.status == "WAITING").values(
-                status="ENTERED", entered_at=now, updated_at=now))
+            await conn.execute(
+                update(queue_token)
+                .where(queue_token.c.id.in_(promoted), queue_token.c.status == "WAITING")
+                .values(status="ENTERED", entered_at=now, updated_at=now)
+            )
     return promoted
 
 
@@ -250,13 +310,18 @@ async def finish(svc: Services, token_id: int) -> None:
     if svc.fault("admission_stall"):  # the payer keeps its place until its TTL: nobody waiting moves up
         return
     async with svc.db.begin() as conn:
-        row = (await conn.execute(select(queue_token.c.target_id, queue_token.c.status).where(
-            queue_token.c.id == token_id))).first()
+        row = (
+            await conn.execute(
+                select(queue_token.c.target_id, queue_token.c.status).where(queue_token.c.id == token_id)
+            )
+        ).first()
         if row is None:
             return
-        await conn.execute(update(queue_token).where(
-            queue_token.c.id == token_id, queue_token.c.status == "ENTERED").values(status="DONE",
-                                                                                   updated_at=utcnow()))
+        await conn.execute(
+            update(queue_token)
+            .where(queue_token.c.id == token_id, queue_token.c.status == "ENTERED")
+            .values(status="DONE", updated_at=utcnow())
+        )
     active, _, _ = _keys(svc, row.target_id)
     await svc.redis.zrem(active, token_id)
     if not svc.settings.foreign:  # foreign mode: the place waits for the admission timer
@@ -267,9 +332,11 @@ async def sweep(svc: Services) -> None:
     """Expire rows past their TTL and promote waiting users on every known target."""
     now = utcnow()
     async with svc.db.begin() as conn:
-        await conn.execute(update(queue_token).where(
-            queue_token.c.status.in_(("WAITING", "ENTERED")), queue_token.c.expires_at <= now).values(
-            status="EXPIRED", updated_at=now))
+        await conn.execute(
+            update(queue_token)
+            .where(queue_token.c.status.in_(("WAITING", "ENTERED")), queue_token.c.expires_at <= now)
+            .values(status="EXPIRED", updated_at=now)
+        )
     for target in await svc.redis.smembers(svc.key("q", "targets")):
         await promote(svc, int(target))
 

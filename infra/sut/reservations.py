@@ -46,8 +46,9 @@ async def require_entered(svc: Services, token: str | None, user: int) -> dict:
     return live
 
 
-async def reserve(svc: Services, *, user: int, show_id: int, body: dict, key: str, token: str | None,
-                  path: str) -> tuple[int, dict]:
+async def reserve(
+    svc: Services, *, user: int, show_id: int, body: dict, key: str, token: str | None, path: str
+) -> tuple[int, dict]:
     s = svc.settings
     seats = parse_seats(body, s.max_seats)
     live = await require_entered(svc, token, user)
@@ -64,8 +65,9 @@ async def reserve(svc: Services, *, user: int, show_id: int, body: dict, key: st
     return status, answer
 
 
-async def _reserve(svc: Services, user: int, show_id: int, seats: list[int], key: str,
-                   token_id: int) -> tuple[int, dict]:
+async def _reserve(
+    svc: Services, user: int, show_id: int, seats: list[int], key: str, token_id: int
+) -> tuple[int, dict]:
     s = svc.settings
     try:
         if svc.fault("no_lock"):
@@ -81,11 +83,15 @@ async def _reserve(svc: Services, user: int, show_id: int, seats: list[int], key
         raise ApiError(409, "LOCK_TIMEOUT", f"seat lock not acquired within {s.lock_wait_seconds:g} s") from e
 
 
-async def _take(svc: Services, user: int, show_id: int, seats: list[int], key: str, token_id: int,
-                guarded: bool) -> tuple[int, dict]:
+async def _take(
+    svc: Services, user: int, show_id: int, seats: list[int], key: str, token_id: int, guarded: bool
+) -> tuple[int, dict]:
     async with svc.db.connect() as conn:
-        rows = (await conn.execute(select(seat.c.id, seat.c.price, seat.c.status).where(
-            seat.c.show_id == show_id, seat.c.id.in_(seats)))).all()
+        rows = (
+            await conn.execute(
+                select(seat.c.id, seat.c.price, seat.c.status).where(seat.c.show_id == show_id, seat.c.id.in_(seats))
+            )
+        ).all()
         if len(rows) != len(seats):
             show = (await conn.execute(select(concert_show.c.id).where(concert_show.c.id == show_id))).first()
             if show is None:
@@ -103,18 +109,40 @@ async def _take(svc: Services, user: int, show_id: int, seats: list[int], key: s
         await conn.rollback()  # end the read's implicit transaction; the write gets its own
         async with svc.db.transaction(conn):
             cond = [seat.c.id.in_(seats)] + ([seat.c.status == "AVAILABLE"] if guarded else [])
-            res = await conn.execute(update(seat).where(*cond).values(
-                status="HELD", reservation_id=rid, held_until=expires, updated_at=now))
+            res = await conn.execute(
+                update(seat).where(*cond).values(status="HELD", reservation_id=rid, held_until=expires, updated_at=now)
+            )
             if res.rowcount != len(seats):
                 metrics.RESERVATIONS.labels("SEAT_TAKEN").inc()
                 raise ApiError(400 if svc.fault("taken_seat_400") else 409, "SEAT_TAKEN", "seat already taken")
-            await conn.execute(reservation.insert(), [
-                {"id": rid, "show_id": show_id, "seat_id": r.id, "user_id": user, "queue_token_id": token_id,
-                 "status": "HELD", "amount": amount, "idempotency_key": key, "expires_at": expires,
-                 "created_at": now, "updated_at": now} for r in rows])
+            await conn.execute(
+                reservation.insert(),
+                [
+                    {
+                        "id": rid,
+                        "show_id": show_id,
+                        "seat_id": r.id,
+                        "user_id": user,
+                        "queue_token_id": token_id,
+                        "status": "HELD",
+                        "amount": amount,
+                        "idempotency_key": key,
+                        "expires_at": expires,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for r in rows
+                ],
+            )
     metrics.RESERVATIONS.labels("OK").inc()
-    return 200, {"reservationId": rid, "showId": show_id, "seatIds": seats, "status": "HELD", "amount": amount,
-                 "expiresAt": iso(expires)}
+    return 200, {
+        "reservationId": rid,
+        "showId": show_id,
+        "seatIds": seats,
+        "status": "HELD",
+        "amount": amount,
+        "expiresAt": iso(expires),
+    }
 
 
 async def get_reservation(svc: Services, user: int, rid: str) -> dict:
@@ -123,23 +151,44 @@ async def get_reservation(svc: Services, user: int, rid: str) -> dict:
     if not rows or rows[0].user_id != user:
         raise ApiError(404, "RESERVATION_NOT_FOUND", "no such reservation")
     r = rows[0]
-    return {"reservationId": rid, "showId": r.show_id, "seatIds": sorted(x.seat_id for x in rows),
-            "status": r.status, "amount": r.amount, "expiresAt": iso(r.expires_at)}
+    return {
+        "reservationId": rid,
+        "showId": r.show_id,
+        "seatIds": sorted(x.seat_id for x in rows),
+        "status": r.status,
+        "amount": r.amount,
+        "expiresAt": iso(r.expires_at),
+    }
 
 
 async def sweep_holds(svc: Services, limit: int = 500) -> int:
     """Free the seats of reservations still HELD after their hold expired (status EXPIRED)."""
     now = utcnow()
     async with svc.db.connect() as conn:
-        ids = [r[0] for r in (await conn.execute(select(reservation.c.id).where(
-            reservation.c.status == "HELD", reservation.c.expires_at <= now).distinct().limit(limit))).all()]
+        ids = [
+            r[0]
+            for r in (
+                await conn.execute(
+                    select(reservation.c.id)
+                    .where(reservation.c.status == "HELD", reservation.c.expires_at <= now)
+                    .distinct()
+                    .limit(limit)
+                )
+            ).all()
+        ]
     freed = 0
     for rid in ids:
         async with svc.db.begin() as conn:
-            res = await conn.execute(update(reservation).where(
-                reservation.c.id == rid, reservation.c.status == "HELD").values(status="EXPIRED", updated_at=now))
+            res = await conn.execute(
+                update(reservation)
+                .where(reservation.c.id == rid, reservation.c.status == "HELD")
+                .values(status="EXPIRED", updated_at=now)
+            )
             if res.rowcount:
-                await conn.execute(update(seat).where(seat.c.reservation_id == rid, seat.c.status == "HELD").values(
-                    status="AVAILABLE", reservation_id=None, held_until=None, updated_at=now))
+                await conn.execute(
+                    update(seat)
+                    .where(seat.c.reservation_id == rid, seat.c.status == "HELD")
+                    .values(status="AVAILABLE", reservation_id=None, held_until=None, updated_at=now)
+                )
                 freed += 1
     return freed

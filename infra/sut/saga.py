@@ -26,14 +26,20 @@ log = logging.getLogger("infra.sut.saga")
 
 
 async def _seen(conn, group: str, key: str) -> tuple[bool, str | None]:
-    row = (await conn.execute(select(consumed_message.c.result).where(
-        consumed_message.c.consumer_group == group, consumed_message.c.message_key == key))).first()
+    row = (
+        await conn.execute(
+            select(consumed_message.c.result).where(
+                consumed_message.c.consumer_group == group, consumed_message.c.message_key == key
+            )
+        )
+    ).first()
     return (row is not None, row.result if row else None)
 
 
 async def _mark(conn, group: str, key: str, result: str | None) -> None:
-    await conn.execute(consumed_message.insert().values(consumer_group=group, message_key=key, result=result,
-                                                        created_at=now_utc()))
+    await conn.execute(
+        consumed_message.insert().values(consumer_group=group, message_key=key, result=result, created_at=now_utc())
+    )
 
 
 async def _once(svc: Services, group: str, msg: Message, effect) -> tuple[str | None, bool]:
@@ -60,15 +66,21 @@ async def on_points(svc: Services, msg: Message) -> None:
 
     async def effect(conn) -> str:
         now = now_utc()
-        res = await conn.execute(update(point_wallet).where(
-            point_wallet.c.user_id == p["userId"], point_wallet.c.balance >= p["amount"]).values(
-            balance=point_wallet.c.balance - p["amount"], updated_at=now))
+        res = await conn.execute(
+            update(point_wallet)
+            .where(point_wallet.c.user_id == p["userId"], point_wallet.c.balance >= p["amount"])
+            .values(balance=point_wallet.c.balance - p["amount"], updated_at=now)
+        )
         if res.rowcount:
-            await conn.execute(point_history.insert().values(user_id=p["userId"], delta=-p["amount"], kind="USE",
-                                                             payment_id=p["paymentId"], created_at=now))
+            await conn.execute(
+                point_history.insert().values(
+                    user_id=p["userId"], delta=-p["amount"], kind="USE", payment_id=p["paymentId"], created_at=now
+                )
+            )
             return "PointUsedEvent"
-        exists = (await conn.execute(select(point_wallet.c.user_id).where(
-            point_wallet.c.user_id == p["userId"]))).first()
+        exists = (
+            await conn.execute(select(point_wallet.c.user_id).where(point_wallet.c.user_id == p["userId"]))
+        ).first()
         return "PointUseFailedEvent:" + ("INSUFFICIENT_POINTS" if exists else "USER_NOT_FOUND")
 
     result, _first = await _once(svc, "point-service", msg, effect)
@@ -85,8 +97,11 @@ async def on_payments(svc: Services, msg: Message) -> None:
     async def effect(conn) -> str:
         now = now_utc()
         if msg.type == "PointUsedEvent":
-            res = await conn.execute(update(payment).where(payment.c.id == pid, payment.c.status == "PENDING").values(
-                status="PROCESSING", updated_at=now))
+            res = await conn.execute(
+                update(payment)
+                .where(payment.c.id == pid, payment.c.status == "PENDING")
+                .values(status="PROCESSING", updated_at=now)
+            )
             if res.rowcount:
                 await conn.execute(payment_outbox.insert().values(**outbox_row(pid, "ConfirmSeatsCommand", p, now)))
                 return "ConfirmSeatsCommand"
@@ -97,8 +112,11 @@ async def on_payments(svc: Services, msg: Message) -> None:
                 if res:
                     terminal.append("failed")
                 return "FAILED-no-compensation"
-            res = await conn.execute(update(payment).where(payment.c.id == pid, payment.c.status == "PENDING").values(
-                failure_reason=p.get("reason"), updated_at=now))
+            res = await conn.execute(
+                update(payment)
+                .where(payment.c.id == pid, payment.c.status == "PENDING")
+                .values(failure_reason=p.get("reason"), updated_at=now)
+            )
             if res.rowcount:
                 await conn.execute(payment_outbox.insert().values(**outbox_row(pid, "CancelSeatsCommand", p, now)))
                 return "CancelSeatsCommand"
@@ -124,15 +142,17 @@ async def _finish(conn, pid: int, status: str, reason: str | None, now) -> bool:
     values = {"status": status, "updated_at": now, "completed_at": now}
     if reason:
         values["failure_reason"] = reason
-    res = await conn.execute(update(payment).where(
-        payment.c.id == pid, payment.c.status.in_(("PENDING", "PROCESSING"))).values(**values))
+    res = await conn.execute(
+        update(payment).where(payment.c.id == pid, payment.c.status.in_(("PENDING", "PROCESSING"))).values(**values)
+    )
     return bool(res.rowcount)
 
 
 async def _after_terminal(svc: Services, pid: int, p: dict, outcome: str) -> None:
     async with svc.db.connect() as conn:
-        created = (await conn.execute(select(payment.c.created_at, payment.c.completed_at).where(
-            payment.c.id == pid))).first()
+        created = (
+            await conn.execute(select(payment.c.created_at, payment.c.completed_at).where(payment.c.id == pid))
+        ).first()
     if created and created.completed_at:
         metrics.SAGA_DURATION.labels(outcome).observe((created.completed_at - created.created_at).total_seconds())
     if p.get("queueTokenId"):
@@ -147,16 +167,24 @@ async def on_reservations(svc: Services, msg: Message) -> None:
     async def effect(conn) -> str:
         now = now_utc()
         if msg.type == "ConfirmSeatsCommand":
-            await conn.execute(update(seat).where(seat.c.reservation_id == rid, seat.c.status == "HELD").values(
-                status="SOLD", held_until=None, updated_at=now))
-            await conn.execute(update(reservation).where(reservation.c.id == rid).values(
-                status="CONFIRMED", updated_at=now))
+            await conn.execute(
+                update(seat)
+                .where(seat.c.reservation_id == rid, seat.c.status == "HELD")
+                .values(status="SOLD", held_until=None, updated_at=now)
+            )
+            await conn.execute(
+                update(reservation).where(reservation.c.id == rid).values(status="CONFIRMED", updated_at=now)
+            )
             return "SeatsConfirmedEvent"
         if msg.type == "CancelSeatsCommand":
-            await conn.execute(update(seat).where(seat.c.reservation_id == rid, seat.c.status == "HELD").values(
-                status="AVAILABLE", reservation_id=None, held_until=None, updated_at=now))
-            await conn.execute(update(reservation).where(reservation.c.id == rid).values(
-                status="CANCELLED", updated_at=now))
+            await conn.execute(
+                update(seat)
+                .where(seat.c.reservation_id == rid, seat.c.status == "HELD")
+                .values(status="AVAILABLE", reservation_id=None, held_until=None, updated_at=now)
+            )
+            await conn.execute(
+                update(reservation).where(reservation.c.id == rid).values(status="CANCELLED", updated_at=now)
+            )
             return "SeatsCancelledEvent"
         return ""
 

@@ -30,11 +30,23 @@ async def prepare(settings: Settings) -> dict:
             r = aioredis.from_url(settings.redis_url)
             try:
                 await admin.clear_redis(r, settings.redis_prefix)
+                from infra.sut.context import make_bus
+
+                bus = make_bus(settings, r)
+                try:
+                    await bus.reset()
+                finally:
+                    await bus.close()
             finally:
                 await r.aclose()
         if settings.seed:
-            out = await admin.seed(db, seats=settings.seed_seats, seat_price=settings.seed_seat_price,
-                                   users=settings.seed_users, balance=settings.seed_balance)
+            out = await admin.seed(
+                db,
+                seats=settings.seed_seats,
+                seat_price=settings.seed_seat_price,
+                users=settings.seed_users,
+                balance=settings.seed_balance,
+            )
     finally:
         await db.dispose()
     return out
@@ -59,12 +71,25 @@ def serve(settings: Settings) -> None:
         settings.db_url = settings.effective_db_url
         seeded = asyncio.run(prepare(settings))
         os.environ.update(settings.to_env())
-        print(f"soundcheck sut: http://{settings.host}:{settings.port} db={settings.db_url} "
-              f"redis={settings.redis_url} workers={settings.workers} seed={seeded}", file=sys.stderr, flush=True)
-        uvicorn.run("infra.sut.app:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, log_level=settings.log_level, access_log=False,
-                    timeout_graceful_shutdown=5, backlog=4096, limit_concurrency=None,
-                    timeout_keep_alive=settings.http_keep_alive_seconds)
+        print(
+            f"soundcheck sut: http://{settings.host}:{settings.port} db={settings.db_url} "
+            f"redis={settings.redis_url} workers={settings.workers} seed={seeded}",
+            file=sys.stderr,
+            flush=True,
+        )
+        uvicorn.run(
+            "infra.sut.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            backlog=4096,
+            limit_concurrency=None,
+            timeout_keep_alive=settings.http_keep_alive_seconds,
+        )
     finally:
         if embedded:
             embedded.stop()

@@ -41,7 +41,8 @@ def utcnow() -> dt.datetime:
 #: (deployments/schema_maps/original.yaml: `payments.reservaion_id` is its own spelling). The code keeps the
 #: plan's names as column keys, so only the SQL the database sees changes.
 FOREIGN_NAMES: dict[str, tuple[str, dict[str, str]]] = {
-    plan: (t.table, dict(t.columns)) for plan, t in load_schema_map("original").tables.items()}
+    plan: (t.table, dict(t.columns)) for plan, t in load_schema_map("original").tables.items()
+}
 FOREIGN = os.environ.get("SUT_FOREIGN", "0").lower() in ("1", "true", "yes")
 
 
@@ -73,14 +74,16 @@ def _created():
 
 
 concert = Table(
-    "concert", metadata,
+    "concert",
+    metadata,
     Column("id", ID, primary_key=True, autoincrement=False),
     Column("title", String(200), nullable=False),
     _created(),
 )
 
 concert_show = Table(  # "show" is a reserved word in MySQL
-    "concert_show", metadata,
+    "concert_show",
+    metadata,
     Column("id", ID, primary_key=True, autoincrement=False),
     Column("concert_id", ID, ForeignKey(f"{N('concert')}.id"), nullable=False),
     Column("starts_at", TS, nullable=False),
@@ -88,7 +91,8 @@ concert_show = Table(  # "show" is a reserved word in MySQL
 )
 
 seat = Table(
-    "seat", metadata,
+    "seat",
+    metadata,
     Column("id", ID, primary_key=True, autoincrement=False),
     Column("show_id", ID, ForeignKey(f"{N('concert_show')}.id"), nullable=False),
     Column("seat_no", Integer, nullable=False),
@@ -103,7 +107,8 @@ seat = Table(
 )
 
 reservation = Table(
-    "reservation", metadata,
+    "reservation",
+    metadata,
     Column("row_id", ID, primary_key=True, autoincrement=True),
     Column("id", String(36), nullable=False, index=True),
     Column("show_id", ID, nullable=False),
@@ -122,7 +127,8 @@ reservation = Table(
 )
 
 point_wallet = Table(
-    "point_wallet", metadata,
+    "point_wallet",
+    metadata,
     Column("user_id", ID, primary_key=True, autoincrement=False),
     Column("balance", BigInteger, nullable=False),
     Column("updated_at", TS, nullable=False, default=utcnow),
@@ -130,7 +136,8 @@ point_wallet = Table(
 )
 
 point_history = Table(
-    "point_history", metadata,
+    "point_history",
+    metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("user_id", ID, nullable=False, index=True),
     Column("delta", BigInteger, nullable=False),
@@ -140,7 +147,8 @@ point_history = Table(
 )
 
 payment = Table(
-    "payment", metadata,
+    "payment",
+    metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("reservation_id", String(36), nullable=False, unique=True),
     Column("user_id", ID, nullable=False),
@@ -154,7 +162,8 @@ payment = Table(
 )
 
 payment_outbox = Table(
-    "payment_outbox", metadata,
+    "payment_outbox",
+    metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("aggregate_id", ID, nullable=False, index=True),  # the payment id
     Column("aggregate_type", String(32), nullable=False, default="PAYMENT"),
@@ -170,7 +179,8 @@ payment_outbox = Table(
 )
 
 queue_token = Table(
-    "queue_token", metadata,
+    "queue_token",
+    metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("target_id", ID, nullable=False),
     Column("user_id", ID, nullable=False),
@@ -185,7 +195,8 @@ queue_token = Table(
 )
 
 consumed_message = Table(  # the inbox that makes every consumer idempotent
-    "consumed_message", metadata,
+    "consumed_message",
+    metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("consumer_group", String(48), nullable=False),
     Column("message_key", String(96), nullable=False),

@@ -39,7 +39,11 @@ def error_response(err: ApiError) -> Response:
 
 def user_id(request: Request) -> int:
     """``Authorization: Bearer test-user-{userId}`` (the original team's scheme); 401 otherwise."""
-    header = request.headers.get("authorization")
+    return user_of(request.headers.get("authorization"))
+
+
+def user_of(header: str | None) -> int:
+    """The user id an Authorization header carries (see `user_id`)."""
     if not header:
         raise ApiError(401, "UNAUTHORIZED", "missing Authorization: Bearer test-user-{userId}")
     m = _BEARER.match(header.strip())

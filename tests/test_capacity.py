@@ -1,0 +1,179 @@
+"""The capacity stage (tasks.capacity): a step judged from its stored seconds, the verdict's sizing, a CPU
+quota that holds under real load, and a real climb against the reference service."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from sqlalchemy import insert
+from verdict_data import build_run, new_store
+
+from infra.cpu_quota import CpuQuota, available
+from soundcheck import store
+from soundcheck.models import Decision
+from soundcheck.profile import parse_profile
+from soundcheck.sketch import Histogram
+from tasks.capacity import apply_sizing, fmt_sizing, size, step_from_store
+from tasks.decide import judge
+
+
+def _second(sid: int, sec: int, ep: str, latencies: list[float], s5xx: int = 0) -> dict:
+    h = Histogram()
+    h.add_values(np.asarray(latencies))
+    n = len(latencies)
+    return {
+        "scenario_run_id": sid,
+        "second": sec,
+        "endpoint": ep,
+        "count": n,
+        "s2xx": n - s5xx,
+        "s5xx": s5xx,
+        "failed": 0,
+        "sketch": h.to_bytes(),
+    }
+
+
+def test_a_step_is_judged_on_its_steady_window(tmp_path):
+    e = new_store(tmp_path)
+    store.start_run(e, "r", "p", scale=1, time_scale=1, scenarios=["capacity"], target=None)
+    sid = store.start_scenario(e, "r", "capacity")
+    rows = []
+    for sec in range(100, 121):
+        slow = sec < 103  # the warm-up: cold connections, left out
+        rows.append(_second(sid, sec, "API-1", [900.0 if slow else 40.0] * 23))
+        rows.append(_second(sid, sec, "API-2", [20.0] * 77))
+    with e.begin() as c:
+        c.execute(insert(store.second_aggregates), rows)
+    s = step_from_store(e, sid, offered=100.0, dropped=0, warmup_s=3)
+    assert s.passed, s.why
+    assert s.achieved_rps == pytest.approx(100.0) and s.seconds == 17  # 103…119; the last second is partial
+    assert s.token_p95_ms == pytest.approx(40.0, rel=0.03) and s.poll_p99_ms == pytest.approx(20.0, rel=0.03)
+    failing = step_from_store(e, sid, offered=100.0, dropped=0, warmup_s=0)  # the warm-up counted
+    assert not failing.passed and failing.why[0].startswith("token p95")
+    assert step_from_store(e, sid, offered=150.0, dropped=7, warmup_s=3).why == [
+        "7 iterations dropped (the generator could not offer the load)",
+        "achieved 100 of 150 req/s offered",
+    ]
+
+
+SIZING = {
+    "per_count": {"1": {"median_rps": 88.0}, "2": {"median_rps": 178.0}},
+    "recommendation": {
+        "instances": 2,
+        "peak_rps": 86.7,
+        "why": "2 instances carry 178 req/s by the fit; the peak needs 87 req/s with 30% headroom (124 req/s)",
+        "scale_out_at_rps": 150.0,
+        "scale_out_cpu_percent": 71.0,
+        "scale_out_why": "start a new instance at 150 req/s",
+    },
+    "verification": {"verified": True, "why": "measured 176 req/s against 178 predicted"},
+}
+
+
+def test_a_measured_count_other_than_the_environments_holds_approval_with_the_numbers(tmp_path):
+    e = new_store(tmp_path)
+    build_run(e, "r1", ("points",))
+    verdict, _ = judge(e, "r1", parse_profile({"name": "test", "scenarios": ["points"]}))
+    assert verdict.verdict == Decision.APPROVE
+    apply_sizing(verdict, SIZING, current=1)
+    assert verdict.verdict == Decision.APPROVE_WITH_TUNING and verdict.sizing == SIZING
+    r = verdict.remediations[-1]
+    assert r.code == "scale_out" and "(the environment runs 1)" in r.reason
+    assert "start a new instance at 150 req/s" in r.detail and "verified: measured 176" in r.detail
+    assert verdict.trace[-1].subject == "sizing" and verdict.trace[-1].why.endswith("→ scale_out")
+    assert verdict.to_json_dict()["sizing"]["recommendation"]["instances"] == 2
+    same, _ = judge(e, "r1", parse_profile({"name": "test", "scenarios": ["points"]}))
+    apply_sizing(same, SIZING, current=2)
+    assert same.verdict == Decision.APPROVE and "nothing to change" in same.trace[-1].why
+    assert fmt_sizing(SIZING) == (
+        "sizing: sustainable req/s 1× 88, 2× 178; peak 87 req/s → 2 instances, verified; "
+        "scale out at 150 req/s (71 % CPU)"
+    )
+
+
+@pytest.mark.skipif(not available()[0], reason=available()[1])
+def test_a_cpu_quota_holds_a_busy_process_to_its_share():
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    q = CpuQuota(f"soundcheck-test-{os.getpid()}", 0.2)
+    try:
+        q.add(busy.pid)
+        import psutil
+
+        p = psutil.Process(busy.pid)
+        t0, c0, g0 = time.monotonic(), sum(p.cpu_times()[:2]), q.cpu_s()
+        time.sleep(2.0)
+        share = (sum(p.cpu_times()[:2]) - c0) / (time.monotonic() - t0)
+        assert 0.1 < share < 0.26, share
+        assert q.throttled_s() > 0.5
+        assert 0.1 < (q.cpu_s() - g0) / (time.monotonic() - t0) < 0.26  # the group's own account agrees
+    finally:
+        busy.kill()
+        busy.wait()
+        q.remove()
+    assert not q.path.exists()
+
+
+@pytest.mark.skipif(not available()[0], reason=available()[1])
+def test_a_real_climb_finds_one_instances_knee_and_says_two_counts_are_needed(tmp_path):
+    """One worker under a quarter of a core: the stairs pass, then a step fails the plan's gates; the
+    bottleneck is named; one count gives no fit, and the stage says so rather than guessing."""
+    from tasks.provision import provision
+
+    prof = parse_profile(
+        {
+            "name": "size-test",
+            "scale": 0.02,
+            "environment": {"local": {"seed_users": 12000}},
+            "sizing": {
+                "instances": [1],
+                "repeats": 1,
+                "instance_cpu": 0.25,
+                "hold_s": 8,
+                "warmup_s": 2,
+                "start_rps": 40,
+                "factor": 2.0,
+                "max_steps": 4,
+                "refine": 1,
+                "settle_s": 2,
+                "budget_s": 200,
+            },
+        }
+    )
+    e = new_store(tmp_path)
+    store.start_run(e, "sz", "size-test", scale=0.02, time_scale=1, scenarios=["capacity"], target=None)
+    p = provision(prof, tmp_path / "run")
+    try:
+        result = size(prof, p.handle, p.endpoints, e, "sz", tmp_path / "run")
+        assert p.handle.workers == 1 and p.handle.quotas == []  # left at its own size, without quotas
+    finally:
+        p.handle.stop()
+    (climb,) = result.stairs
+    assert [s.offered_rps for s in climb.steps][:2] == [40.0, 80.0] and climb.steps[0].passed
+    knee = min((s for s in climb.steps if not s.passed), key=lambda s: s.offered_rps)
+    last = max((s for s in climb.steps if s.passed and s.offered_rps < knee.offered_rps), key=lambda s: s.offered_rps)
+    assert climb.knee_rps == knee.offered_rps and climb.sustainable_rps == last.achieved_rps
+    refined = [s.offered_rps for s in climb.steps if s.offered_rps not in (40.0, 80.0, 160.0, 320.0)]
+    assert len(refined) == 1  # one halving of the gap between the last pass and the first failure
+    assert climb.bottleneck and ("CPU" in climb.bottleneck or "DB pool" in climb.bottleneck)
+    assert result.fit is None and "fewer than two instance counts" in (result.why_not or "")
+    assert "cgroup" in result.quota
+    with e.connect() as c:
+        n = c.execute(store.scenario_runs.select().where(store.scenario_runs.c.scenario == "capacity")).fetchall()
+    assert len(n) == len(climb.steps)  # every step kept in the store
+
+
+def test_the_soak_mix_runs_the_soaks_own_script_at_the_steps_rate():
+    from tasks.capacity import _step_script
+
+    spike = parse_profile({"name": "s", "scale": 0.02, "sizing": {"hold_s": 12}})
+    script, env = _step_script(spike, 90.0)
+    assert script.name == "capacity.js" and env["RATE"] == "90" and env["HOLD_S"] == "12"
+    soak = parse_profile({"name": "s", "scale": 0.02, "sizing": {"hold_s": 12, "mix": "soak"}})
+    script, env = _step_script(soak, 90.0)
+    assert script.name == "soak.js" and float(env["SOAK_RATE"]) * 0.02 == pytest.approx(90.0)
+    assert env["SOAK_DURATION_S"] == "12"
