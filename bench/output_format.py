@@ -32,17 +32,7 @@ from soundcheck import k6synth  # noqa: E402
 
 
 def write_json(path: Path, syn: k6synth.Synthetic) -> int:
-    names = (
-        "http_reqs",
-        "http_req_duration",
-        "http_req_blocked",
-        "http_req_connecting",
-        "http_req_tls_handshaking",
-        "http_req_sending",
-        "http_req_waiting",
-        "http_req_receiving",
-        "http_req_failed",
-    )
+    names = k6synth.REQ_METRICS
     iter_names = ("data_sent", "data_received", "iteration_duration", "iterations")
     n = 0
     with open(path, "wb") as f:

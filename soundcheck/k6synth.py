@@ -24,7 +24,7 @@ SOAK_MIX: tuple[tuple[str, str, str, float], ...] = (
     ("API-3", "POST", "reserve", 0.1),
 )
 
-_REQ_METRICS = (
+REQ_METRICS = (  # what k6 writes for every request, in its order
     "http_reqs",
     "http_req_duration",
     "http_req_blocked",

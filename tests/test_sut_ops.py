@@ -61,23 +61,27 @@ async def _close(svc: Services, emb: EmbeddedRedis) -> None:
     emb.stop()
 
 
+async def _pending_outbox_row(svc: Services, aggregate_id: int, payload: str) -> None:
+    async with svc.db.begin() as conn:
+        await conn.execute(
+            insert(payment_outbox).values(
+                aggregate_id=aggregate_id,
+                event_type="UsePointCommand",
+                payload=payload,
+                status="PENDING",
+                attempts=0,
+                next_attempt_at=utcnow(),
+                created_at=utcnow(),
+            )
+        )
+
+
 def test_outbox_retries_then_fails(tmp_path):
     async def run():
         bus = RecordingBus(fail=True)
         svc, emb = await _services(tmp_path, bus, outbox_retry_seconds=0.0, outbox_max_retries=3)
         try:
-            async with svc.db.begin() as conn:
-                await conn.execute(
-                    insert(payment_outbox).values(
-                        aggregate_id=1,
-                        event_type="UsePointCommand",
-                        payload="{}",
-                        status="PENDING",
-                        attempts=0,
-                        next_attempt_at=utcnow(),
-                        created_at=utcnow(),
-                    )
-                )
+            await _pending_outbox_row(svc, 1, "{}")
             states = []
             for _ in range(5):
                 await outbox.publish_once(svc)
@@ -87,18 +91,7 @@ def test_outbox_retries_then_fails(tmp_path):
                     )
             # a healthy bus publishes the next row and marks it PUBLISHED
             bus.fail = False
-            async with svc.db.begin() as conn:
-                await conn.execute(
-                    insert(payment_outbox).values(
-                        aggregate_id=2,
-                        event_type="UsePointCommand",
-                        payload='{"paymentId": 2}',
-                        status="PENDING",
-                        attempts=0,
-                        next_attempt_at=utcnow(),
-                        created_at=utcnow(),
-                    )
-                )
+            await _pending_outbox_row(svc, 2, '{"paymentId": 2}')
             published = await outbox.publish_once(svc)
             return states, published, bus.sent
         finally:
@@ -113,18 +106,7 @@ def test_failed_publish_waits_for_the_retry_interval(tmp_path):
     async def run():
         svc, emb = await _services(tmp_path, RecordingBus(fail=True), outbox_retry_seconds=60.0)
         try:
-            async with svc.db.begin() as conn:
-                await conn.execute(
-                    insert(payment_outbox).values(
-                        aggregate_id=1,
-                        event_type="UsePointCommand",
-                        payload="{}",
-                        status="PENDING",
-                        attempts=0,
-                        next_attempt_at=utcnow(),
-                        created_at=utcnow(),
-                    )
-                )
+            await _pending_outbox_row(svc, 1, "{}")
             await outbox.publish_once(svc)
             await outbox.publish_once(svc)
             async with svc.db.connect() as conn:
