@@ -120,6 +120,8 @@ class LocalStack:
         self.workers = self.env.workers
         self.instance_cpu: float | None = None  # cores per worker under a cgroup quota (sizing)
         self.quotas: list[Any] = []
+        self.balanced = False  # each worker on a port of its own too (sizing: per-request balance)
+        self.instance_urls: list[str] = []
 
     # -- public ---------------------------------------------------------------------------------------
     def start(self) -> Endpoints:
@@ -187,12 +189,14 @@ class LocalStack:
         self._start_sut(reset=reset_data)
         return self.endpoints
 
-    def set_instances(self, n: int, cpu: float | None = None) -> Endpoints:
+    def set_instances(self, n: int, cpu: float | None = None, *, balanced: bool = True) -> Endpoints:
         """Serve with `n` workers (the sizing stage's instances), each under a CPU quota of `cpu` cores when
-        given (infra.cpu_quota); restarts the service on the same port, data kept."""
+        given (infra.cpu_quota); restarts the service on the same port, data kept. `balanced`: each worker
+        also on a port of its own (`instance_urls`), so a load generator can balance every request across
+        them as a load balancer does (infra/sut/instance_port.py)."""
         if n < 1:
             raise ValueError("at least one instance")
-        self.workers, self.instance_cpu = n, cpu
+        self.workers, self.instance_cpu, self.balanced = n, cpu, balanced
         return self.restart()
 
     def _apply_quotas(self) -> None:
@@ -350,6 +354,7 @@ class LocalStack:
 
     def _start_sut(self, *, reset: bool) -> None:
         assert self.db is not None and self.redis_url is not None and self.port is not None
+        instance_dir = self._instance_dir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUT_") and k != "PROMETHEUS_MULTIPROC_DIR"}
         env.update(
             settings_env(
@@ -367,6 +372,7 @@ class LocalStack:
                     "admin_token": self.admin_token,
                     "reset": reset,
                     "seed": reset,
+                    "instance_port_dir": str(instance_dir) if self.balanced else "",
                 }
             )
         )
@@ -378,6 +384,27 @@ class LocalStack:
         except (RuntimeError, TimeoutError) as e:
             raise RuntimeError(f"{e}; last log lines:\n{child.log_tail()}") from None
         self._apply_quotas()
+        self.instance_urls = self._wait_instance_ports(child) if self.balanced else []
+
+    def _instance_dir(self) -> Path:
+        folder = self.dir / "instances"
+        shutil.rmtree(folder, ignore_errors=True)  # a restarted service's workers have new ports
+        return folder
+
+    def _wait_instance_ports(self, child: Any) -> list[str]:
+        """Each worker's own URL, once every worker has written its port (bounded by the start-up timeout)."""
+        folder = self.dir / "instances"
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            ports = sorted(int(p.read_text()) for p in folder.glob("*.port")) if folder.is_dir() else []
+            if len(ports) >= self.workers:
+                return [f"http://{self.env.host}:{p}" for p in ports]
+            if time.monotonic() > deadline or not child.alive():
+                raise RuntimeError(
+                    f"{len(ports)} of {self.workers} workers opened their own port within "
+                    f"{self.startup_timeout_s:g} s; last log lines:\n{child.log_tail()}"
+                )
+            time.sleep(0.1)
 
     def _start_prometheus(self) -> str | None:
         binary = shutil.which("prometheus")

@@ -198,9 +198,11 @@ def run_stairs(
     *,
     admin_token: str | None = None,
     quotas: list[Any] | None = None,
+    instance_urls: list[str] | None = None,
     abort: threading.Event | None = None,
 ) -> Stairs:
-    """One climb at `instances`: steps until the first that fails, the budget's deadline, or an abort."""
+    """One climb at `instances`: steps until the first that fails, the budget's deadline, or an abort.
+    With `instance_urls`, k6 sends each request to the next instance in turn (BASE_URLS), as a balancer."""
     from tasks.collect import start_sampler
     from tasks.load import LoadRequest, ScenarioStatus, run_scenario
 
@@ -216,6 +218,8 @@ def run_stairs(
         cpu0 = [q.cpu_s() for q in quotas or []]
         sampler = start_sampler(profile, endpoints, engine, run_id, sid)
         script, env = _step_script(profile, rate)
+        if instance_urls:
+            env["BASE_URLS"] = ",".join(instance_urls)
         try:
             res = run_scenario(
                 engine,
@@ -305,15 +309,22 @@ def run_stairs(
 
 
 # ---------------------------------------------------------------------------------------------- the stage
-def set_instances(handle: Any, n: int, cpu: float | None) -> None:
-    """Serve with `n` instances: local workers under a quota, or the auto-scaling group's desired capacity."""
+def set_instances(handle: Any, n: int, cpu: float | None, *, balanced: bool = True) -> None:
+    """Serve with `n` instances: local workers under a quota, or the auto-scaling group's desired capacity.
+    Locally `balanced` gives each worker a port of its own, which the steps spread requests over (an ALB
+    balances the auto-scaling group's instances by itself)."""
     if hasattr(handle, "set_instances"):
-        handle.set_instances(n, cpu)
+        handle.set_instances(n, cpu, balanced=balanced)
     elif hasattr(handle, "set_capacity"):
         handle.set_capacity(n)
         handle.wait_healthy(n)
     else:
         raise ValueError("an external target has a fixed size: sizing needs the local stack or the AWS stack")
+
+
+def _instances_of(handle: Any) -> dict[str, Any]:
+    """What a climb needs of the running instances: their CPU quotas and their own URLs (local stack)."""
+    return {"quotas": getattr(handle, "quotas", None), "instance_urls": getattr(handle, "instance_urls", None)}
 
 
 def fresh_state(handle: Any) -> None:
@@ -398,12 +409,13 @@ def size(
     try:
         for n in counts:
             set_instances(handle, n, cpu)
-            quotas = getattr(handle, "quotas", None)
             climbs = []
             for r in range(1, cfg.repeats + 1):
-                fresh_state(handle)
+                fresh_state(handle)  # a restart: new worker processes, quotas and ports
                 climbs.append(
-                    run_stairs(engine, run_id, profile, endpoints, n, r, out, deadline, quotas=quotas, abort=abort)
+                    run_stairs(
+                        engine, run_id, profile, endpoints, n, r, out, deadline, abort=abort, **_instances_of(handle)
+                    )
                 )
             result.stairs += climbs
             result.per_count[n] = summarize_count(climbs)
@@ -444,8 +456,9 @@ def size(
         return result
     finally:
         result.load_s = round(time.time() - t0, 1)
-        if original is not None and (getattr(handle, "workers", None) != original or handle.instance_cpu):
-            set_instances(handle, original, None)  # the stages after this one see the environment as it was
+        changed = original is not None and (handle.workers != original or handle.instance_cpu or handle.balanced)
+        if changed:  # the stages after this one see the environment as it was
+            set_instances(handle, original, None, balanced=False)
 
 
 def _rec_dict(rec: Recommendation) -> dict[str, Any]:
@@ -482,9 +495,7 @@ def verify_prediction(
         }
     set_instances(handle, n, cpu)
     fresh_state(handle)
-    climb = run_stairs(
-        engine, run_id, profile, endpoints, n, 0, out, deadline, quotas=getattr(handle, "quotas", None), abort=abort
-    )
+    climb = run_stairs(engine, run_id, profile, endpoints, n, 0, out, deadline, abort=abort, **_instances_of(handle))
     measured = climb.sustainable_rps
     if measured is None:
         return {

@@ -150,6 +150,7 @@ def test_a_real_climb_finds_one_instances_knee_and_says_two_counts_are_needed(tm
     try:
         result = size(prof, p.handle, p.endpoints, e, "sz", tmp_path / "run")
         assert p.handle.workers == 1 and p.handle.quotas == []  # left at its own size, without quotas
+        assert not p.handle.balanced and p.handle.instance_urls == []  # and one port again
     finally:
         p.handle.stop()
     (climb,) = result.stairs
@@ -165,6 +166,33 @@ def test_a_real_climb_finds_one_instances_knee_and_says_two_counts_are_needed(tm
     with e.connect() as c:
         n = c.execute(store.scenario_runs.select().where(store.scenario_runs.c.scenario == "capacity")).fetchall()
     assert len(n) == len(climb.steps)  # every step kept in the store
+
+
+def test_balanced_instances_each_serve_on_a_port_of_their_own(tmp_path):
+    """Sizing's local instances are balanced per request, as an ALB would: each worker listens on a port of
+    its own too (the shared port hands a keep-alive connection to one worker for good)."""
+    import httpx
+    import psutil
+
+    from tasks.provision import provision
+
+    p = provision(parse_profile({"name": "balanced", "scale": 0.02}), tmp_path / "run")
+    try:
+        p.handle.set_instances(2, None)
+        urls = p.handle.instance_urls
+        assert len(set(urls)) == 2 and all(u.startswith("http://127.0.0.1:") for u in urls)
+        leader = psutil.Process(p.handle.procs.children["sut"].popen.pid)
+        workers = {c.pid for c in leader.children(recursive=True)}
+        owners = {int(f.stem) for f in (p.handle.dir / "instances").glob("*.port")}
+        assert len(owners) == 2 and owners <= workers  # one port per worker process
+        for u in urls:
+            assert httpx.get(f"{u}/health", timeout=10).json()["status"] == "ok"
+        p.handle.restart()  # new workers, new ports
+        assert len(p.handle.instance_urls) == 2 and set(p.handle.instance_urls) != set(urls)
+        p.handle.set_instances(1, None, balanced=False)
+        assert p.handle.instance_urls == [] and not (p.handle.dir / "instances").exists()
+    finally:
+        p.handle.stop()
 
 
 def test_the_soak_mix_runs_the_soaks_own_script_at_the_steps_rate():

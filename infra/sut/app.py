@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
@@ -21,6 +22,7 @@ from infra.sut.consumers import start_consumers
 from infra.sut.context import Services, make_bus
 from infra.sut.db import Database, PoolTimeout
 from infra.sut.hot import HotPaths, error_answer
+from infra.sut.instance_port import InstanceListener
 from infra.sut.settings import Settings
 from infra.sut.web import (
     ApiError,
@@ -364,6 +366,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app (uvicorn factory). Settings come from ``SUT_*`` when not given."""
     settings = settings or Settings.from_env()
     holder: dict[str, Services] = {}
+    outermost: list[Any] = []  # the ASGI app uvicorn serves (Instrument over the hot paths over Starlette)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -420,9 +423,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             tasks.append(asyncio.create_task(concerts.warm(svc), name="concert-cache-warm"))
         if s.gc_freeze:  # everything above lives for the whole run
             metrics.freeze_startup_heap()
+        listener = None
+        if s.instance_port_dir:  # the sizing stage's per-request balancing (infra/sut/instance_port.py)
+            listener = InstanceListener(outermost[0], s.host, s.instance_port_dir, s.http_keep_alive_seconds)
+            await listener.start()
         try:
             yield
         finally:
+            if listener is not None:
+                await listener.stop()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -437,7 +446,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     svc_getter = lambda: holder.get("svc")  # noqa: E731
     inner = HotPaths(app, svc_getter) if settings.hot_paths else app
-    return Instrument(inner, svc_getter)  # type: ignore[return-value]
+    outermost.append(Instrument(inner, svc_getter))
+    return outermost[0]
 
 
 async def _refresh(svc: Services) -> None:

@@ -63,6 +63,11 @@ class Settings:
         "Answer API-1 and API-2 as raw ASGI before Starlette (infra/sut/hot.py): same answers, less CPU per "
         "request at the spike's 3,333 polls/s. Off: every request through Starlette.",
     )
+    instance_port_dir: str = _s(
+        "",
+        "When set, each worker also listens on a free port of its own and writes it to <dir>/<pid>.port, so the "
+        "sizing stage can balance every request across workers as a load balancer does (infra/sut/instance_port.py).",
+    )
     queue_capacity: int = _s(50, "Active (ENTERED) queue tokens per target.")
     queue_ttl_seconds: float = _s(1800.0, "Queue token TTL (Redis key TTL and queue_token.expires_at).")
     position_strategy: str = _s(

@@ -3,6 +3,8 @@
 //
 // Environment (all optional; defaults are the plan's numbers at SCALE=1, TIME_SCALE=1):
 //   BASE_URL      target base URL (default http://127.0.0.1:8080)
+//   BASE_URLS     optional, comma-separated: the API calls go to each in turn, one request after another,
+//                 as a load balancer spreads requests (the sizing stage: one URL per local instance)
 //   SCALE         multiplies user counts and rates (1 = the plan)
 //   TIME_SCALE    multiplies durations (1 = the plan)
 //   USER_OFFSET   first seeded user id this scenario may use; USER_COUNT how many (ranges must not
@@ -20,6 +22,15 @@ import { sleep } from 'k6';
 import { Counter, Trend, Rate } from 'k6/metrics';
 
 export const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
+const BASES = (__ENV.BASE_URLS || '').split(',').map((u) => u.trim().replace(/\/+$/, '')).filter(Boolean);
+let nextBase = __VU; // each VU starts at a different instance, so the VUs' turns interleave
+
+// Where the next API call goes: BASE_URL, or the next of BASE_URLS.
+function baseUrl() {
+  if (BASES.length === 0) return BASE_URL;
+  nextBase = (nextBase + 1) % BASES.length;
+  return BASES[nextBase];
+}
 export const SCALE = parseFloat(__ENV.SCALE || '1');
 export const TIME_SCALE = parseFloat(__ENV.TIME_SCALE || '1');
 export const USER_OFFSET = parseInt(__ENV.USER_OFFSET || '1', 10);
@@ -73,7 +84,7 @@ function fill(t, vars) {
 export function stepRequest(step, vars) {
   const s = STEPS[step];
   const v = Object.assign({ concertId: CONCERT_ID, showId: SHOW_ID }, vars);
-  return { method: s.method, url: `${BASE_URL}${fill(s.path, v)}`, body: s.body ? JSON.stringify(fill(s.body, v)) : null };
+  return { method: s.method, url: `${baseUrl()}${fill(s.path, v)}`, body: s.body ? JSON.stringify(fill(s.body, v)) : null };
 }
 
 function send(step, vars, p) {
