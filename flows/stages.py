@@ -81,7 +81,7 @@ def stage_env(name: str, profile: Profile) -> dict[str, str]:
         "DIALECT_FILE": str(dialect_path(profile.target.dialect)),
         "ADMISSION": profile.target.admission.mode,
         "ADMISSION_WAIT_S": str(profile.target.admission.wait_s),
-        **k6_abort_env(profile.abort.error_rate, profile.abort.p95_ms),
+        **k6_abort_env(profile.abort.error_rate, profile.abort.p95_ms, profile.abort.on_latency),
     }
 
 

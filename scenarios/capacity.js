@@ -10,7 +10,7 @@
 // MAX_VUS (pre-allocated VUs; dropped iterations say when they were too few).
 import exec from 'k6/execution';
 import {
-  ABORT_ERROR_RATE, ABORT_P95_MS, CONCERT_ID, USER_COUNT, USER_OFFSET, checkTarget, issueToken, pollToken,
+  ABORT_ERROR_RATE, abortOnLatency, CONCERT_ID, USER_COUNT, USER_OFFSET, checkTarget, issueToken, pollToken,
 } from './lib/common.js';
 
 const RATE = parseFloat(__ENV.RATE || '50');
@@ -34,7 +34,7 @@ export const options = {
   // held 10 s); the gates themselves (R-SPIKE-1/2/6) are judged on the step's steady window afterwards.
   thresholds: {
     'http_req_failed': [{ threshold: `rate<${ABORT_ERROR_RATE}`, abortOnFail: true, delayAbortEval: '10s' }],
-    'http_req_duration': [{ threshold: `p(95)<${ABORT_P95_MS}`, abortOnFail: true, delayAbortEval: '10s' }],
+    'http_req_duration': abortOnLatency('10s'),
   },
   summaryTrendStats: ['avg', 'med', 'p(95)', 'p(99)', 'max'],
 };

@@ -31,7 +31,7 @@
 // shared user buys). Users: USER_OFFSET … +SOAK_USERS·SCALE − 1.
 import exec from 'k6/execution';
 import {
-  ABORT_ERROR_RATE, ABORT_P95_MS,
+  ABORT_ERROR_RATE, abortOnLatency,
   ADMISSION, ADMISSION_WAIT_S, SCALE, USER_OFFSET, admittedUsers, checkTarget, concerts, dur, issueToken,
   pollToken, releasePlace, reserve, scaled, uuid,
 } from './lib/common.js';
@@ -64,7 +64,7 @@ export const options = {
   },
   // Stated up front: R-GATE p95 < 1 s and errors < 0.1 % (normal band); alarm levels abort.
   thresholds: {
-    'http_req_duration': ['p(95)<1000', { threshold: `p(95)<${ABORT_P95_MS}`, abortOnFail: true, delayAbortEval: '30s' }],
+    'http_req_duration': ['p(95)<1000', ...abortOnLatency('30s')],
     'http_req_failed': ['rate<0.001', { threshold: `rate<${ABORT_ERROR_RATE}`, abortOnFail: true, delayAbortEval: '30s' }],
   },
   summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(95)', 'p(99)'],

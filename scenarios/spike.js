@@ -28,7 +28,7 @@
 import exec from 'k6/execution';
 import { sleep } from 'k6';
 import {
-  ABORT_ERROR_RATE, ABORT_P95_MS,
+  ABORT_ERROR_RATE, abortOnLatency,
   SCALE, TIME_SCALE, USER_COUNT, USER_OFFSET, dur, issueToken, pay, reserve, scaled, uuid, waitEntered,
   waitUntilEntered, watchPayment, checkTarget, journey, isOk, isTaken,
 } from './lib/common.js';
@@ -72,7 +72,7 @@ export const options = {
     'http_req_duration{endpoint:API-1}': ['p(95)<500'],
     'http_req_duration{endpoint:API-2}': ['p(99)<1000'],
     'http_req_failed': ['rate<0.001', { threshold: `rate<${ABORT_ERROR_RATE}`, abortOnFail: true, delayAbortEval: '30s' }],
-    'http_req_duration': [{ threshold: `p(95)<${ABORT_P95_MS}`, abortOnFail: true, delayAbortEval: '30s' }],
+    'http_req_duration': abortOnLatency('30s'),
   },
   summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(95)', 'p(99)'],
 };

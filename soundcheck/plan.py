@@ -347,9 +347,9 @@ class AbortLevels:
 ABORT = AbortLevels()
 
 
-def k6_abort_env(error_rate: float, p95_ms: float) -> dict[str, str]:
-    """The abort levels as the k6 scripts read them (ABORT_ERROR_RATE, ABORT_P95_MS)."""
-    return {"ABORT_ERROR_RATE": f"{error_rate:g}", "ABORT_P95_MS": f"{p95_ms:g}"}
+def k6_abort_env(error_rate: float, p95_ms: float, on_latency: bool = True) -> dict[str, str]:
+    """The abort levels as the k6 scripts read them (ABORT_ERROR_RATE, ABORT_P95_MS; 0: no latency abort)."""
+    return {"ABORT_ERROR_RATE": f"{error_rate:g}", "ABORT_P95_MS": f"{p95_ms:g}" if on_latency else "0"}
 
 
 # ------------------------------------------------------------------------------------ formatting

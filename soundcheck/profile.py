@@ -252,6 +252,10 @@ class Abort(_Strict):
     enabled: bool = True
     error_rate: float = ABORT.error_rate
     p95_ms: float = ABORT.p95_ms
+    #: Stop on slow answers (p95 above `p95_ms`) as well as on errors and resources. A staging run sets it
+    #: false: slowness ends when the load ends and is what the spike measures; errors and exhausted
+    #: resources are the harm to a shared environment the plan's rollback is for (docs/safety.md).
+    on_latency: bool = True
     pool_exhaustion_s: float = ABORT.pool_exhaustion_s  # pool timeouts sustained this long
     redis_memory_bytes: float = ABORT.redis_memory_bytes
     consumer_lag: float = ABORT.consumer_lag

@@ -260,7 +260,7 @@ class AbortWatcher:
                 f"{errors} of {total} requests failed or answered 5xx in {len(win)} s",
             )
         spans = self._first_second is not None and self._latest_second - self._first_second + 1 >= b.window_s
-        if not spans or not win:
+        if not b.on_latency or not spans or not win:
             return None
         if self.sketch_quantile is not None and all(s.sketches for _, s in win):
             q = self.sketch_quantile([sk for _, s in win for sk in s.sketches], 0.95)

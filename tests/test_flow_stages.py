@@ -46,3 +46,35 @@ def test_stage_env_carries_the_profiles_target_to_k6():
     assert spike["SEAT_IDS"] == "5001,5002" and spike["USER_OFFSET"] == "101601"
     assert race["DIALECT"] == "original" and race["DIALECT_FILE"].endswith("deployments/dialects/original.json")
     assert (race["ADMISSION"], race["ADMISSION_WAIT_S"], race["LOCK_WAIT_S"]) == ("shared_token", "30.0", "1.5")
+
+
+def test_the_profiles_abort_levels_reach_k6_and_staging_can_drop_the_latency_one():
+    """The stage env carries the profile's levels; real k6 reads them into the scripts' abortOnFail thresholds,
+    and with abort.on_latency false no latency threshold is left (errors still abort)."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from flows.stages import stage_env
+    from soundcheck.paths import venv_bin
+    from soundcheck.profile import parse_profile
+
+    def thresholds(script: str, env: dict[str, str]) -> dict:
+        k6 = [str(venv_bin("k6")), "inspect"] + [
+            a for k in ("ABORT_P95_MS", "ABORT_ERROR_RATE") for a in ("-e", f"{k}={env[k]}")
+        ]
+        path = Path(__file__).parent.parent / "scenarios" / f"{script}.js"
+        out = subprocess.run([*k6, str(path)], capture_output=True, text=True, check=True, timeout=60)
+        return json.loads(out.stdout)["thresholds"]
+
+    plan = stage_env("spike", parse_profile({"name": "x", "abort": {"p95_ms": 2500, "error_rate": 0.02}}))
+    assert (plan["ABORT_P95_MS"], plan["ABORT_ERROR_RATE"]) == ("2500", "0.02")
+    spike = thresholds("spike", plan)
+    assert [t["threshold"] for t in spike["http_req_duration"]] == ["p(95)<2500"]
+    assert spike["http_req_failed"][1] == {"threshold": "rate<0.02", "abortOnFail": True, "delayAbortEval": "30s"}
+
+    staging = stage_env("soak", parse_profile({"name": "x", "abort": {"on_latency": False}}))
+    assert staging["ABORT_P95_MS"] == "0"
+    soak = thresholds("soak", staging)
+    assert soak["http_req_duration"] == ["p(95)<1000"]  # the gate stays; no abort on it
+    assert soak["http_req_failed"][1]["abortOnFail"] is True

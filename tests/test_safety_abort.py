@@ -73,6 +73,16 @@ def test_p95_must_hold_over_the_window():
     assert w.tripped and w.breach.rule == "p95_ms" and w.breach.observed == 3500
 
 
+def test_a_profile_that_aborts_on_errors_only_lets_slowness_run():
+    """abort.on_latency false (the staging choice): slow answers are measured, not stopped; errors still stop."""
+    w = AbortWatcher(Abort(window_s=5, p95_ms=3000, on_latency=False))
+    for i in range(20):
+        w.on_second(sec(i, p95=9000))
+    assert not w.tripped
+    w.on_second(sec(20, count=1000, s5xx=50))
+    assert w.tripped and w.breach.rule == "error_rate"
+
+
 def test_p95_not_before_a_full_window_of_data():
     w = AbortWatcher(Abort(window_s=5))
     for i in range(4):

@@ -41,6 +41,11 @@ export const ADMISSION = __ENV.ADMISSION || 'private_targets';
 export const ADMISSION_WAIT_S = parseFloat(__ENV.ADMISSION_WAIT_S || '120');
 // The plan's alarm levels (R-SAFE); the campaign passes the profile's `abort` levels here.
 export const ABORT_P95_MS = parseFloat(__ENV.ABORT_P95_MS || '3000');
+// k6's latency abort at the profile's level; none when the profile aborts on errors and resources only
+// (ABORT_P95_MS=0: abort.on_latency false, the staging choice, docs/safety.md).
+export function abortOnLatency(delay) {
+  return ABORT_P95_MS > 0 ? [{ threshold: `p(95)<${ABORT_P95_MS}`, abortOnFail: true, delayAbortEval: delay }] : [];
+}
 export const ABORT_ERROR_RATE = parseFloat(__ENV.ABORT_ERROR_RATE || '0.01');
 // The target's seat-lock wait (the plan's 3 s): a reservation refused at or after it timed out on the lock.
 export const LOCK_WAIT_MS = parseFloat(__ENV.LOCK_WAIT_S || '3') * 1000;
