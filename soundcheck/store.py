@@ -75,6 +75,26 @@ scenario_runs = Table(
     Column("details", JSON),  # anything else the stage measured (TC-1 release spread, k6 summary …)
 )
 
+#: One k6 execution segment of a stage split across load generators (`k6.generators` > 1). The generator that
+#: runs the segment writes its row (where, its k6 REST API, a heartbeat, how it ended); the campaign reads the
+#: rows to start, stop and judge the stage, and sets `release` when the segment's k6 may exit.
+load_segments = Table(
+    "load_segments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("scenario_run_id", Integer, ForeignKey("scenario_runs.id"), nullable=False, index=True),
+    Column("segment", Integer, nullable=False),  # 0-based
+    Column("segments", Integer, nullable=False),
+    Column("host", String(255)),
+    Column("api_url", String(255)),
+    Column("state", String(16), nullable=False),  # STARTING READY RUNNING ENDED DONE FAILED
+    Column("release", Boolean, nullable=False, default=False),
+    Column("heartbeat_at", Float),  # epoch seconds, written every second while the generator lives
+    Column("exit_code", Integer),
+    Column("reason", Text),
+    Column("details", JSON),  # k6 CPU seconds and cores, dropped iterations, requests, CSV path
+)
+
 #: Per-request records, kept whole for small scenarios (race, saga, points).
 requests = Table(
     "requests",

@@ -121,8 +121,17 @@ def scenario_env(
 
 
 def k6_command(
-    k6: str, script: Path, csv_path: Path, summary_path: Path, allowlist: list[str] | None = None
+    k6: str,
+    script: Path,
+    csv_path: Path,
+    summary_path: Path,
+    allowlist: list[str] | None = None,
+    *,
+    address: str = "127.0.0.1:0",
+    extra: tuple[str, ...] | list[str] = (),
 ) -> list[str]:
+    """`k6 run` with the CSV output the ingest tails; `address` is its REST API (port 0: none we use),
+    `extra` more flags (a segment's)."""
     return [
         k6,
         "run",
@@ -130,7 +139,7 @@ def k6_command(
         "--no-color",
         "--quiet",
         "--address",
-        "127.0.0.1:0",
+        address,
         "--out",
         f"csv={csv_path}",
         "--system-tags",
@@ -138,6 +147,7 @@ def k6_command(
         "--summary-export",
         str(summary_path),
         *k6_guard_args(allowlist),
+        *extra,
         str(script),
     ]
 

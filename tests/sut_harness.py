@@ -41,6 +41,21 @@ def mariadb_url() -> str | None:
     return f"mysql+aiomysql://root:@127.0.0.1:3306/{name}"
 
 
+def postgres_url(prefix: str = "t") -> str | None:
+    """A fresh database on the local PostgreSQL when it is reachable, else None (tests skip)."""
+    try:
+        import psycopg
+
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=2, autocommit=True
+        ) as c:
+            c.execute(f"CREATE DATABASE {name}")
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    except Exception:  # noqa: BLE001 - unreachable for any reason: skip
+        return None
+
+
 def drop_mariadb(url: str) -> None:
     import pymysql
 

@@ -4,12 +4,11 @@ admin API, and bound SQL statements on SQLite, MariaDB and PostgreSQL when they 
 from __future__ import annotations
 
 import contextlib
-import uuid
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
-from sut_harness import auth, drop_mariadb, mariadb_url, run_sut
+from sut_harness import auth, drop_mariadb, mariadb_url, postgres_url, run_sut
 
 from soundcheck.profile import parse_profile
 from tasks.fixtures import Balance, FixtureError, api_balances, needs, resolved_mode, sql_balances, statements
@@ -69,17 +68,7 @@ def _mariadb() -> str | None:
 
 
 def _postgres() -> str | None:
-    try:
-        import psycopg
-
-        name = f"fixtures_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=2, autocommit=True
-        ) as c:
-            c.execute(f"CREATE DATABASE {name}")
-        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    except Exception:  # noqa: BLE001 - unreachable for any reason: skip
-        return None
+    return postgres_url("fixtures")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mariadb", "postgresql"])

@@ -1,0 +1,238 @@
+"""One stage split across load generators (issue 14): k6 execution segments, a common start, merged results.
+
+Real k6 throughout; the stage tests run the reference service and a PostgreSQL result store (skipped when
+PostgreSQL is not reachable on loopback)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import select
+from sut_harness import ADMIN, postgres_url, run_sut
+
+from soundcheck import k6synth, store
+from soundcheck.models import ScenarioStatus
+from soundcheck.paths import venv_bin
+from soundcheck.segments import Segment, segments
+from tasks.ingest import ingest_file
+from tasks.kpis import compute_kpis
+from tasks.load import LoadRequest
+from tasks.segments import LocalDispatch, SegmentSpec, run_segmented
+
+K6 = venv_bin("k6")
+needs_k6 = pytest.mark.skipif(K6 is None, reason="k6 binary not installed")
+ADMIN_TOKEN = ADMIN["X-Admin-Token"]
+
+
+def test_segment_flags_split_the_test_into_equal_parts() -> None:
+    assert Segment(0, 1).k6_args() == []
+    assert Segment(1, 3).k6_args() == [
+        "--execution-segment",
+        "1/3:2/3",
+        "--execution-segment-sequence",
+        "0,1/3,2/3,1",
+    ]
+    assert [s.label for s in segments(2)] == ["1/2", "2/2"]
+    with pytest.raises(ValueError, match="segment 2 of 2 does not exist"):
+        Segment(2, 2)
+
+
+IDS = """
+import exec from 'k6/execution';
+export const options = { scenarios: {
+  r: { executor: 'ramping-vus', startVUs: 0, stages: [{ duration: '1s', target: 101 }], gracefulRampDown: '0s' },
+  p: { executor: 'per-vu-iterations', vus: 100, iterations: 1, exec: 'once' },
+}};
+export default function () { console.log(`R vu=${exec.vu.idInTest}`); }
+export function once() { console.log(`P it=${exec.scenario.iterationInTest}`); }
+"""
+
+
+@needs_k6
+def test_k6_keeps_users_disjoint_across_segments(tmp_path: Path) -> None:
+    """What the scripts rely on to give every user to one generator: k6 stripes VU ids and a scenario's
+    iteration numbers across the segments of one sequence (no request is sent)."""
+    script = tmp_path / "ids.js"
+    script.write_text(IDS)
+    vus: list[set[int]] = []
+    its: list[list[int]] = []
+    for seg in segments(3):
+        out = subprocess.run(
+            [K6, "run", "--quiet", "--no-summary", "--no-usage-report", *seg.k6_args(), str(script)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        text = out.stdout + out.stderr
+        vus.append({int(v) for v in re.findall(r"R vu=(\d+)", text)})
+        its.append([int(i) for i in re.findall(r"P it=(\d+)", text)])
+    assert all(a.isdisjoint(b) for i, a in enumerate(vus) for b in vus[i + 1 :])
+    assert sorted(i for part in its for i in part) == list(range(100))  # each of 100 users exactly once
+    assert [len(p) for p in its] == [34, 33, 33]
+
+
+def test_percentiles_of_two_generators_merge_within_the_sketch_accuracy(tmp_path: Path) -> None:
+    """The same requests ingested as one k6 output and as two halves (two generators) give the same counts
+    exactly and the same p95/p99 per endpoint within the sketch's 1 % relative accuracy."""
+    syn = k6synth.requests_for(400, 20, 1_800_000_000, seed=7)
+    whole = tmp_path / "whole.csv"
+    with open(whole, "w") as fh:
+        k6synth.write(fh, syn)
+    halves = []
+    for part in (0, 1):
+        m = (syn.ts_ms * 7 + syn.duration_ms.astype(int)) % 2 == part  # an uneven, interleaved split
+        sub = k6synth.Synthetic(syn.ts_ms[m], syn.endpoint[m], syn.status[m], syn.duration_ms[m], syn.endpoints)
+        path = tmp_path / f"half{part}.csv"
+        with open(path, "w") as fh:
+            k6synth.write(fh, sub)
+        halves.append(path)
+    engine = store.open_store(f"sqlite:///{tmp_path / 's.db'}")
+    store.start_run(engine, "r", "t", scale=1, time_scale=1, scenarios=["soak"], target=None)
+    one = store.start_scenario(engine, "r", "soak")
+    two = store.start_scenario(engine, "r", "soak")
+    ingest_file(engine, one, "soak", whole)
+    for h in halves:
+        ingest_file(engine, two, "soak", h)
+    a = {(k.name, k.phase): k.value for k in compute_kpis(engine, one)}
+    b = {(k.name, k.phase): k.value for k in compute_kpis(engine, two)}
+    for ep in ("API-2", "API-5", "API-3"):
+        for q in ("p95_ms", "p99_ms"):
+            assert b[(f"{q}.{ep}", None)] == pytest.approx(a[(f"{q}.{ep}", None)], rel=0.02), (q, ep)
+    with engine.connect() as c:
+        counts = [
+            Counter(
+                {
+                    r.endpoint: r.count
+                    for r in c.execute(
+                        select(store.second_aggregates).where(store.second_aggregates.c.scenario_run_id == s)
+                    )
+                }
+            )
+            for s in (one, two)
+        ]
+    total = [
+        sum(
+            r.count
+            for r in c.execute(select(store.second_aggregates).where(store.second_aggregates.c.scenario_run_id == s))
+        )
+        for s in (one, two)
+        for c in [engine.connect()]
+    ]
+    assert total[0] == total[1] == len(syn.ts_ms)
+    assert counts[0].keys() == counts[1].keys()
+
+
+def test_sqlite_is_refused_for_several_generators(tmp_path: Path) -> None:
+    engine = store.open_store(f"sqlite:///{tmp_path / 's.db'}")
+    with pytest.raises(ValueError, match="needs a server database as the result store"):
+        run_segmented(engine, "r", LoadRequest("race", "http://127.0.0.1:9", output_dir=tmp_path), 2)
+
+
+# -- stages against the reference service, PostgreSQL result store ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_engine():
+    url = postgres_url("segments")
+    if url is None:
+        pytest.skip("no PostgreSQL reachable on 127.0.0.1:5432")
+    e = store.open_store(url)
+    store.start_run(e, "run-seg", "test", scale=0.01, time_scale=0.01, scenarios=[], target=None)
+    yield e
+    e.dispose()
+
+
+@pytest.fixture(scope="module")
+def sut(tmp_path_factory):
+    with run_sut(tmp_path_factory.mktemp("sut"), seed_users=2500, seed_seats=1000, outbox_interval_seconds=0.2) as s:
+        yield s
+
+
+def _k6_left() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.name() == "k6"]
+
+
+def _req(sut, scenario: str, tmp_path: Path, **env: str) -> LoadRequest:
+    return LoadRequest(
+        scenario, sut.base, output_dir=tmp_path, env=env, admin_token=ADMIN_TOKEN, progress=False, scale=0.02
+    )
+
+
+@needs_k6
+@pytest.mark.slow
+def test_race_on_two_generators_gives_the_single_process_answers(pg_engine, sut, tmp_path: Path) -> None:
+    r = run_segmented(
+        pg_engine,
+        "run-seg",
+        _req(sut, "race", tmp_path, TC_GAP_MS="3500", TC3_ROUND_GAP_MS="2500", RELEASE_DELAY_MS="2000"),
+        2,
+        pickup_timeout_s=60,
+    )
+    assert r.status == ScenarioStatus.COMPLETED, r.reason
+    assert not _k6_left()
+    assert [s["state"] for s in r.details["segments"]] == ["DONE", "DONE"]
+    with pg_engine.connect() as c:
+        reqs = c.execute(select(store.requests).where(store.requests.c.scenario_run_id == r.scenario_run_id)).all()
+    by = Counter((q.name, q.status) for q in reqs if q.endpoint == "API-3")
+    assert by[("tc1", 200)] == 1 and by[("tc1", 409)] == 99  # one seat, 100 users over two generators
+    assert by[("tc2", 200)] == 100 and by[("tc3", 200)] == 100
+    k = {(x.name, x.phase): x.value for x in compute_kpis(pg_engine, r.scenario_run_id)}
+    assert k[("rate_5xx", None)] == 0
+    # TC-1's release spread over both generators' send instants (one clock here; NTP between machines)
+    assert 0 <= k[("tc1_release_spread_ms", None)] < 250
+    assert r.details["resume_spread_ms"] < 1000
+
+
+@needs_k6
+@pytest.mark.slow
+def test_a_generator_that_dies_makes_the_stage_inconclusive_and_names_it(pg_engine, sut, tmp_path: Path) -> None:
+    killed: list[int] = []
+
+    def kill_second_generator() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for p in _k6_left():
+                if "1/2:1" in " ".join(p.cmdline()) and time.monotonic():
+                    time.sleep(3)  # let it run a little
+                    p.kill()
+                    killed.append(p.pid)
+                    return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=kill_second_generator, daemon=True)
+    t.start()
+    r = run_segmented(pg_engine, "run-seg", _req(sut, "spike", tmp_path), 2, pickup_timeout_s=60)
+    t.join(5)
+    assert killed
+    assert r.status == ScenarioStatus.K6_CRASHED
+    assert "generator 2/2" in (r.reason or "") and "died during the run" in (r.reason or ""), r.reason
+    assert not _k6_left()
+
+
+class _NoWorker(LocalDispatch):
+    """A work pool whose workers never pick anything up."""
+
+    def start(self, specs: list[SegmentSpec], store_url: str) -> None:  # type: ignore[override]
+        return None
+
+
+@pytest.mark.slow
+def test_a_generator_never_picked_up_fails_the_stage_before_any_load(pg_engine, sut, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    r = run_segmented(pg_engine, "run-seg", _req(sut, "race", tmp_path), 2, dispatch=_NoWorker(), pickup_timeout_s=2)
+    assert r.status == ScenarioStatus.INVALID
+    assert "generator(s) 1/2, 2/2 not ready within 2 s" in (r.reason or "") and "no load was sent" in r.reason
+    assert time.monotonic() - t0 < 60
+    with pg_engine.connect() as c:
+        n = c.execute(
+            select(store.second_aggregates).where(store.second_aggregates.c.scenario_run_id == r.scenario_run_id)
+        ).all()
+    assert n == []
