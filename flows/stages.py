@@ -90,8 +90,9 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
     from tasks.collect import backfill_task, start_sampler
     from tasks.fixtures import fixtures_task
     from tasks.kpis import compute_kpis_task
-    from tasks.load import LoadRequest, run_scenario
+    from tasks.load import LoadRequest
     from tasks.safety import AbortWatcher, record_abort, rollback, rollback_steps_for
+    from tasks.segments import run_load
     from tasks.snapshot import snapshot_task
 
     # Their inputs include the store's Engine, which has no cache key: these steps are never cached anyway.
@@ -120,9 +121,10 @@ def run_stage(name: str, profile: Profile, run: RunContext, env: StageEnv) -> st
         sampler = start_sampler(profile, env.endpoints, engine, run.run_id, scenario_run_id, on_batch=watcher.on_sample)
         try:
             # Never retried: a second attempt would load a different system (seats sold, queues full).
-            result = run_scenario(
+            result = run_load(
                 engine,
                 run.run_id,
+                profile,
                 LoadRequest(
                     name,
                     env.base_url,

@@ -244,6 +244,17 @@ class K6(_Strict):
     max_cpu_share: float = 0.8
     #: Grace after SIGINT before k6 is killed.
     stop_grace_s: float = 10.0
+    #: Load generators per stage: above 1, each stage runs as that many k6 execution segments that add up to
+    #: the one test (docs/load.md, "Several generators"); needs a server database as `store_url`.
+    generators: int = Field(default=1, ge=1, le=64)
+    #: Prefect work pool whose workers run the segments (deployment `k6-segment/<work_pool>`); unset: every
+    #: generator runs on the campaign's machine.
+    work_pool: str | None = None
+    #: Seconds for every generator to be ready (picked up, k6 initialised) before the stage fails, unloaded.
+    pickup_timeout_s: float = Field(default=120.0, gt=0)
+    #: Where each generator's k6 REST API listens; the campaign must reach it (loopback on one machine, the
+    #: worker's address across machines). Control traffic only: load still goes to the target's allowlist.
+    api_host: str = "127.0.0.1"
 
 
 class Abort(_Strict):
@@ -374,6 +385,11 @@ def parse_profile(data: Any, source: str = "profile") -> Profile:
 def _missing_urls(p: Profile) -> str | None:
     """Keys that only matter together (a source and its URL); None when the profile is complete."""
     m, env = p.metrics, p.environment
+    if p.k6.generators > 1 and p.store_url.startswith("sqlite"):
+        return (
+            "key 'k6.generators' above 1 needs a server database as 'store_url' (PostgreSQL or MariaDB): every "
+            "generator writes its own rows into it, and SQLite is one file on one machine"
+        )
     if env.kind == "external" and not p.target.base_url:
         return "key 'target.base_url' is required when environment.kind is 'external'"
     if m.source == "prometheus" and not m.prometheus_url and not (env.kind == "local" and env.local.prometheus):

@@ -600,3 +600,80 @@ def _stop_all(engine: Engine, sid: int, rows: list[dict[str, Any]], grace_s: flo
 
 
 SegmentRunner = Callable[[SegmentSpec, str], dict[str, Any]]
+
+
+def run_load(
+    engine: Engine,
+    run_id: str,
+    profile: Any,
+    req: LoadRequest,
+    *,
+    abort: threading.Event | None = None,
+    on_second: OnSecond | None = None,
+) -> ScenarioResult:
+    """A stage's load as the profile asks: one k6 (`run_scenario`), or `k6.generators` segments on this machine
+    or on the workers of `k6.work_pool`."""
+    from tasks.load import run_scenario
+
+    k = profile.k6
+    if k.generators <= 1:
+        return run_scenario(engine, run_id, req, abort=abort, on_second=on_second)
+    dispatch: Dispatch = PoolDispatch(k.work_pool) if k.work_pool else LocalDispatch()
+    return run_segmented(
+        engine,
+        run_id,
+        req,
+        k.generators,
+        dispatch=dispatch,
+        abort=abort,
+        on_second=on_second,
+        pickup_timeout_s=k.pickup_timeout_s,
+        api_host=k.api_host,
+        store_url=profile.store_url if "://" in profile.store_url else None,
+    )
+
+
+#: The Prefect deployment that runs one segment on a worker: `k6-segment/<work pool>` (`soundcheck deploy`).
+SEGMENT_FLOW = "k6-segment"
+
+
+@dataclass
+class PoolDispatch:
+    """Every generator as a flow run of `k6-segment/<pool>` on the work pool's workers (other machines).
+
+    The store URL travels as a parameter only when it holds no password; otherwise each worker reads its own
+    `SOUNDCHECK_STORE_URL` (the password never appears in Prefect's UI or database)."""
+
+    pool: str
+    flow_runs: list[Any] = field(default_factory=list)
+
+    def start(self, specs: Sequence[SegmentSpec], store_url: str) -> None:
+        from prefect.deployments import run_deployment
+        from sqlalchemy.engine import make_url
+
+        url = None if make_url(store_url).password else store_url
+        for spec in specs:
+            fr = run_deployment(
+                f"{SEGMENT_FLOW}/{self.pool}",
+                parameters={"spec": asdict(spec), "store_url": url},
+                timeout=0,  # do not wait: the campaign watches the segments through the store
+                as_subflow=False,
+                tags=["soundcheck", f"segment-{spec.segment.label.replace('/', 'of')}"],
+            )
+            self.flow_runs.append(fr)
+
+    def stop(self, timeout_s: float) -> None:
+        """Cancel the flow runs that have not finished (their generators stop k6 on cancellation)."""
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelling
+
+        deadline = time.monotonic() + timeout_s
+        with get_client(sync_client=True) as client:
+            pending = list(self.flow_runs)
+            while pending and time.monotonic() < deadline:
+                pending = [fr for fr in pending if not client.read_flow_run(fr.id).state.is_final()]
+                if pending:
+                    time.sleep(1.0)
+            for fr in pending:
+                with contextlib.suppress(Exception):
+                    client.set_flow_run_state(fr.id, Cancelling(), force=True)

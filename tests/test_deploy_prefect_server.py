@@ -99,7 +99,10 @@ def _cli(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
 def test_deployments_file_shape():
     doc = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in doc["deployments"]}
-    assert set(deps) == {"nightly", "nightly-staging", "weekly-sizing", "manual", "verify"}
+    assert set(deps) == {"nightly", "nightly-staging", "weekly-sizing", "manual", "verify", "soundcheck-generators"}
+    gen = deps.pop("soundcheck-generators")  # the generators' deployment: named after its own pool (k6.work_pool)
+    assert gen["entrypoint"] == "flows/segment.py:k6_segment" and gen["work_pool"]["name"] == "soundcheck-generators"
+    assert "schedules" not in gen
     staging = deps["nightly-staging"]
     assert staging["parameters"]["build"] == "latest" and staging["parameters"]["profile"] == "deployments/staging.yaml"
     assert staging["schedules"][0]["active"] is False  # on once a team fills in its app and the billable flag
@@ -119,6 +122,7 @@ def test_manual_run_from_the_ui_path(prefect_server, tmp_path):
     env = prefect_server["env"]
     t0 = time.monotonic()
     _cli(["work-pool", "create", "soundcheck", "--type", "process"], env)
+    _cli(["work-pool", "create", "soundcheck-generators", "--type", "process"], env)
     _cli(["--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env, timeout=180)
     deployed_s = time.monotonic() - t0
 
@@ -329,3 +333,116 @@ def _artifact(api: str, run_id: str, key: str) -> str | None:
             )
         )
     return arts[0].data if arts else None
+
+
+# ------------------------------------------------------------------------------- generators on workers
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_stage_split_across_two_process_workers(prefect_server, tmp_path):
+    """Issue 14 on the real engine: the race's 100 users on one seat, split in two k6 segments, each a flow run
+    of k6-segment/soundcheck-generators picked up by its own process worker, merged in a PostgreSQL store:
+    the single-process answers (1 × 200, 99 × 409), one common release, and no k6 left behind."""
+    from collections import Counter
+
+    import psutil
+    from sqlalchemy import select
+    from sut_harness import ADMIN, postgres_url, run_sut
+
+    from soundcheck import store
+    from soundcheck.models import ScenarioStatus
+    from soundcheck.paths import venv_bin
+    from tasks.kpis import compute_kpis
+    from tasks.load import LoadRequest
+    from tasks.segments import PoolDispatch, run_segmented
+
+    if venv_bin("k6") is None:
+        pytest.skip("k6 binary not installed")
+    url = postgres_url("generators")
+    if url is None:
+        pytest.skip("no PostgreSQL reachable on 127.0.0.1:5432")
+    env = prefect_server["env"]
+    subprocess.run(
+        [*PREFECT, "work-pool", "create", "soundcheck-generators", "--type", "process"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )  # already there when another test ran first
+    _cli(
+        ["--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "soundcheck-generators"],
+        env,
+        timeout=180,
+    )
+    logs = [open(tmp_path / f"worker{i}.log", "w") for i in (1, 2)]  # noqa: SIM115 - closed below
+    workers = [
+        subprocess.Popen(
+            [
+                *PREFECT,
+                "worker",
+                "start",
+                "--pool",
+                "soundcheck-generators",
+                "--type",
+                "process",
+                "--limit",
+                "1",
+                "--name",
+                f"generator-{i}",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=logs[i - 1],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for i in (1, 2)
+    ]
+    engine = store.open_store(url)
+    store.start_run(engine, "run-pool", "test", scale=0.02, time_scale=1, scenarios=["race"], target=None)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        with (
+            run_sut(tmp_path, seed_users=600, seed_seats=400) as sut,
+            temporary_settings({PREFECT_API_URL: prefect_server["api"]}),
+        ):
+            r = run_segmented(
+                engine,
+                "run-pool",
+                LoadRequest(
+                    "race",
+                    sut.base,
+                    output_dir=tmp_path / "out",
+                    env={"TC_GAP_MS": "3500", "TC3_ROUND_GAP_MS": "2500", "RELEASE_DELAY_MS": "2000"},
+                    admin_token=ADMIN["X-Admin-Token"],
+                    progress=False,
+                ),
+                2,
+                dispatch=PoolDispatch("soundcheck-generators"),
+                pickup_timeout_s=240,
+                store_url=url,
+            )
+        worker_text = "".join((tmp_path / f"worker{i}.log").read_text()[-1500:] for i in (1, 2))
+        assert r.status == ScenarioStatus.COMPLETED, f"{r.reason}\n{worker_text}"
+        assert [s["state"] for s in r.details["segments"]] == ["DONE", "DONE"]
+        with engine.connect() as c:
+            reqs = c.execute(select(store.requests).where(store.requests.c.scenario_run_id == r.scenario_run_id)).all()
+        by = Counter((q.name, q.status) for q in reqs if q.endpoint == "API-3")
+        assert by[("tc1", 200)] == 1 and by[("tc1", 409)] == 99 and by[("tc2", 200)] == 100
+        k = {(x.name, x.phase): x.value for x in compute_kpis(engine, r.scenario_run_id)}
+        print(
+            f"pickup {r.details['pickup_s']} s; resume spread {r.details['resume_spread_ms']} ms; "
+            f"TC-1 release spread {k[('tc1_release_spread_ms', None)]:.1f} ms"
+        )
+        assert 0 <= k[("tc1_release_spread_ms", None)] < 250
+    finally:
+        for w in workers:
+            _stop(w)
+        for f in logs:
+            f.close()
+        engine.dispose()
+    assert not [
+        p for p in psutil.process_iter(["name"]) if p.info["name"] == "k6" and "race.js" in " ".join(p.cmdline())
+    ]
