@@ -39,6 +39,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from soundcheck import store
 from soundcheck.allowlist import check_allowlist
+from soundcheck.dialect import dialect_path
 from soundcheck.models import ScenarioStatus
 from soundcheck.paths import ROOT, venv_bin
 from soundcheck.plan import PLAN
@@ -160,6 +161,8 @@ def run_segment(spec: SegmentSpec, store_url: str, *, stop: threading.Event | No
     flags = [*SEGMENT_FLAGS, *(["--linger"] if seg.index == 0 else []), *seg.k6_args()]
     cmd = k6_command(k6, script, csv_path, summary_path, spec.allowlist, address=f"{host}:{port}", extra=flags)
     env = {**os.environ, **K6_ENV, "K6_NO_USAGE_REPORT": "true", **spec.env}
+    if env.get("DIALECT_FILE") and not Path(env["DIALECT_FILE"]).exists():  # the campaign's path, another checkout
+        env["DIALECT_FILE"] = str(dialect_path(env.get("DIALECT") or "plan"))
     ingest = K6CsvIngest(
         engine, spec.scenario_run_id, spec.scenario, csv_path, keep_requests=spec.keep_requests, lag_s=spec.lag_s
     )

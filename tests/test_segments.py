@@ -169,14 +169,21 @@ def _req(sut, scenario: str, tmp_path: Path, **env: str) -> LoadRequest:
 @needs_k6
 @pytest.mark.slow
 def test_race_on_two_generators_gives_the_single_process_answers(pg_engine, sut, tmp_path: Path) -> None:
+    fed: Counter[int] = Counter()
+
+    def on_second(_scenario: str, second: int, rows) -> None:  # what the abort watcher sees, merged
+        fed[second] += sum(r["count"] for r in rows)
+
     r = run_segmented(
         pg_engine,
         "run-seg",
         _req(sut, "race", tmp_path, TC_GAP_MS="3500", TC3_ROUND_GAP_MS="2500", RELEASE_DELAY_MS="2000"),
         2,
         pickup_timeout_s=60,
+        on_second=on_second,
     )
     assert r.status == ScenarioStatus.COMPLETED, r.reason
+    assert sum(fed.values()) >= 300  # both generators' reservations reached the live hook
     assert not _k6_left()
     assert [s["state"] for s in r.details["segments"]] == ["DONE", "DONE"]
     with pg_engine.connect() as c:
@@ -196,15 +203,18 @@ def test_race_on_two_generators_gives_the_single_process_answers(pg_engine, sut,
 def test_a_generator_that_dies_makes_the_stage_inconclusive_and_names_it(pg_engine, sut, tmp_path: Path) -> None:
     killed: list[int] = []
 
-    def kill_second_generator() -> None:
-        deadline = time.monotonic() + 60
+    def kill_second_generator() -> None:  # once both run, kill the second's k6 as an OOM killer would
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not killed:
-            for p in _k6_left():
-                if "1/2:1" in " ".join(p.cmdline()) and time.monotonic():
-                    time.sleep(3)  # let it run a little
-                    p.kill()
-                    killed.append(p.pid)
-                    return
+            with pg_engine.connect() as c:
+                states = [r.state for r in c.execute(select(store.load_segments).order_by(store.load_segments.c.id))]
+            if states[-2:] == ["RUNNING", "RUNNING"]:
+                time.sleep(2)
+                for p in _k6_left():
+                    if "1/2:1" in " ".join(p.cmdline()):
+                        p.kill()
+                        killed.append(p.pid)
+                        return
             time.sleep(0.2)
 
     t = threading.Thread(target=kill_second_generator, daemon=True)
@@ -236,3 +246,17 @@ def test_a_generator_never_picked_up_fails_the_stage_before_any_load(pg_engine, 
             select(store.second_aggregates).where(store.second_aggregates.c.scenario_run_id == r.scenario_run_id)
         ).all()
     assert n == []
+
+
+@needs_k6
+@pytest.mark.slow
+def test_an_abort_stops_every_generator(pg_engine, sut, tmp_path: Path) -> None:
+    abort = threading.Event()
+    abort.reason = "harm: test"  # type: ignore[attr-defined]
+    threading.Timer(8.0, abort.set).start()
+    t0 = time.monotonic()
+    r = run_segmented(pg_engine, "run-seg", _req(sut, "spike", tmp_path), 2, pickup_timeout_s=60, abort=abort)
+    assert r.status == ScenarioStatus.ABORTED and r.reason == "harm: test"
+    assert time.monotonic() - t0 < 90  # the spike's plan is 30 minutes long
+    assert [s["state"] for s in r.details["segments"]] == ["DONE", "DONE"]
+    assert not _k6_left()
