@@ -260,3 +260,48 @@ def test_an_abort_stops_every_generator(pg_engine, sut, tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 90  # the spike's plan is 30 minutes long
     assert [s["state"] for s in r.details["segments"]] == ["DONE", "DONE"]
     assert not _k6_left()
+
+
+def test_a_profile_with_generators_needs_a_server_store() -> None:
+    from soundcheck.profile import ProfileError, parse_profile
+
+    with pytest.raises(ProfileError, match="'k6.generators' above 1 needs a server database as 'store_url'"):
+        parse_profile({"name": "t", "k6": {"generators": 2}})
+    p = parse_profile({"name": "t", "k6": {"generators": 2}, "store_url": "postgresql+psycopg://u@db/results"})
+    assert p.k6.generators == 2 and p.k6.work_pool is None
+
+
+@needs_k6
+@pytest.mark.slow
+def test_the_campaign_runs_its_race_on_two_generators(prefect_harness, tmp_path: Path) -> None:
+    """profile → local stack → the race split in two → ingest into PostgreSQL → checks → verdict."""
+    import json
+
+    import yaml
+
+    from soundcheck.cli import run_campaign
+    from soundcheck.paths import ROOT
+
+    url = postgres_url("campaign_gen")
+    if url is None:
+        pytest.skip("no PostgreSQL reachable on 127.0.0.1:5432")
+    data = yaml.safe_load((ROOT / "deployments" / "local.yaml").read_text())
+    data.update(store_url=url, output_dir=str(tmp_path / "runs"), slack={"enabled": False})
+    data["k6"] = {**(data.get("k6") or {}), "generators": 2}
+    data["environment"]["local"]["seed_users"] = 700
+    prof = tmp_path / "profile.yaml"
+    prof.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    code = run_campaign(profile=prof, scenarios=["race"], scale=0.02, time_scale=0.03, output=out, notify=False)
+    verdict = json.loads((out / "verdict.json").read_text())
+    failed = [f"{c['id']}: {c['observed']}" for c in verdict["checks"] if not c["passed"]]
+    assert verdict["verdict"] == "APPROVE" and code == 0, failed
+    assert {c["id"] for c in verdict["checks"]} >= {"R-RACE-1", "R-RACE-2", "R-RACE-3"}
+    e = store.open_store(url)
+    with e.connect() as c:
+        segs = c.execute(select(store.load_segments)).all()
+        details = c.execute(select(store.scenario_runs.c.details)).scalar()
+    e.dispose()
+    assert sorted((s.segment, s.state) for s in segs) == [(0, "DONE"), (1, "DONE")]
+    assert details["generators"] == 2
+    assert not _k6_left()
