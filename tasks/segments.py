@@ -171,6 +171,14 @@ def run_segment(spec: SegmentSpec, store_url: str, *, stop: threading.Event | No
     proc: subprocess.Popen | None = None
     t0 = time.monotonic()
     k6_cpu = 0.0
+    beating = threading.Event()
+
+    def beat() -> None:  # alive while this generator lives, k6's end and the ingest's last rows included
+        while not beating.wait(1.0):
+            with contextlib.suppress(Exception):
+                _set_row(engine, row_id, heartbeat_at=time.time())
+
+    threading.Thread(target=beat, name=f"heartbeat-{seg.label}", daemon=True).start()
     try:
         ing.start()
         with open(log_path, "wb") as logf:
@@ -206,11 +214,10 @@ def run_segment(spec: SegmentSpec, store_url: str, *, stop: threading.Event | No
             if now - last_beat >= 1.0 or values:
                 last_beat = now
                 with engine.begin() as c:
-                    c.execute(
-                        update(store.load_segments)
-                        .where(store.load_segments.c.id == row_id)
-                        .values(heartbeat_at=time.time(), **values)
-                    )
+                    if values:
+                        c.execute(
+                            update(store.load_segments).where(store.load_segments.c.id == row_id).values(**values)
+                        )
                     released = bool(
                         c.execute(
                             select(store.load_segments.c.release).where(store.load_segments.c.id == row_id)
@@ -245,6 +252,7 @@ def run_segment(spec: SegmentSpec, store_url: str, *, stop: threading.Event | No
         reason = f"the generator stopped: {type(e).__name__}: {e}"
         raise
     finally:
+        beating.set()
         if proc is not None and proc.poll() is None:
             _kill_group(proc, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
