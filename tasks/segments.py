@@ -461,6 +461,9 @@ def run_segmented(
                 )
             if len(rows) == generators and all(r["state"] == "READY" for r in rows):
                 break
+            if getattr(dispatch, "errors", None):  # a local generator that could not even start
+                _stop_all(engine, sid, rows, req.stop_grace_s)
+                return done(ScenarioStatus.K6_CRASHED, f"generator {dispatch.errors[0]}")  # type: ignore[attr-defined]
             if time.monotonic() - t_pick > pickup_timeout_s:
                 ready = {r["segment"] for r in rows if r["state"] == "READY"}
                 missing = [f"{i + 1}/{generators}" for i in range(generators) if i not in ready]
