@@ -130,6 +130,13 @@ def run_segment(spec: SegmentSpec, store_url: str, *, stop: threading.Event | No
     check_allowlist(spec.env.get("BASE_URL", ""), spec.allowlist)
     engine = store.open_store(store_url)
     seg = spec.segment
+    with engine.connect() as c:
+        stage = c.execute(
+            select(store.scenario_runs.c.status).where(store.scenario_runs.c.id == spec.scenario_run_id)
+        ).scalar()
+    if stage != ScenarioStatus.RUNNING.value:  # picked up after the campaign gave up on it: send nothing
+        engine.dispose()
+        return {"state": "SKIPPED", "reason": f"the stage had already ended ({stage}) when this generator started"}
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"k6-{spec.scenario}-{spec.scenario_run_id}-seg{seg.index + 1}of{seg.count}"
@@ -444,26 +451,31 @@ def run_segmented(
         dispatch.start(specs, url)
         # 1. every generator READY (k6 initialised, paused) before any load
         t_pick = time.monotonic()
+
+        def give_up(status: ScenarioStatus, reason: str) -> ScenarioResult:
+            """Before any load: stop what started, cancel what was not picked up, end the stage."""
+            _stop_all(engine, sid, _rows(engine, sid), req.stop_grace_s)
+            result = done(status, reason)  # a generator picked up later sees the stage over and does nothing
+            dispatch.stop(timeout_s=req.stop_grace_s + 15)
+            return result
+
         while True:
             rows = _rows(engine, sid)
             failed = [r for r in rows if r["state"] == "FAILED"]
             if failed:
                 r = failed[0]
-                _stop_all(engine, sid, rows, req.stop_grace_s)
-                return done(
+                return give_up(
                     ScenarioStatus.K6_CRASHED,
                     f"generator {r['segment'] + 1}/{generators} on {r['host']} failed before the start: {r['reason']}",
                 )
             if len(rows) == generators and all(r["state"] == "READY" for r in rows):
                 break
             if getattr(dispatch, "errors", None):  # a local generator that could not even start
-                _stop_all(engine, sid, rows, req.stop_grace_s)
-                return done(ScenarioStatus.K6_CRASHED, f"generator {dispatch.errors[0]}")  # type: ignore[attr-defined]
+                return give_up(ScenarioStatus.K6_CRASHED, f"generator {dispatch.errors[0]}")  # type: ignore[attr-defined]
             if time.monotonic() - t_pick > pickup_timeout_s:
                 ready = {r["segment"] for r in rows if r["state"] == "READY"}
                 missing = [f"{i + 1}/{generators}" for i in range(generators) if i not in ready]
-                _stop_all(engine, sid, rows, req.stop_grace_s)
-                return done(
+                return give_up(
                     ScenarioStatus.INVALID,
                     f"generator(s) {', '.join(missing)} not ready within {pickup_timeout_s:.0f} s "
                     "(no worker picked the segment up, or its k6 did not initialise): no load was sent",

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 from sut_harness import ADMIN, postgres_url, run_sut
 
+import tasks.segments as tasks_segments
 from soundcheck import k6synth, store
 from soundcheck.models import ScenarioStatus
 from soundcheck.paths import venv_bin
@@ -304,4 +305,17 @@ def test_the_campaign_runs_its_race_on_two_generators(prefect_harness, tmp_path:
     e.dispose()
     assert sorted((s.segment, s.state) for s in segs) == [(0, "DONE"), (1, "DONE")]
     assert details["generators"] == 2
+    assert not _k6_left()
+
+
+def test_a_generator_picked_up_after_the_stage_ended_sends_nothing(pg_engine, tmp_path: Path) -> None:
+    sid = store.start_scenario(pg_engine, "run-seg", "race")
+    store.finish_scenario(pg_engine, sid, "INVALID", reason="generator(s) 2/2 not ready within 2 s")
+    spec = SegmentSpec(
+        "run-seg", sid, "race", "scenarios/race.js", {"BASE_URL": "http://127.0.0.1:9"}, 1, 2, str(tmp_path)
+    )
+    out = tasks_segments.run_segment(spec, pg_engine.url.render_as_string(hide_password=False))
+    assert out["state"] == "SKIPPED" and "already ended (INVALID)" in out["reason"]
+    with pg_engine.connect() as c:
+        assert c.execute(select(store.load_segments).where(store.load_segments.c.scenario_run_id == sid)).all() == []
     assert not _k6_left()
