@@ -54,6 +54,7 @@ def campaign(
     output: str = "",
     build: str = "",
     sizing: bool = False,
+    generators: int = 0,
 ) -> Any:
     """Run the load campaign and post its verdict.
 
@@ -74,10 +75,19 @@ def campaign(
         sizing: After the scenarios, the capacity stage (profile `sizing`: stairs per instance count, a
             scalability fit, the count for the plan's peak, the scale-out point); adds up to the profile's
             `sizing.budget_s` of load (20 min by default).
+        generators: Load generators per stage: above 1, each stage runs as that many k6 execution segments
+            (on the workers of the profile's `k6.work_pool`, else on this machine) with one merged verdict;
+            needs a PostgreSQL or MariaDB result store. 0: the profile's (`k6.generators`, 1 by default).
     """
     # text fields are "" when empty (the UI's form renders `None` defaults as "Property is type None")
     prof = resolve_profile(
-        profile, scenarios=scenarios, scale=scale, time_scale=time_scale, target=target or None, build=build or None
+        profile,
+        scenarios=scenarios,
+        scale=scale,
+        time_scale=time_scale,
+        target=target or None,
+        build=build or None,
+        generators=generators or None,
     )
     preflight(prof)  # a target outside the allowlist, an unusable store URL: Failed before a single request
     run = new_run(prof, output or None)

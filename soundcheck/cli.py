@@ -100,6 +100,7 @@ def run_campaign(
     notify: bool = True,
     build: str | None = None,
     sizing: bool = False,
+    generators: int | None = None,
 ) -> int:
     """`soundcheck run`: validate, run the flow in-process, print the verdict; the exit status follows it."""
     from flows import campaign as flows_campaign
@@ -110,7 +111,13 @@ def run_campaign(
     try:
         preflight(
             resolve_profile(
-                profile, scenarios=scenarios, scale=scale, time_scale=time_scale, target=target, build=build
+                profile,
+                scenarios=scenarios,
+                scale=scale,
+                time_scale=time_scale,
+                target=target,
+                build=build,
+                generators=generators,
             )
         )
     except ProfileError as e:
@@ -131,6 +138,7 @@ def run_campaign(
             output=str(output) if output else "",
             build=build or "",
             sizing=sizing,
+            generators=generators or 0,
             return_state=True,
         )
     except KeyboardInterrupt:
@@ -418,11 +426,21 @@ def run(
             "when to scale out (profile `sizing`; adds up to sizing.budget_s of load).",
         ),
     ] = False,
+    generators: Annotated[
+        int | None,
+        typer.Option(
+            help="Load generators per stage: above 1, each stage runs as that many k6 execution segments with one "
+            "merged verdict (profile k6.work_pool: on its Prefect workers; needs a PostgreSQL or MariaDB store). "
+            "Default: the profile's k6.generators.",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Run a campaign: provision, load every scenario, evaluate, decide, report, notify."""
     _exit(
         run_campaign,
         sizing=sizing,
+        generators=generators,
         profile=profile,
         scenarios=scenario or None,
         scale=scale,

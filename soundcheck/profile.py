@@ -459,6 +459,7 @@ def resolve_profile(
     time_scale: float | None = None,
     target: str | None = None,
     build: str | None = None,
+    generators: int | None = None,
 ) -> Profile:
     """The profile file with the run's overrides applied and validated again (a bad override is a ProfileError).
 
@@ -481,6 +482,8 @@ def resolve_profile(
         data["time_scale"] = time_scale
     if build:
         data["build"] = build
+    if generators:
+        data.setdefault("k6", {})["generators"] = generators
     if target:
         data.setdefault("target", {})["base_url"] = target
         env = data.setdefault("environment", {})

@@ -319,3 +319,11 @@ def test_a_generator_picked_up_after_the_stage_ended_sends_nothing(pg_engine, tm
     with pg_engine.connect() as c:
         assert c.execute(select(store.load_segments).where(store.load_segments.c.scenario_run_id == sid)).all() == []
     assert not _k6_left()
+
+
+def test_run_with_generators_on_a_sqlite_store_exits_2_with_one_sentence(capsys) -> None:
+    from soundcheck.cli import run_campaign
+
+    assert run_campaign(scenarios=["race"], generators=2, notify=False) == 2
+    err = capsys.readouterr().err
+    assert "'k6.generators' above 1 needs a server database as 'store_url'" in err
