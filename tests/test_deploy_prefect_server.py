@@ -96,6 +96,17 @@ def _cli(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
     return res.stdout
 
 
+def _ensure_pool(name: str, env: dict[str, str]) -> None:
+    """A process work pool, created unless an earlier test of this module's server made it already."""
+    subprocess.run(
+        [*PREFECT, "work-pool", "create", name, "--type", "process"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+
+
 def test_deployments_file_shape():
     doc = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in doc["deployments"]}
@@ -223,13 +234,7 @@ def test_the_morning_read_in_the_real_ui(prefect_server, moto_url, tmp_path, mon
     session().client("s3", endpoint_url=moto_url).create_bucket(
         Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION}
     )
-    subprocess.run(
-        [*PREFECT, "work-pool", "create", "soundcheck", "--type", "process"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        timeout=120,
-    )  # already there when the test above ran first
+    _ensure_pool("soundcheck", env)
     _cli(["--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "manual"], env, timeout=180)
     data = yaml.safe_load((ROOT / "deployments" / "local.yaml").read_text())
     data.update(
@@ -363,13 +368,7 @@ def test_a_stage_split_across_two_process_workers(prefect_server, tmp_path):
     if url is None:
         pytest.skip("no PostgreSQL reachable on 127.0.0.1:5432")
     env = prefect_server["env"]
-    subprocess.run(
-        [*PREFECT, "work-pool", "create", "soundcheck-generators", "--type", "process"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        timeout=120,
-    )  # already there when another test ran first
+    _ensure_pool("soundcheck-generators", env)
     _cli(
         ["--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "soundcheck-generators"],
         env,
