@@ -97,6 +97,18 @@ class LiveStats:
     requests_total: int = 0
     errors_total: int = 0
 
+    def progress(self, elapsed_s: float) -> dict[str, Any]:
+        """The fields of a progress line (`tasks.load._Progress.update`)."""
+        return {
+            "elapsed": elapsed_s,
+            "vus": self.vus,
+            "rps": self.rps,
+            "p95_ms": self.p95_ms,
+            "errors": self.errors,
+            "requests_total": self.requests_total,
+            "errors_total": self.errors_total,
+        }
+
 
 class K6CsvIngest:
     """Tails one k6 CSV output file into the result store. Call `poll()` repeatedly, then `finish()`."""

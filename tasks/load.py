@@ -456,17 +456,7 @@ def run_scenario(
                     ct = ps.cpu_times()
                     k6_cpu = ct.user + ct.system + ct.children_user + ct.children_system
                 lv = ingest.live
-                prog.update(
-                    {
-                        "elapsed": time.time() - t_start,
-                        "vus": lv.vus,
-                        "rps": lv.rps,
-                        "p95_ms": lv.p95_ms,
-                        "errors": lv.errors,
-                        "requests_total": lv.requests_total,
-                        "errors_total": lv.errors_total,
-                    }
-                )
+                prog.update(lv.progress(time.time() - t_start))
                 if stopped_by is None:
                     if abort is not None and abort.is_set():
                         stopped_by = (ScenarioStatus.ABORTED, getattr(abort, "reason", None) or "abort requested")
@@ -491,18 +481,7 @@ def run_scenario(
                         continue
                 time.sleep(0.5)
             ing_thread.stop()  # k6 has exited: read the rest so the last line shows the whole run
-            prog.update(
-                {
-                    "elapsed": time.time() - t_start,
-                    "vus": ingest.live.vus,
-                    "rps": ingest.live.rps,
-                    "p95_ms": ingest.live.p95_ms,
-                    "errors": ingest.live.errors,
-                    "requests_total": ingest.live.requests_total,
-                    "errors_total": ingest.live.errors_total,
-                },
-                force=True,
-            )
+            prog.update(ingest.live.progress(time.time() - t_start), force=True)
     except BaseException as e:
         if proc is not None and proc.poll() is None:
             _stop(proc, min(req.stop_grace_s, 5.0))

@@ -35,16 +35,17 @@ from typing import Any, Protocol
 
 import httpx
 import psutil
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
 from soundcheck import store
 from soundcheck.allowlist import check_allowlist
 from soundcheck.dialect import dialect_path
 from soundcheck.models import ScenarioStatus
 from soundcheck.paths import ROOT, venv_bin
-from soundcheck.plan import PLAN
+from soundcheck.plan import PLAN, SETUP_TAG
 from soundcheck.segments import K6_ENDED, K6_PAUSED_BEFORE_RUN, SEGMENT_FLAGS, Segment
-from tasks.ingest import IngestSummary, IngestThread, K6CsvIngest
+from soundcheck.sketch import merge_bytes
+from tasks.ingest import IngestSummary, IngestThread, K6CsvIngest, LiveStats
 from tasks.k6csv import K6_ENV
 from tasks.load import (
     K6_MISSING,
@@ -52,6 +53,7 @@ from tasks.load import (
     LoadRequest,
     ScenarioResult,
     _kill_group,
+    _Progress,
     _stop,
     before_load,
     k6_command,
@@ -315,6 +317,13 @@ def _rows(engine: Engine, sid: int) -> list[dict[str, Any]]:
         ]
 
 
+def _dead(row: dict[str, Any]) -> bool:
+    """A segment that failed, or whose generator stopped beating before the segment ended."""
+    if row["state"] == "FAILED":
+        return True
+    return row["state"] not in FINAL_STATES and time.time() - (row["heartbeat_at"] or 0) > HEARTBEAT_STALE_S
+
+
 def _merged_ingest(rows: list[dict[str, Any]]) -> IngestSummary:
     """The generators' ingest counts added up (each generator stored its own in its row's details)."""
     summary = IngestSummary()
@@ -333,9 +342,13 @@ def _merged_ingest(rows: list[dict[str, Any]]) -> IngestSummary:
     return summary
 
 
-def _feed(engine: Engine, sid: int, scenario: str, after: int, upto: int, on_second: OnSecond) -> int:
-    """Give the merged rows of seconds (after, upto] to the live hook; returns the last second given."""
+def _feed(
+    engine: Engine, sid: int, scenario: str, after: int, upto: int, on_second: OnSecond | None, live: LiveStats
+) -> int:
+    """Give the merged rows of seconds (after, upto] to the live hook and to `live` (the progress line);
+    returns the last second given."""
     sa = store.second_aggregates
+    ks = store.k6_samples
     with engine.connect() as c:
         rows = [
             dict(r._mapping)
@@ -345,12 +358,33 @@ def _feed(engine: Engine, sid: int, scenario: str, after: int, upto: int, on_sec
                 .order_by(sa.c.second)
             )
         ]
+        vus: dict[int, float] = {}
+        for ts, value in c.execute(
+            select(ks.c.ts, ks.c.value).where(
+                ks.c.scenario_run_id == sid, ks.c.metric == "vus", ks.c.ts > after, ks.c.ts <= upto
+            )
+        ):
+            vus[int(ts)] = vus.get(int(ts), 0.0) + value  # every generator's VUs of that second
+        # totals over the whole stage so far: a generator's rows may land after their second was fed
+        total, errs = c.execute(
+            select(func.coalesce(func.sum(sa.c.count), 0), func.coalesce(func.sum(sa.c.s5xx + sa.c.failed), 0)).where(
+                sa.c.scenario_run_id == sid, sa.c.second <= upto, sa.c.endpoint != SETUP_TAG
+            )
+        ).one()
+        live.requests_total, live.errors_total = int(total), int(errs)  # MariaDB sums are Decimal
     by_second: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
         by_second.setdefault(int(r["second"]), []).append(r)
     for sec, rs in sorted(by_second.items()):
-        with contextlib.suppress(Exception):
-            on_second(scenario, sec, rs)  # type: ignore[arg-type]  # the watcher takes rows as well
+        counted = [r for r in rs if r["endpoint"] != SETUP_TAG]
+        n = sum(r["count"] for r in counted)
+        errors = sum(r["s5xx"] + r["failed"] for r in counted)
+        live.second, live.rps, live.errors = sec, n, errors
+        live.p95_ms = merge_bytes(r["sketch"] for r in counted).quantile(0.95)
+        live.vus = int(vus.get(sec, live.vus))
+        if on_second is not None:
+            with contextlib.suppress(Exception):
+                on_second(scenario, sec, rs)  # type: ignore[arg-type]  # the watcher takes rows as well
     return max(by_second, default=after)
 
 
@@ -517,36 +551,34 @@ def run_segmented(
         # 4. watch: merged seconds to the hook, every segment's health, abort and deadline
         deadline = time.monotonic() + deadline_s
         fed = int(time.time()) - 1
-        while True:
-            rows = _rows(engine, sid)
-            if on_second is not None:
-                fed = _feed(engine, sid, req.scenario, fed, int(time.time()) - (WATCHED_LAG_S + 2), on_second)
-            if stopped_by is None:
-                dead = [
-                    r
-                    for r in rows
-                    if r["state"] == "FAILED"
-                    or (r["state"] not in FINAL_STATES and time.time() - (r["heartbeat_at"] or 0) > HEARTBEAT_STALE_S)
-                ]
-                if abort is not None and abort.is_set():
-                    stopped_by = (ScenarioStatus.ABORTED, getattr(abort, "reason", None) or "abort requested")
-                elif time.monotonic() > deadline:
-                    stopped_by = (ScenarioStatus.TIMED_OUT, f"stopped at its deadline of {deadline_s:.0f} s")
-                elif dead:
-                    r = dead[0]
-                    what = r["reason"] if r["state"] == "FAILED" else f"no heartbeat for {HEARTBEAT_STALE_S:.0f} s"
-                    stopped_by = (
-                        ScenarioStatus.K6_CRASHED,
-                        f"generator {r['segment'] + 1}/{generators} on {r['host']} died during the run ({what})",
-                    )
-                if stopped_by is not None:
-                    log.warning("stopping every segment of %s: %s", req.scenario, stopped_by[1])
-                    _stop_all(engine, sid, rows, req.stop_grace_s)
+        live = LiveStats()
+        t_load = time.time()
+        with _Progress(req.scenario, use_rich=req.progress, planned_s=planned) as prog:
+            while True:
+                rows = _rows(engine, sid)
+                fed = _feed(engine, sid, req.scenario, fed, int(time.time()) - (WATCHED_LAG_S + 2), on_second, live)
+                prog.update(live.progress(time.time() - t_load))
+                if stopped_by is None:
+                    dead = [r for r in rows if _dead(r)]
+                    if abort is not None and abort.is_set():
+                        stopped_by = (ScenarioStatus.ABORTED, getattr(abort, "reason", None) or "abort requested")
+                    elif time.monotonic() > deadline:
+                        stopped_by = (ScenarioStatus.TIMED_OUT, f"stopped at its deadline of {deadline_s:.0f} s")
+                    elif dead:
+                        r = dead[0]
+                        what = r["reason"] if r["state"] == "FAILED" else f"no heartbeat for {HEARTBEAT_STALE_S:.0f} s"
+                        stopped_by = (
+                            ScenarioStatus.K6_CRASHED,
+                            f"generator {r['segment'] + 1}/{generators} on {r['host']} died during the run ({what})",
+                        )
+                    if stopped_by is not None:
+                        log.warning("stopping every segment of %s: %s", req.scenario, stopped_by[1])
+                        _stop_all(engine, sid, rows, req.stop_grace_s)
+                        break
+                others_done = all(r["state"] in FINAL_STATES for r in rows if r["segment"] != 0)
+                if others_done and rows and rows[0]["state"] in ("ENDED", *FINAL_STATES):
                     break
-            others_done = all(r["state"] in FINAL_STATES for r in rows if r["segment"] != 0)
-            if others_done and rows and rows[0]["state"] in ("ENDED", *FINAL_STATES):
-                break
-            time.sleep(0.5)
+                time.sleep(0.5)
         # 5. the script's teardown once, then let segment 0 go
         if stopped_by is None and rows[0]["state"] == "ENDED":
             with contextlib.suppress(httpx.HTTPError):
@@ -558,8 +590,9 @@ def run_segmented(
             if all(r["state"] in FINAL_STATES for r in rows):
                 break
             time.sleep(0.25)
-        if on_second is not None:
-            _feed(engine, sid, req.scenario, fed, int(time.time()) + 1, on_second)
+        _feed(engine, sid, req.scenario, fed, int(time.time()) + 1, on_second, live)
+        last = _Progress(req.scenario, use_rich=False, planned_s=planned)
+        last.update(live.progress(time.time() - t_load), force=True)  # the whole stage, every generator
     except BaseException as e:
         with contextlib.suppress(Exception):
             _stop_all(engine, sid, _rows(engine, sid), 5.0)

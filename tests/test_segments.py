@@ -5,6 +5,7 @@ PostgreSQL is not reachable on loopback)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import threading
@@ -14,13 +15,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sut_harness import ADMIN, postgres_url, run_sut
 
 import tasks.segments as tasks_segments
 from soundcheck import k6synth, store
 from soundcheck.models import ScenarioStatus
 from soundcheck.paths import venv_bin
+from soundcheck.plan import SETUP_TAG
 from soundcheck.segments import Segment, segments
 from tasks.ingest import ingest_file
 from tasks.kpis import compute_kpis
@@ -169,7 +171,8 @@ def _req(sut, scenario: str, tmp_path: Path, **env: str) -> LoadRequest:
 
 @needs_k6
 @pytest.mark.slow
-def test_race_on_two_generators_gives_the_single_process_answers(pg_engine, sut, tmp_path: Path) -> None:
+def test_race_on_two_generators_gives_the_single_process_answers(pg_engine, sut, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="tasks.load")
     fed: Counter[int] = Counter()
 
     def on_second(_scenario: str, second: int, rows) -> None:  # what the abort watcher sees, merged
@@ -197,6 +200,15 @@ def test_race_on_two_generators_gives_the_single_process_answers(pg_engine, sut,
     # TC-1's release spread over both generators' send instants (one clock here; NTP between machines)
     assert 0 <= k[("tc1_release_spread_ms", None)] < 250
     assert r.details["resume_spread_ms"] < 1000
+    # the progress line counts every generator's requests (the single runner's line, from the merged seconds)
+    sa = store.second_aggregates
+    with pg_engine.connect() as c:
+        stored = c.execute(
+            select(func.sum(sa.c.count)).where(sa.c.scenario_run_id == r.scenario_run_id, sa.c.endpoint != SETUP_TAG)
+        ).scalar()
+    lines = [m for m in caplog.messages if m.startswith("race: ") and "requests" in m]
+    assert lines, caplog.messages
+    assert f"total {stored} requests" in lines[-1], lines[-1]
 
 
 @needs_k6
