@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,6 +177,22 @@ def planned_duration_s(k6: str, script: Path, env: dict[str, str]) -> float | No
         return go_duration_s(json.loads(out).get("totalDuration") or "") or None
     except (subprocess.SubprocessError, OSError, ValueError):
         return None
+
+
+#: Linux's util-linux `setpriv`: k6 gets SIGKILL when the process that started it dies.
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+
+
+def start_k6(cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    """k6 in a process group of its own (stopped as a group, never by a terminal's Ctrl-C) that dies with its
+    parent where the OS allows (`setpriv --pdeathsig KILL`): a campaign or a generator killed mid-stage
+    leaves no k6 sending load. Elsewhere k6 still ends at its own plan's end."""
+    prefix = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
+    with open(log_path, "wb") as logf:
+        out = subprocess.STDOUT
+        return subprocess.Popen(
+            [*prefix, *cmd], stdin=subprocess.DEVNULL, stdout=logf, stderr=out, env=env, start_new_session=True
+        )
 
 
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:
@@ -442,10 +459,7 @@ def run_scenario(
     k6_cpu = 0.0
     try:
         ing_thread.start()
-        with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=k6_env, start_new_session=True
-            )
+        proc = start_k6(cmd, log_path, k6_env)
         ps = psutil.Process(proc.pid)
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         down_since: float | None = None

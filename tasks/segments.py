@@ -60,6 +60,7 @@ from tasks.load import (
     k6_exit_sentence,
     planned_duration_s,
     scenario_env,
+    start_k6,
     target_health,
     usable_cores,
 )
@@ -198,10 +199,7 @@ def run_segment(spec: SegmentSpec, store_url: str, *, stop: threading.Event | No
     threading.Thread(target=beat, name=f"heartbeat-{seg.label}", daemon=True).start()
     try:
         ing.start()
-        with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        proc = start_k6(cmd, log_path, env)
         ps = psutil.Process(proc.pid)
         ready = ended = False
         last_check = 0.0

@@ -234,3 +234,48 @@ def test_a_watched_stage_holds_seconds_back_briefly() -> None:
     assert load._lag_kw(None, hook) == {"lag_s": load.WATCHED_LAG_S} and load.WATCHED_LAG_S <= 1
     assert load._lag_kw(None, None) == {}
     assert load._lag_kw(4, hook) == {"lag_s": 4}
+
+
+@pytest.mark.skipif(load._SETPRIV is None, reason="no setpriv (Linux util-linux): k6 ends at its own plan's end")
+def test_k6_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """A campaign or generator killed outright (SIGKILL, OOM, a lost worker) leaves no k6 behind."""
+    import subprocess
+    import sys
+
+    k6 = venv_bin("k6")
+    if k6 is None:
+        pytest.skip("k6 binary not installed")
+    script = tmp_path / "idle.js"
+    script.write_text("export const options = { vus: 1, duration: '10m' };\nexport default function () {}\n")
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time\nfrom pathlib import Path\nfrom tasks.load import start_k6\n"
+            f"p = start_k6([{k6!r}, 'run', '--paused', '--address', '127.0.0.1:0', {str(script)!r}], "
+            f"Path({str(tmp_path / 'k6.log')!r}), dict(os.environ))\n"
+            "print(p.pid, flush=True)\ntime.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(load.__file__).resolve().parents[1],
+    )
+    assert parent.stdout is not None
+    k6_pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and psutil.Process(k6_pid).name() != "k6":
+        time.sleep(0.1)  # setpriv has exec'd k6 in the same process
+    assert psutil.Process(k6_pid).name() == "k6"
+    parent.kill()
+    parent.wait(10)
+
+    def alive() -> bool:
+        try:
+            return psutil.Process(k6_pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(), "k6 outlived the process that started it"
