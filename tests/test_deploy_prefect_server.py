@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -343,24 +344,14 @@ def _artifact(api: str, run_id: str, key: str) -> str | None:
 # ------------------------------------------------------------------------------- generators on workers
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_a_stage_split_across_two_process_workers(prefect_server, tmp_path):
-    """Issue 14 on the real engine: the race's 100 users on one seat, split in two k6 segments, each a flow run
-    of k6-segment/soundcheck-generators picked up by its own process worker, merged in a PostgreSQL store:
-    the single-process answers (1 × 200, 99 × 409), one common release, and no k6 left behind."""
-    from collections import Counter
-
-    import psutil
-    from sqlalchemy import select
-    from sut_harness import ADMIN, postgres_url, run_sut
+@pytest.fixture(scope="module")
+def generator_pool(prefect_server, tmp_path_factory):
+    """Two process workers on the soundcheck-generators pool (deployment k6-segment/soundcheck-generators) and a
+    PostgreSQL result store: issue 14's "two process workers" on the real engine."""
+    from sut_harness import postgres_url
 
     from soundcheck import store
-    from soundcheck.models import ScenarioStatus
     from soundcheck.paths import venv_bin
-    from tasks.kpis import compute_kpis
-    from tasks.load import LoadRequest
-    from tasks.segments import PoolDispatch, run_segmented
 
     if venv_bin("k6") is None:
         pytest.skip("k6 binary not installed")
@@ -374,22 +365,12 @@ def test_a_stage_split_across_two_process_workers(prefect_server, tmp_path):
         env,
         timeout=180,
     )
-    logs = [open(tmp_path / f"worker{i}.log", "w") for i in (1, 2)]  # noqa: SIM115 - closed below
+    folder = tmp_path_factory.mktemp("generators")
+    logs = [open(folder / f"worker{i}.log", "w") for i in (1, 2)]  # noqa: SIM115 - closed below
     workers = [
         subprocess.Popen(
-            [
-                *PREFECT,
-                "worker",
-                "start",
-                "--pool",
-                "soundcheck-generators",
-                "--type",
-                "process",
-                "--limit",
-                "1",
-                "--name",
-                f"generator-{i}",
-            ],
+            [*PREFECT, "worker", "start", "--pool", "soundcheck-generators", "--type", "process", "--limit", "1"]
+            + ["--name", f"generator-{i}"],
             env=env,
             cwd=ROOT,
             stdout=logs[i - 1],
@@ -400,48 +381,137 @@ def test_a_stage_split_across_two_process_workers(prefect_server, tmp_path):
     ]
     engine = store.open_store(url)
     store.start_run(engine, "run-pool", "test", scale=0.02, time_scale=1, scenarios=["race"], target=None)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     try:
-        with (
-            run_sut(tmp_path, seed_users=600, seed_seats=400) as sut,
-            temporary_settings({PREFECT_API_URL: prefect_server["api"]}),
-        ):
-            r = run_segmented(
-                engine,
-                "run-pool",
-                LoadRequest(
-                    "race",
-                    sut.base,
-                    output_dir=tmp_path / "out",
-                    env={"TC_GAP_MS": "3500", "TC3_ROUND_GAP_MS": "2500", "RELEASE_DELAY_MS": "2000"},
-                    admin_token=ADMIN["X-Admin-Token"],
-                    progress=False,
-                ),
-                2,
-                dispatch=PoolDispatch("soundcheck-generators"),
-                pickup_timeout_s=240,
-                store_url=url,
-            )
-        worker_text = "".join((tmp_path / f"worker{i}.log").read_text()[-1500:] for i in (1, 2))
-        assert r.status == ScenarioStatus.COMPLETED, f"{r.reason}\n{worker_text}"
-        assert [s["state"] for s in r.details["segments"]] == ["DONE", "DONE"]
-        with engine.connect() as c:
-            reqs = c.execute(select(store.requests).where(store.requests.c.scenario_run_id == r.scenario_run_id)).all()
-        by = Counter((q.name, q.status) for q in reqs if q.endpoint == "API-3")
-        assert by[("tc1", 200)] == 1 and by[("tc1", 409)] == 99 and by[("tc2", 200)] == 100
-        k = {(x.name, x.phase): x.value for x in compute_kpis(engine, r.scenario_run_id)}
-        print(
-            f"pickup {r.details['pickup_s']} s; resume spread {r.details['resume_spread_ms']} ms; "
-            f"TC-1 release spread {k[('tc1_release_spread_ms', None)]:.1f} ms"
-        )
-        assert 0 <= k[("tc1_release_spread_ms", None)] < 250
+        yield {"engine": engine, "url": url, "workers": workers, "folder": folder}
     finally:
         for w in workers:
             _stop(w)
         for f in logs:
             f.close()
         engine.dispose()
-    assert not [
-        p for p in psutil.process_iter(["name"]) if p.info["name"] == "k6" and "race.js" in " ".join(p.cmdline())
-    ]
+
+
+def _split(pool, sut, scenario: str, out: Path, env: dict[str, str] | None = None):
+    """`scenario` against `sut` as two segments, one per worker of `generator_pool`."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from sut_harness import ADMIN
+
+    from tasks.load import LoadRequest
+    from tasks.segments import PoolDispatch, run_segmented
+
+    with temporary_settings({PREFECT_API_URL: pool["api"]}):
+        return run_segmented(
+            pool["engine"],
+            "run-pool",
+            LoadRequest(
+                scenario,
+                sut.base,
+                output_dir=out,
+                env=env or {},
+                admin_token=ADMIN["X-Admin-Token"],
+                progress=False,
+                scale=0.02,
+            ),
+            2,
+            dispatch=PoolDispatch("soundcheck-generators"),
+            pickup_timeout_s=240,
+            store_url=pool["url"],
+        )
+
+
+def _worker_logs(pool) -> str:
+    return "".join((pool["folder"] / f"worker{i}.log").read_text()[-1500:] for i in (1, 2))
+
+
+def _k6_of(script: str) -> list:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info["name"] == "k6" and script in " ".join(p.info["cmdline"] or []):
+            found.append(p)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_stage_split_across_two_process_workers(prefect_server, generator_pool, tmp_path):
+    """Issue 14 on the real engine: the race's 100 users on one seat, split in two k6 segments, each a flow run
+    of k6-segment/soundcheck-generators picked up by its own process worker, merged in a PostgreSQL store:
+    the single-process answers (1 × 200, 99 × 409), one common release, and no k6 left behind."""
+    from collections import Counter
+
+    from sqlalchemy import select
+    from sut_harness import run_sut
+
+    from soundcheck import store
+    from soundcheck.models import ScenarioStatus
+    from tasks.kpis import compute_kpis
+
+    pool = {**generator_pool, "api": prefect_server["api"]}
+    engine = pool["engine"]
+    with run_sut(tmp_path, seed_users=600, seed_seats=400) as sut:
+        r = _split(
+            pool,
+            sut,
+            "race",
+            tmp_path / "out",
+            {"TC_GAP_MS": "3500", "TC3_ROUND_GAP_MS": "2500", "RELEASE_DELAY_MS": "2000"},
+        )
+    assert r.status == ScenarioStatus.COMPLETED, f"{r.reason}\n{_worker_logs(pool)}"
+    assert [s["state"] for s in r.details["segments"]] == ["DONE", "DONE"]
+    with engine.connect() as c:
+        reqs = c.execute(select(store.requests).where(store.requests.c.scenario_run_id == r.scenario_run_id)).all()
+    by = Counter((q.name, q.status) for q in reqs if q.endpoint == "API-3")
+    assert by[("tc1", 200)] == 1 and by[("tc1", 409)] == 99 and by[("tc2", 200)] == 100
+    k = {(x.name, x.phase): x.value for x in compute_kpis(engine, r.scenario_run_id)}
+    print(
+        f"pickup {r.details['pickup_s']} s; resume spread {r.details['resume_spread_ms']} ms; "
+        f"TC-1 release spread {k[('tc1_release_spread_ms', None)]:.1f} ms"
+    )
+    assert 0 <= k[("tc1_release_spread_ms", None)] < 250
+    assert not _k6_of("race.js")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_worker_killed_mid_stage_is_named_and_leaves_no_k6(prefect_server, generator_pool, tmp_path):
+    """Issue 14's failure case on the real engine: mid-spike, the worker holding segment 0 (the one that also
+    runs teardown, so its k6 lingers) is killed outright with the flow run it was executing. Its heartbeat
+    stops; the stage ends K6_CRASHED naming that generator, the other part is stopped, and no k6 is left
+    (setpriv's death signal ends the orphaned k6)."""
+    import psutil
+    from sut_harness import run_sut
+
+    from soundcheck.models import ScenarioStatus
+
+    pool = {**generator_pool, "api": prefect_server["api"]}
+    killed: list[int] = []
+
+    def kill_segment_0() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            k6 = [p for p in _k6_of("spike.js") if "0:1/2" in " ".join(p.cmdline())]
+            if k6 and psutil.Process(k6[0].pid).status() != psutil.STATUS_ZOMBIE:
+                time.sleep(8)  # well into the stage
+                generator = k6[0].parent()  # the flow run's process (setpriv exec'd k6 in its place)
+                worker = next(w for w in pool["workers"] if w.pid in {a.pid for a in generator.parents()})
+                for proc in (worker.pid, generator.pid):
+                    os.kill(proc, signal.SIGKILL)
+                    killed.append(proc)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_segment_0, daemon=True)
+    killer.start()
+    with run_sut(tmp_path, seed_users=600, seed_seats=400) as sut:
+        r = _split(pool, sut, "spike", tmp_path / "out")
+    killer.join(5)
+    assert killed, f"segment 0's k6 never appeared\n{_worker_logs(pool)}"
+    print(f"killed worker + flow run {killed}: {r.status.value}: {r.reason}")
+    assert r.status == ScenarioStatus.K6_CRASHED, r.reason
+    assert "generator 1/2" in r.reason and "died during the run" in r.reason, r.reason
+    deadline = time.monotonic() + 30
+    while _k6_of("spike.js") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in _k6_of("spike.js") if p.status() != psutil.STATUS_ZOMBIE]
