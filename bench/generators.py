@@ -6,13 +6,24 @@ machines are the same code, see tests/test_deploy_prefect_server.py). Prints eac
 (passed / failed / not measured), the checks whose outcome differs, and a few merged KPIs side by side.
 
     uv run python bench/generators.py
+    uv run python bench/generators.py --workers        # the parts on two Prefect process workers
     uv run python bench/generators.py --scenario race --scenario soak --scale 0.02 --time-scale 0.03
+
+With `--workers` the bench starts a Prefect server on a free loopback port (its own PREFECT_HOME), the
+`soundcheck-generators` process pool, the `k6-segment/soundcheck-generators` deployment and two process
+workers; both campaigns run their flow against that server, and the 2-generator one sets
+`k6.work_pool: soundcheck-generators`, so each part is a flow run a worker picked up (issue 14's setting).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +47,72 @@ def postgres(name: str) -> str:
     return f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
 
 
+POOL = "soundcheck-generators"
+
+
+@contextlib.contextmanager
+def prefect_workers(work: Path, count: int = 2):
+    """A Prefect server, the generators' pool and deployment, `count` process workers; this process's flows
+    use the server. Everything started here is stopped on the way out."""
+    import httpx
+
+    home = work / "prefect-home"
+    home.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+    }
+    prefect = [sys.executable, "-m", "prefect"]
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str], log: str) -> subprocess.Popen:
+        with open(home / log, "w") as f:
+            p = subprocess.Popen(
+                [*prefect, *args], env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        procs.append(p)
+        return p
+
+    try:
+        start(["server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log")
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Prefect server did not start: " + (home / "server.log").read_text()[-1500:])
+            time.sleep(0.3)
+        for cmd in (
+            ["work-pool", "create", POOL, "--type", "process"],
+            ["--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", POOL],
+        ):
+            subprocess.run([*prefect, *cmd], env=env, cwd=ROOT, check=True, capture_output=True, timeout=240)
+        for i in range(count):
+            start(
+                ["worker", "start", "--pool", POOL, "--type", "process", "--limit", "1", "--name", f"gen-{i + 1}"],
+                f"worker{i + 1}.log",
+            )
+        os.environ.update({k: env[k] for k in ("PREFECT_HOME", "PREFECT_API_URL")})
+        print(f"prefect server {api}, {count} process workers on pool {POOL}")
+        yield POOL
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(20)
+
+
 def campaign(generators: int, args: argparse.Namespace, work: Path) -> dict:
     from soundcheck.cli import run_campaign
 
@@ -43,6 +120,8 @@ def campaign(generators: int, args: argparse.Namespace, work: Path) -> dict:
     data.update(store_url=postgres(f"gen{generators}"), output_dir=str(work / f"runs{generators}"))
     data["slack"] = {"enabled": False}
     data["k6"] = {**(data.get("k6") or {}), "generators": generators}
+    if generators > 1 and args.pool:
+        data["k6"]["work_pool"] = args.pool
     prof = work / f"profile{generators}.yaml"
     prof.write_text(yaml.safe_dump(data))
     out = work / f"out{generators}"
@@ -68,10 +147,14 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=0.02)
     ap.add_argument("--time-scale", type=float, default=0.03)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--workers", action="store_true", help="the parts on two Prefect process workers")
     args = ap.parse_args()
     args.scenario = args.scenario or ["race", "spike", "soak"]
     work = Path(tempfile.mkdtemp(prefix="soundcheck-generators-"))
-    runs = {g: campaign(g, args, work) for g in (1, 2)}
+    args.pool = None
+    with prefect_workers(work) if args.workers else contextlib.nullcontext() as pool:
+        args.pool = pool
+        runs = {g: campaign(g, args, work) for g in (1, 2)}
     checks = {
         g: {(c["id"], c.get("scenario"), c.get("expected")): outcome(c) for c in v["checks"]} for g, v in runs.items()
     }
