@@ -23,11 +23,13 @@
 // token on the concert's queue, polled until ENTERED in setup. Every later iteration polls, lists concerts,
 // or (once its token is ENTERED) reserves one seat of SOAK_SEAT_FIRST … +SOAK_SEAT_COUNT; a user still
 // waiting polls instead of reserving (the plan answers reservations only to admitted users, R-SPIKE-11).
+// A user whose token expires (the queue's TTL: 30 min in the plan, as long as the soak) queues again with a
+// new token, tagged reentry=true, instead of sending reservations a dead token (401) or only polling.
 // The plan's watch bands are thresholds; the alarm levels abort the run (errors > 1 %, p95 > 3 s).
 //
 // Env (besides lib/common.js): SOAK_USERS (1000), SOAK_RATE (3333), SOAK_DURATION_S (1800),
 // SOAK_SEAT_FIRST (601), SOAK_SEAT_COUNT (400), SOAK_PREALLOC_LATENCY_S (0.5), SOAK_VU_LATENCY_S (2),
-// SOAK_MIN_VUS (50), SOAK_TARGET_FIRST (20001), SOAK_RELEASE_SEAT (SOAK_SEAT_FIRST − 1: the seat the
+// SOAK_MIN_VUS (50), SOAK_TARGET_FIRST (20001: user i's k-th entry queues on 20001 + i + k·users), SOAK_RELEASE_SEAT (SOAK_SEAT_FIRST − 1: the seat the
 // shared user buys). Users: USER_OFFSET … +SOAK_USERS·SCALE − 1.
 import exec from 'k6/execution';
 import {
@@ -88,6 +90,8 @@ export function teardown(data) {
 
 let token = null;
 let entered = false; // what this user's last token or poll answer said: only an admitted user reserves
+let entries = 0;
+let reenter = false; // its token expired (the queue's TTL, 30 min in the plan): it queues again, as a person would
 
 export default function (data) {
   const idx = (exec.vu.idInTest - 1) % USERS;
@@ -95,13 +99,17 @@ export default function (data) {
   if (data.tokens) {  // admitted in setup (shared_token, wait)
     const k = idx % data.tokens.length;
     user = data.admittedUsers[k];
-    if (token === null) {
+    if (token === null && !reenter) {
       token = data.tokens[k];
       entered = true;
     }
   }
   if (token === null) {
-    const { body } = issueToken(user, {}, TARGET_FIRST + idx);
+    // private_targets: a queue target of the user's own, a new one for each entry (a service may keep one
+    // token per target and user for good); admitted in setup: the concert's queue, polled from here on
+    const target = data.tokens ? undefined : TARGET_FIRST + idx + entries * USERS;
+    entries += 1;
+    const { body } = issueToken(user, { reentry: String(reenter) }, target);
     token = body && body.token ? body.token : '';
     entered = !!(body && body.status === 'ENTERED');
     return;
@@ -110,10 +118,18 @@ export default function (data) {
   if (r < 0.7 || (r >= 0.9 && !entered)) {
     const { body } = pollToken(token || 'none', {}, user);
     if (body && body.status) entered = body.status === 'ENTERED';
+    if (body && (body.status === 'EXPIRED' || body.status === 'DONE')) expired();
   } else if (r < 0.9) {
     concerts();
   } else {
     const seat = SEAT_FIRST + Math.floor(Math.random() * SEAT_COUNT);
-    reserve(user, token || 'none', [seat], uuid(), 'reserve');
+    const { res } = reserve(user, token || 'none', [seat], uuid(), 'reserve');
+    if (res.status === 401) expired(); // the token died between two polls
   }
+}
+
+function expired() {
+  token = null;
+  entered = false;
+  reenter = true;
 }

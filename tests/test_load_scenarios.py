@@ -207,6 +207,28 @@ def test_soak_mix_arrival_rate(engine, sut, tmp_path: Path) -> None:
     assert k[("dropped_iterations", None)] == 0 and k[("error_rate", None)] == 0
 
 
+def test_soak_users_queue_again_when_their_tokens_expire(engine, tmp_path: Path) -> None:
+    """The plan's token TTL (30 min) is as long as its soak: tokens taken in the first second die in the last.
+    A user whose token expired queues again, as a person would, and goes on reserving; it does not send a dead
+    token (401) nor fall back to polling for the rest of the run. Here the TTL is 4 s in a 14 s soak."""
+    with run_sut(tmp_path, seed_users=700, seed_seats=1100, queue_ttl_seconds=4) as short_ttl:
+        r = _run(engine, short_ttl, "soak", tmp_path, scale=0.02, time_scale=0.008)  # 20 users, 67 req/s, 14 s
+    assert r.status == ScenarioStatus.COMPLETED, r.reason
+    rows = _rows(engine, store.second_aggregates, r.scenario_run_id)
+    first = min(a.second for a in rows)
+    by: Counter[str] = Counter()
+    answered_late = 0  # reservations answered (not 401) after every first token had expired
+    for a in rows:
+        by[a.endpoint] += a.count
+        if a.endpoint == "API-3":
+            by["401"] += int((a.codes or {}).get("401", 0))
+            if a.second >= first + 8:
+                answered_late += a.count - int((a.codes or {}).get("401", 0))
+    assert by["API-1"] >= 2 * 20, by  # every user took a new token at least once
+    assert answered_late > 20, by  # reservations went on after the TTL
+    assert by["401"] <= 0.25 * by["API-3"], by  # at most the one reservation sent before a poll saw the expiry
+
+
 class _SlowTarget(http.server.ThreadingHTTPServer):
     """Loopback stand-in answering every API call after `delay_s` (a target whose latency is 0.4 s)."""
 
