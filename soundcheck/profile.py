@@ -301,6 +301,10 @@ class Sizing(_Strict):
     #: Cores per local instance under a cgroup quota (infra/cpu_quota.py); None: no quota (the machine's curve).
     instance_cpu: float | None = Field(default=0.25, gt=0)
     start_rps: float = Field(default=20.0, gt=0)  # first step, per instance
+    #: Every climb after the first starts at this share of the load per instance measured so far (median of the
+    #: climbs before it; never below start_rps): the steps far below the knee tell nothing new. None: all from
+    #: start_rps. A first step that fails there climbs again from start_rps.
+    warm_start: float | None = Field(default=0.6, gt=0, lt=1)
     factor: float = Field(default=1.3, gt=1)  # each step offers this much more
     max_steps: int = Field(default=14, ge=1)
     hold_s: float = Field(default=20.0, gt=0)  # each step's length

@@ -200,15 +200,18 @@ def run_stairs(
     quotas: list[Any] | None = None,
     instance_urls: list[str] | None = None,
     abort: threading.Event | None = None,
+    start_rps: float | None = None,
 ) -> Stairs:
     """One climb at `instances`: steps until the first that fails, the budget's deadline, or an abort.
-    With `instance_urls`, k6 sends each request to the next instance in turn (BASE_URLS), as a balancer."""
+    With `instance_urls`, k6 sends each request to the next instance in turn (BASE_URLS), as a balancer.
+    `start_rps`: a warm start (sizing.warm_start); its first step failing climbs again from the cold start."""
     from tasks.collect import start_sampler
     from tasks.load import LoadRequest, ScenarioStatus, run_scenario
 
     cfg = profile.sizing
     base_url = endpoints.base_url
-    rates = stairs(cfg.start_rps * instances, cfg.factor, cfg.max_steps)
+    cold = cfg.start_rps * instances
+    rates = stairs(max(cold, start_rps or cold), cfg.factor, cfg.max_steps)
     steps: list[StepResult] = []
     stopped = None
 
@@ -290,6 +293,16 @@ def run_stairs(
             knee = s
             break
         best = s
+    if best is None and knee is not None and knee.offered_rps > cold:  # the warm start was above this climb's knee
+        for rate in stairs(cold, cfg.factor, cfg.max_steps, max_rps=knee.offered_rps / cfg.factor):
+            stopped = out_of_time()
+            if stopped:
+                break
+            s = step(rate)
+            if not s.passed:
+                knee = s
+                break
+            best = s
     # Between the last pass and the knee the stairs' factor leaves a gap; halve it `refine` times.
     for _ in range(cfg.refine if best is not None and knee is not None else 0):
         stopped = out_of_time()
@@ -406,17 +419,30 @@ def size(
     t0 = time.time()
     deadline = t0 + cfg.budget_s
     fitted: UslFit | None = None
+    per_instance: list[float] = []  # each finished climb's sustainable load per instance (warm starts)
     try:
         for n in counts:
             set_instances(handle, n, cpu)
             climbs = []
             for r in range(1, cfg.repeats + 1):
                 fresh_state(handle)  # a restart: new worker processes, quotas and ports
-                climbs.append(
-                    run_stairs(
-                        engine, run_id, profile, endpoints, n, r, out, deadline, abort=abort, **_instances_of(handle)
-                    )
+                warm = cfg.warm_start * statistics.median(per_instance) * n if cfg.warm_start and per_instance else None
+                climb = run_stairs(
+                    engine,
+                    run_id,
+                    profile,
+                    endpoints,
+                    n,
+                    r,
+                    out,
+                    deadline,
+                    abort=abort,
+                    start_rps=warm,
+                    **_instances_of(handle),
                 )
+                climbs.append(climb)
+                if climb.sustainable_rps:
+                    per_instance.append(climb.sustainable_rps / n)
             result.stairs += climbs
             result.per_count[n] = summarize_count(climbs)
         data = {n: v["sustainable_rps"] for n, v in result.per_count.items() if v["sustainable_rps"]}

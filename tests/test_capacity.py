@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +206,85 @@ def test_the_soak_mix_runs_the_soaks_own_script_at_the_steps_rate():
     script, env = _step_script(soak, 90.0)
     assert script.name == "soak.js" and float(env["SOAK_RATE"]) * 0.02 == pytest.approx(90.0)
     assert env["SOAK_DURATION_S"] == "12"
+
+
+class _Simulated:
+    """A service whose steps pass below `knee_per_instance × instances` req/s: the climbs' logic alone, with the
+    store real and no load sent (k6 and the samplers replaced)."""
+
+    def __init__(self, monkeypatch, knees: list[float]) -> None:
+        import tasks.capacity as cap
+        import tasks.collect
+        import tasks.load
+        from soundcheck.sizing import StepResult
+        from tasks.load import ScenarioResult, ScenarioStatus
+
+        self.knees = list(knees)  # per climb: its knee per instance
+        self.offered: list[list[float]] = []
+        self.starts: list[float | None] = []
+        sim = self
+
+        def run_scenario(engine, run_id, req, abort=None):
+            t = time.time()
+            sim.last_rate = float(req.env["RATE"])
+            return ScenarioResult(req.scenario_run_id, "capacity", ScenarioStatus.COMPLETED, None, 0, 0, 0.1, t, t, "")
+
+        def step_from_store(engine, sid, rate, dropped, warmup_s):
+            sim.offered[-1].append(rate)
+            ok = rate < sim.knee
+            achieved = rate if ok else rate * 0.8
+            return StepResult(rate, achieved, 8, 5, 5, 5, 5, 0, 0, passed=ok, why=[] if ok else ["p95"])
+
+        real_run_stairs = cap.run_stairs
+
+        def run_stairs(*a, start_rps=None, **kw):
+            n = a[4]
+            sim.knee = sim.knees.pop(0) * n
+            sim.offered.append([])
+            sim.starts.append(start_rps)
+            return real_run_stairs(*a, start_rps=start_rps, **kw)
+
+        monkeypatch.setattr(tasks.load, "run_scenario", run_scenario)
+        monkeypatch.setattr(cap, "step_from_store", step_from_store)
+        monkeypatch.setattr(cap, "step_resources", lambda *a, **k: {})
+        monkeypatch.setattr(cap, "_step_script", lambda profile, rate: (Path("capacity.js"), {"RATE": str(rate)}))
+        monkeypatch.setattr(tasks.collect, "start_sampler", lambda *a, **k: type("S", (), {"stop": lambda s: None})())
+        monkeypatch.setattr(cap, "run_stairs", run_stairs)
+        monkeypatch.setattr(cap, "set_instances", lambda *a, **k: None)
+        monkeypatch.setattr(cap, "fresh_state", lambda handle: None)
+        monkeypatch.setattr(cap, "_instances_of", lambda handle: {})
+        monkeypatch.setattr(cap, "_quota_note", lambda handle, cpu: (None, "no quota"))
+
+
+def _sizing_profile(**sizing):
+    base = {"instances": [1, 2], "repeats": 2, "start_rps": 20, "factor": 1.3, "max_steps": 14, "refine": 2}
+    base.update(settle_s=0, hold_s=8, warmup_s=2, budget_s=10_000, verify=False, instance_cpu=None, **sizing)
+    return parse_profile({"name": "warm", "scale": 0.02, "sizing": base})
+
+
+def test_later_climbs_start_near_the_load_already_measured(tmp_path, monkeypatch):
+    sim = _Simulated(monkeypatch, [150, 150, 150, 150])
+    e = new_store(tmp_path)
+    store.start_run(e, "w", "warm", scale=0.02, time_scale=1, scenarios=["capacity"], target=None)
+    handle = type("H", (), {"workers": 1, "instance_cpu": None, "balanced": False})()
+    result = size(_sizing_profile(), handle, type("E", (), {"base_url": "http://127.0.0.1:9"})(), e, "w", tmp_path)
+    assert sim.starts[0] is None and sim.offered[0][0] == 20.0  # the first climb starts cold
+    first = result.stairs[0].sustainable_rps
+    assert sim.starts[1] == pytest.approx(0.6 * first)  # then at 60 % of what one instance sustained
+    one = [c.sustainable_rps for c in result.stairs[:2]]
+    assert sim.starts[2] == pytest.approx(0.6 * float(np.median(one)) * 2)  # two instances: twice the median
+    assert all(len(o) < len(sim.offered[0]) for o in sim.offered[1:])  # fewer steps below the knee
+    for c in result.stairs:  # and the same answer: within the refined gap of the knee
+        assert 150 * c.instances / 1.3 <= c.sustainable_rps <= 150 * c.instances
+
+
+def test_a_warm_start_above_the_knee_climbs_again_from_the_cold_start(tmp_path, monkeypatch):
+    _Simulated(monkeypatch, [150, 60])  # the second climb's service is far slower
+    e = new_store(tmp_path)
+    store.start_run(e, "w", "warm", scale=0.02, time_scale=1, scenarios=["capacity"], target=None)
+    handle = type("H", (), {"workers": 1, "instance_cpu": None, "balanced": False})()
+    prof = _sizing_profile(instances=[1])
+    result = size(prof, handle, type("E", (), {"base_url": "http://127.0.0.1:9"})(), e, "w", tmp_path)
+    second = result.stairs[1]
+    assert not second.steps[0].passed and second.steps[1].offered_rps == 20.0  # failed warm, then cold
+    assert 60 / 1.3 <= second.sustainable_rps < 60 and second.knee_rps <= 60 * 1.3
