@@ -10,6 +10,7 @@ process it starts is stopped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -427,9 +428,10 @@ def _k6_of(script: str) -> list:
     import psutil
 
     found = []
-    for p in psutil.process_iter(["name", "cmdline"]):
-        if p.info["name"] == "k6" and script in " ".join(p.info["cmdline"] or []):
-            found.append(p)
+    for p in psutil.Process().children(recursive=True):  # this test's own (the workers are its children)
+        with contextlib.suppress(psutil.Error):
+            if p.name() == "k6" and script in " ".join(p.cmdline()):
+                found.append(p)
     return found
 
 
@@ -487,6 +489,7 @@ def test_a_worker_killed_mid_stage_is_named_and_leaves_no_k6(prefect_server, gen
 
     pool = {**generator_pool, "api": prefect_server["api"]}
     killed: list[int] = []
+    orphan: list = []
 
     def kill_segment_0() -> None:
         deadline = time.monotonic() + 300
@@ -496,6 +499,7 @@ def test_a_worker_killed_mid_stage_is_named_and_leaves_no_k6(prefect_server, gen
                 time.sleep(8)  # well into the stage
                 generator = k6[0].parent()  # the flow run's process (setpriv exec'd k6 in its place)
                 worker = next(w for w in pool["workers"] if w.pid in {a.pid for a in generator.parents()})
+                orphan.append(k6[0])  # no longer this test's descendant once its parent is gone
                 for proc in (worker.pid, generator.pid):
                     os.kill(proc, signal.SIGKILL)
                     killed.append(proc)
@@ -515,3 +519,13 @@ def test_a_worker_killed_mid_stage_is_named_and_leaves_no_k6(prefect_server, gen
     while _k6_of("spike.js") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not [p for p in _k6_of("spike.js") if p.status() != psutil.STATUS_ZOMBIE]
+
+    def gone(p) -> bool:
+        try:
+            return p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    while not all(gone(p) for p in orphan) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert all(gone(p) for p in orphan), "the killed generator's k6 outlived it"
