@@ -32,6 +32,9 @@ from soundcheck.paths import ROOT
 from tests.moto_fixture import REGION, moto_url, session  # noqa: F401 - fixture
 
 PREFECT = [sys.executable, "-m", "prefect"]
+#: One worker of a parallel suite runs the whole module: one server, and the generators' pool loses a worker
+#: only in its last test.
+pytestmark = pytest.mark.xdist_group("prefect-server")
 
 
 def _free_port() -> int:
