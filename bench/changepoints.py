@@ -9,7 +9,9 @@ far, as the nightly campaign does (soundcheck.changepoints with the profile defa
   within 3 runs of its start (by the night of its third run at the new level);
 - false alarms: nights on an unchanged series on which a change is reported, over all nights judged, and
   the chance a night raises one over `--kpis` independent series (R-REG-2 counts nights);
-- spikes: the same on series with one bad night (+`--spike`) every 10 nights, which must not be reported.
+- spikes: the same on series with one bad night (+`--spike`) every 10 nights, which must not be reported;
+- bound: what no detector can beat (`oracle_recall`): a test told the step's night, with the noise known,
+  at the same false-alarm budget, for one gated series and for `--kpis` of them.
 
     uv run python bench/changepoints.py                       # this machine's noise
     uv run python bench/changepoints.py --noise 0.03 0.05 0.10 --step 0.10
@@ -108,6 +110,21 @@ def evaluate(
     }
 
 
+def oracle_recall(
+    noise: float, step: float, before: int, after: int = 3, night_budget: float = 0.02, kpis: int = 8
+) -> float:
+    """The best any detector can do: a one-sided test of the mean of the `after` nights since a step whose
+    night it is told, against the `before` nights, with the noise known, at the false-alarm budget R-REG-2
+    allows one series (2 % of nights over `kpis` series). No spike immunity, no search for the night: a
+    real detector does worse."""
+    from statistics import NormalDist
+
+    z = NormalDist()
+    alpha = 1 - (1 - night_budget) ** (1 / kpis)  # per series and night
+    shift = (step / noise) / (1 / after + 1 / before) ** 0.5
+    return 1 - z.cdf(z.inv_cdf(1 - alpha) - shift)
+
+
 def main() -> None:
     d = History()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -136,11 +153,16 @@ def main() -> None:
     )
     print(
         f"| noise | step | recall within 3 runs | within 6 | false alarms per series-night (stable) "
-        f"| … (one +{a.spike:.0%} night in 10) | per night, {a.kpis} series | ms per night |"
+        f"| … (one +{a.spike:.0%} night in 10) | per night, {a.kpis} series | ms per night "
+        f"| bound: any detector, 3 runs, 1 / {a.kpis} series |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for noise in a.noise:
         for step in a.step:
+
+            def bound(kpis: int, noise: float = noise, step: float = step) -> float:
+                return oracle_recall(noise, step, a.at, kpis=kpis)
+
             r = evaluate(
                 detect,
                 noise=noise,
@@ -154,7 +176,8 @@ def main() -> None:
             )
             print(
                 f"| {noise:.1%} | {step:+.0%} | {r['recall']:.0%} | {r['recall6']:.0%} | {r['false']:.2%} "
-                f"| {r['spike_false']:.2%} | {r['run_false']:.1%} | {r['ms_per_night']:.1f} |"
+                f"| {r['spike_false']:.2%} | {r['run_false']:.1%} | {r['ms_per_night']:.1f} "
+                f"| {bound(1):.0%} / {bound(a.kpis):.0%} |"
             )
 
 
