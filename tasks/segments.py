@@ -524,11 +524,19 @@ def run_segmented(
         details["pickup_s"] = round(time.monotonic() - t_pick, 3)
         # 2. the script's setup once, its data to every segment
         setup_timeout = max(60.0, planned or 0.0)
-        r0 = httpx.post(f"{api[0]}/v1/setup", timeout=setup_timeout)
-        r0.raise_for_status()
-        setup_data = r0.json()["data"]["attributes"]["data"]
-        for i in range(1, generators):
-            httpx.put(f"{api[i]}/v1/setup", content=json.dumps(setup_data), timeout=30).raise_for_status()
+        calling = 0
+        try:
+            r0 = httpx.post(f"{api[0]}/v1/setup", timeout=setup_timeout)
+            r0.raise_for_status()
+            setup_data = r0.json()["data"]["attributes"]["data"]
+            for calling in range(1, generators):
+                httpx.put(f"{api[calling]}/v1/setup", content=json.dumps(setup_data), timeout=30).raise_for_status()
+        except httpx.HTTPError as e:  # a generator gone between READY and the start: no load was sent
+            host = next((r["host"] for r in rows if r["segment"] == calling), "?")
+            return give_up(
+                ScenarioStatus.K6_CRASHED,
+                f"generator {calling + 1}/{generators} on {host} did not answer its setup call ({e}): no load was sent",
+            )
         # 3. a common start: resume all at once
         resumed: dict[int, float] = {}
 

@@ -499,7 +499,14 @@ def test_a_worker_killed_mid_stage_is_named_and_leaves_no_k6(prefect_server, gen
         while time.monotonic() < deadline:
             k6 = [p for p in _k6_of("spike.js") if "0:1/2" in " ".join(p.cmdline())]
             if k6 and psutil.Process(k6[0].pid).status() != psutil.STATUS_ZOMBIE:
-                time.sleep(8)  # well into the stage
+                cmd = k6[0].cmdline()
+                api = f"http://{cmd[cmd.index('--address') + 1]}/v1/status"
+                while time.monotonic() < deadline:  # until the campaign has resumed it: the load is on
+                    with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                        if not httpx.get(api, timeout=2).json()["data"]["attributes"]["paused"]:
+                            break
+                    time.sleep(0.2)
+                time.sleep(5)  # well into the stage
                 generator = k6[0].parent()  # the flow run's process (setpriv exec'd k6 in its place)
                 worker = next(w for w in pool["workers"] if w.pid in {a.pid for a in generator.parents()})
                 orphan.append(k6[0])  # no longer this test's descendant once its parent is gone

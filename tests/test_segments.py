@@ -263,6 +263,31 @@ def test_a_generator_never_picked_up_fails_the_stage_before_any_load(pg_engine, 
 
 @needs_k6
 @pytest.mark.slow
+def test_a_generator_gone_before_the_start_is_named_and_nothing_is_sent(
+    pg_engine, sut, tmp_path: Path, monkeypatch
+) -> None:
+    """Between READY and the common start the coordinator calls each k6's REST API; a generator whose machine
+    went away then (here: its setup call refused) fails the stage with its name, not the coordinator."""
+    real_post = tasks_segments.httpx.post
+
+    def post(url: str, *a, **kw):
+        if url.endswith("/v1/setup"):
+            raise tasks_segments.httpx.ConnectError("[Errno 111] Connection refused")
+        return real_post(url, *a, **kw)
+
+    monkeypatch.setattr(tasks_segments.httpx, "post", post)
+    r = run_segmented(pg_engine, "run-seg", _req(sut, "race", tmp_path), 2, pickup_timeout_s=60)
+    assert r.status == ScenarioStatus.K6_CRASHED
+    assert "generator 1/2" in (r.reason or "") and "did not answer its setup call" in r.reason, r.reason
+    assert "no load was sent" in r.reason
+    deadline = time.monotonic() + 30
+    while _k6_left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _k6_left()
+
+
+@needs_k6
+@pytest.mark.slow
 def test_an_abort_stops_every_generator(pg_engine, sut, tmp_path: Path) -> None:
     abort = threading.Event()
     abort.reason = "harm: test"  # type: ignore[attr-defined]
