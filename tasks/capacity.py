@@ -282,27 +282,25 @@ def run_stairs(
         return None
 
     time.sleep(cfg.settle_s)  # a restarted service: consumers joining their groups, caches filling
-    best: StepResult | None = None
-    knee: StepResult | None = None
-    for rate in rates:
-        stopped = out_of_time()
-        if stopped:
-            break
-        s = step(rate)
-        if not s.passed:
-            knee = s
-            break
-        best = s
-    if best is None and knee is not None and knee.offered_rps > cold:  # the warm start was above this climb's knee
-        for rate in stairs(cold, cfg.factor, cfg.max_steps, max_rps=knee.offered_rps / cfg.factor):
-            stopped = out_of_time()
-            if stopped:
-                break
+
+    def climb(offered: list[float]) -> tuple[StepResult | None, StepResult | None, str | None]:
+        """Steps up `offered` until one fails: (the last pass, the first failure, why it stopped early)."""
+        last: StepResult | None = None
+        for rate in offered:
+            why = out_of_time()
+            if why:
+                return last, None, why
             s = step(rate)
             if not s.passed:
-                knee = s
-                break
-            best = s
+                return last, s, None
+            last = s
+        return last, None, None
+
+    best, knee, stopped = climb(rates)
+    if best is None and knee is not None and knee.offered_rps > cold and not stopped:
+        # the warm start was above this climb's knee: climb again from the cold start, below it
+        best, lower, stopped = climb(stairs(cold, cfg.factor, cfg.max_steps, max_rps=knee.offered_rps / cfg.factor))
+        knee = lower or knee
     # Between the last pass and the knee the stairs' factor leaves a gap; halve it `refine` times.
     for _ in range(cfg.refine if best is not None and knee is not None else 0):
         stopped = out_of_time()
