@@ -120,6 +120,7 @@ def test_a_cpu_quota_holds_a_busy_process_to_its_share():
 
 
 @pytest.mark.skipif(not available()[0], reason=available()[1])
+@pytest.mark.slow
 def test_a_real_climb_finds_one_instances_knee_and_says_two_counts_are_needed(tmp_path):
     """One worker under a quarter of a core: the stairs pass, then a step fails the plan's gates; the
     bottleneck is named; one count gives no fit, and the stage says so rather than guessing."""
@@ -169,6 +170,7 @@ def test_a_real_climb_finds_one_instances_knee_and_says_two_counts_are_needed(tm
     assert len(n) == len(climb.steps)  # every step kept in the store
 
 
+@pytest.mark.slow
 def test_balanced_instances_each_serve_on_a_port_of_their_own(tmp_path):
     """Sizing's local instances are balanced per request, as an ALB would: each worker listens on a port of
     its own too (the shared port hands a keep-alive connection to one worker for good)."""

@@ -49,6 +49,7 @@ def running(tmp_path_factory):
         stack.stop()
 
 
+@pytest.mark.slow
 def test_range_queries_return_every_kpi_over_the_window(running):
     profile, ep = running
     assert ep.prometheus_url and ep.prometheus_url.startswith("http://127.0.0.1:")

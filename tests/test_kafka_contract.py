@@ -85,6 +85,7 @@ def test_produce_with_acks_all_and_consume_in_a_group_with_manual_commits(broker
     assert committed == {tp.partition: n for tp, n in ends.items()}
 
 
+@pytest.mark.slow
 def test_a_joining_and_a_leaving_consumer_rebalance_the_partitions_and_lose_nothing(broker):
     async def run():
         topic = "contract.rebalance"
@@ -111,6 +112,7 @@ def test_a_joining_and_a_leaving_consumer_rebalance_the_partitions_and_lose_noth
     assert sorted(got) == sorted(f"m{i}" for i in range(90))  # nothing lost, nothing twice
 
 
+@pytest.mark.slow
 def test_uncommitted_messages_are_read_again_after_a_consumer_restart(broker):
     """The service's redelivery: what a crashed consumer did not commit, its successor reads again."""
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from soundcheck.paths import ROOT
 
@@ -32,6 +33,7 @@ def _gone(pid: int, within_s: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_temporary_server_is_killed_when_its_owner_is_killed_hard():
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

@@ -75,6 +75,7 @@ def _wait_metric(url: str, name: str, want: float, timeout_s: float = 15.0) -> f
     return got
 
 
+@pytest.mark.slow
 def test_embedded_defaults_from_nothing_then_remediation_then_clean_teardown(tmp_path):
     stack = LocalStack(_profile(workers=2), tmp_path / "run")
     try:

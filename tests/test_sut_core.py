@@ -332,6 +332,7 @@ def test_payment_rules(sut):
 
 
 # ------------------------------------------------------------------------------------------ queue
+@pytest.mark.slow
 def test_queue_200_users_50_entered_positions_then_promotion(sut):
     """R-SPIKE-10 with the plan's count strategy: 200 users at once → exactly 50 ENTERED, positions 1…150
     without gaps; an ENTERED user's completed payment promotes the first in line."""
