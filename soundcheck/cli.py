@@ -406,7 +406,7 @@ def _print_trends(engine: Any, profile: Any, kpi: str | None, scenario: str | No
     from rich.table import Table
 
     from soundcheck.bands import bands_for
-    from soundcheck.changepoints import change_points, noise
+    from soundcheck.changepoints import noise, shifts
     from soundcheck.plan import fmt_value, unit_of
     from tasks.history import fmt_change, gated_series
 
@@ -425,7 +425,7 @@ def _print_trends(engine: Any, profile: Any, kpi: str | None, scenario: str | No
     for (scen, name, phase), points in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")):
         values = [p.value for p in points]
         unit = unit_of(name)
-        cps = change_points(values, max_pvalue=h.max_pvalue, min_change=h.min_change)
+        cps = shifts(values, max_pvalue=h.max_pvalue, min_change=h.min_change, recent_pvalue=h.recent_pvalue)
         n = noise(values)
         shifts = "; ".join(
             f"{fmt_change(c.rel_change)} from {points[c.index].build or points[c.index].run_id} (p {c.p_value:.0e})"

@@ -283,6 +283,9 @@ class History(_Strict):
     #: A shift is reported when its two segments differ at this two-sided p-value or below. bench/changepoints.py
     #: measures what it gives: under 2 % of stable nights raise an alarm (R-REG-2) even over 8 independent KPIs.
     max_pvalue: float = Field(default=0.0001, gt=0, lt=1)
+    #: A shift of the last three runs, each beyond the baseline's prediction bound, is reported at this p-value or
+    #: below before Otava can place it (soundcheck.changepoints.recent_shift); None: Otava's change points only.
+    recent_pvalue: float | None = Field(default=0.002, gt=0, lt=1)
     #: Shifts smaller than this relative change are not reported, however sure (0.05 is 5 %).
     min_change: float = Field(default=0.05, ge=0)
     #: A new shift for the worse holds approval (APPROVE_WITH_TUNING) or blocks the release.

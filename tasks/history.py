@@ -25,7 +25,7 @@ from sqlalchemy import Engine, delete, insert, select
 
 from soundcheck import store
 from soundcheck.bands import band, bands_for, base_name
-from soundcheck.changepoints import change_points, noise
+from soundcheck.changepoints import noise, shifts
 from soundcheck.models import KPI, Shift
 from soundcheck.plan import KPIS
 from soundcheck.profile import Profile
@@ -165,7 +165,7 @@ def attach_shifts(
             continue
         points = series.get((k.scenario, k.name, k.phase), [])
         values = [p.value for p in points] + [k.value]
-        cps = change_points(values, max_pvalue=h.max_pvalue, min_change=h.min_change)
+        cps = shifts(values, max_pvalue=h.max_pvalue, min_change=h.min_change, recent_pvalue=h.recent_pvalue)
         if not cps:
             continue
         cp = cps[-1]

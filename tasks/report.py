@@ -314,7 +314,7 @@ TREND_RUNS = 30
 def trend_charts(verdict: Verdict, engine: Engine, history: History | None = None) -> dict[str, bytes]:
     """Per scenario, the gated KPIs (whole stage, not per phase) over the last comparable runs with their
     lasting changes marked (R-REG-1); nothing without at least one earlier run."""
-    from soundcheck.changepoints import change_points
+    from soundcheck.changepoints import shifts
     from tasks.charts import trends
     from tasks.history import kpi_series
 
@@ -329,7 +329,12 @@ def trend_charts(verdict: Verdict, engine: Engine, history: History | None = Non
         labels = [p.build or p.run_id for p in points] + [verdict.extra.get("build") or verdict.run_id]
         values = [p.value for p in points] + [k.value]
         per.setdefault(k.scenario, {})[k.name] = (labels, values, k.unit)
-        cps = change_points(values, max_pvalue=thresholds.max_pvalue, min_change=thresholds.min_change)
+        cps = shifts(
+            values,
+            max_pvalue=thresholds.max_pvalue,
+            min_change=thresholds.min_change,
+            recent_pvalue=thresholds.recent_pvalue,
+        )
         marks.setdefault(k.scenario, {})[k.name] = [c.index for c in cps]
     out = {}
     for scenario, series in per.items():

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from soundcheck import store
-from soundcheck.changepoints import change_points, noise
+from soundcheck.changepoints import change_points, noise, recent_shift, shifts
 from soundcheck.models import Decision
 from soundcheck.profile import parse_profile
 from tasks.decide import judge
@@ -76,6 +76,37 @@ def test_noise_is_estimated_from_the_series_itself_despite_a_step():
     assert noise(xs) == pytest.approx(0.05 * 1.15, rel=0.35)  # the step moves the level, not the estimate much
 
 
+def test_a_modest_step_is_found_on_its_third_run_before_otava_can_place_it():
+    xs = _noisy(18, sd=0.05, seed=2)
+    xs[15:] = [x * 1.15 for x in xs[15:]]  # three runs at +15 %: three noise SDs
+    assert change_points(xs) == []  # too short a segment for Otava's split statistic
+    (cp,) = shifts(xs)
+    assert cp.index == 15 and cp.rel_change == pytest.approx(0.15, abs=0.06) and cp.p_value <= 0.002
+    assert shifts(xs, recent_pvalue=None) == []  # the profile can turn it off
+    assert recent_shift(xs[:17]) is None  # two runs are not yet a level
+
+
+def test_the_recent_test_needs_every_one_of_the_last_runs_beyond_the_bound():
+    xs = _noisy(18, sd=0.05, seed=4)
+    xs[15] *= 1.5
+    xs[17] *= 1.5  # two bad nights of three, and a normal one between them
+    assert recent_shift(xs) is None
+    xs[16] *= 0.8  # a step down on one, up on the others: no common side
+    assert recent_shift(xs) is None
+
+
+def test_the_recent_test_reads_its_baseline_after_the_last_lasting_change():
+    xs = _noisy(30, sd=0.03, seed=5)
+    xs[10:] = [x * 1.4 for x in xs[10:]]  # an old step, long since placed by Otava
+    (old,) = shifts(xs)
+    assert old.index == 10  # and the last three runs, at the same new level, are no new shift
+
+
+def test_the_recent_test_stays_quiet_without_a_baseline_or_a_spread():
+    assert recent_shift([100.0] * 5 + [130.0] * 3) is None  # 5 runs are too few to know the noise
+    assert recent_shift([100.0] * 12 + [130.0] * 3) is None  # no spread: no bound to cross
+
+
 def test_flat_and_zero_series_have_no_change():
     assert change_points([5.0] * 10) == [] and change_points([0.0] * 8 + [1.0, 1.0]) == []
 
@@ -131,6 +162,30 @@ def test_a_lasting_regression_holds_approval_once_and_names_its_build(tmp_path):
     # re-judging the night that found it gives the same answer (its own rows replaced, not doubled)
     verdict, _ = judge(e, "n11", prof)
     assert verdict.verdict == Decision.APPROVE_WITH_TUNING
+    e.dispose()
+
+
+NOISY = [100, 108, 95, 103, 97, 106, 92, 101, 99, 104, 96, 102, 107, 94]  # about 5 % night to night
+
+
+def test_a_modest_regression_is_held_on_its_third_run_and_otavas_confirmation_is_not_a_second_alert(tmp_path):
+    e = new_store(tmp_path)
+    prof = parse_profile({"name": "test"})
+    for i, v in enumerate([*NOISY, 112, 115]):
+        _night(e, i, v)
+    assert judge(e, "n15", prof)[0].verdict == Decision.APPROVE  # two runs at +13 %: not yet a level
+    _night(e, 16, 113)
+    verdict, _ = judge(e, "n16", prof)
+    p95 = next(k for k in verdict.kpis if k.name == "p95_ms" and k.scenario == "soak")
+    assert p95.regression and p95.shift.first_run == "n14" and p95.shift.runs == 3
+    assert p95.shift.rel_change == pytest.approx(0.13, abs=0.01)
+    assert verdict.verdict == Decision.APPROVE_WITH_TUNING
+    _night(e, 17, 114)  # Otava now places the same change: known, not a new alert
+    verdict, _ = judge(e, "n17", prof)
+    p95 = next(k for k in verdict.kpis if k.name == "p95_ms" and k.scenario == "soak")
+    assert p95.shift.first_run == "n14" and not p95.shift.new and verdict.verdict == Decision.APPROVE
+    quiet = parse_profile({"name": "test", "history": {"recent_pvalue": None}})
+    assert judge(e, "n16", quiet)[0].verdict == Decision.APPROVE  # Otava alone waits a night longer
     e.dispose()
 
 
