@@ -35,6 +35,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from soundcheck.prefect_server import own_server_env  # noqa: E402
+
 KPIS = ("tc1_release_spread_ms", "p95_ms", "throughput_rps", "error_rate", "requests")
 
 
@@ -61,15 +63,8 @@ def prefect_workers(work: Path, count: int = 2):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api,
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_CLI_PROMPT": "false",
-    }
+    env = own_server_env(home, port)
+    api = env["PREFECT_API_URL"]
     prefect = [sys.executable, "-m", "prefect"]
     procs: list[subprocess.Popen] = []
 

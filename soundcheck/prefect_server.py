@@ -22,6 +22,20 @@ import psutil
 POLL_S = 0.5
 
 
+def own_server_env(home: str | os.PathLike[str], port: int, **extra: str) -> dict[str, str]:
+    """This process's environment pointed at a Prefect server of its own: its home, API URL and SQLite
+    database under `home`, so a bench or test never reads or writes the user's Prefect profile."""
+    return {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+        **extra,
+    }
+
+
 def guard_temporary_server() -> int | None:
     """Start Prefect's temporary server (when no server is configured) and its watchdog; the server's pid."""
     from prefect.settings import get_current_settings

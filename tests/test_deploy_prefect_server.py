@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from soundcheck.paths import ROOT
+from soundcheck.prefect_server import own_server_env
 from tests.moto_fixture import REGION, moto_url, session  # noqa: F401 - fixture
 
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -57,17 +58,8 @@ def _stop(proc: subprocess.Popen) -> None:
 def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api,
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "true",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-        "PREFECT_CLI_PROMPT": "false",
-    }
+    env = own_server_env(home, port, PREFECT_UI_ENABLED="true", PREFECT_LOGGING_LEVEL="INFO")
+    api = env["PREFECT_API_URL"]
     env.pop("PREFECT_PROFILES_PATH", None)
     log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
