@@ -427,7 +427,7 @@ def _print_trends(engine: Any, profile: Any, kpi: str | None, scenario: str | No
         unit = unit_of(name)
         cps = shifts(values, max_pvalue=h.max_pvalue, min_change=h.min_change, recent_pvalue=h.recent_pvalue)
         n = noise(values)
-        shifts = "; ".join(
+        changes = "; ".join(
             f"{fmt_change(c.rel_change)} from {points[c.index].build or points[c.index].run_id} (p {c.p_value:.0e})"
             for c in cps
         )
@@ -440,7 +440,7 @@ def _print_trends(engine: Any, profile: Any, kpi: str | None, scenario: str | No
             fmt_value(values[0], unit),
             fmt_value(values[-1], unit),
             "" if n is None else f"{n:.1%}",
-            shifts or "none",
+            changes or "none",
         )
     _out(table=True).print(table)
     return 0

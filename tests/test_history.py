@@ -304,4 +304,7 @@ def test_history_trends_print_the_series_sparkline_and_its_lasting_change(tmp_pa
     out = capsys.readouterr().out.replace("\n", " ")
     assert "▁" in out and "█" in out and "from b10" in out
     assert sparkline([1, 2, 3, 4]) == "▁▃▆█" and sparkline([5, 5]) == "▄▄"
+    assert print_history(prof, trends=True) == 0  # every gated series, one row each
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.lstrip("│ ").startswith("soak")]
+    assert len(rows) > 1, rows
     assert print_history(prof) == 0 and "b12" in capsys.readouterr().out  # the run list shows builds
