@@ -42,10 +42,8 @@ MACHINE_NOISE = 0.063
 Detector = Callable[[list[float]], list[int]]
 
 
-def soundcheck_detector(max_pvalue: float, min_change: float, recent_pvalue: float | None) -> Detector:
-    return lambda xs: [
-        c.index for c in shifts(xs, max_pvalue=max_pvalue, min_change=min_change, recent_pvalue=recent_pvalue)
-    ]
+def soundcheck_detector(settings: History) -> Detector:
+    return lambda xs: [c.index for c in shifts(xs, settings)]
 
 
 def spa_detector(max_pvalue: float) -> Detector:
@@ -166,7 +164,9 @@ def main() -> None:
     a = ap.parse_args()
     recent = a.recent_pvalue or None
     detect = (
-        soundcheck_detector(a.max_pvalue, a.min_change, recent) if a.library == "otava" else spa_detector(a.max_pvalue)
+        soundcheck_detector(History(max_pvalue=a.max_pvalue, min_change=a.min_change, recent_pvalue=recent))
+        if a.library == "otava"
+        else spa_detector(a.max_pvalue)
     )
     print(
         f"library {a.library}, p ≤ {a.max_pvalue:g}"

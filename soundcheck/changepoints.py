@@ -21,6 +21,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from soundcheck.profile import History
+
 #: Points a level must hold to count: one noisy night is not a change (R-REG-1).
 MIN_RUN = 2
 
@@ -123,22 +125,17 @@ def recent_shift(
     return ChangePoint(len(xs) - runs, mean, after, p_value)
 
 
-def shifts(
-    values: Sequence[float],
-    *,
-    max_pvalue: float = 0.0001,
-    min_change: float = 0.05,
-    recent_pvalue: float | None = 0.002,
-    min_run: int = MIN_RUN,
-) -> list[ChangePoint]:
-    """Every lasting change of the series, oldest first: Otava's, then a recent shift of the last runs when
-    Otava has not (yet) placed a change within one run of its start. The recent test's baseline starts at
-    Otava's last change, so an old step does not pass for a new one. `recent_pvalue` None: Otava's only."""
-    cps = change_points(values, max_pvalue=max_pvalue, min_change=min_change, min_run=min_run)
-    if recent_pvalue is None:
+def shifts(values: Sequence[float], settings: History | None = None) -> list[ChangePoint]:
+    """Every lasting change of the series, oldest first, with the profile's `history` thresholds (the
+    defaults without): Otava's, then a recent shift of the last runs when Otava has not (yet) placed a change
+    within one run of its start. The recent test's baseline starts at Otava's last change, so an old step
+    does not pass for a new one. `recent_pvalue` None: Otava's only."""
+    h = settings or History()
+    cps = change_points(values, max_pvalue=h.max_pvalue, min_change=h.min_change)
+    if h.recent_pvalue is None:
         return cps
     since = cps[-1].index if cps else 0
-    recent = recent_shift(values, max_pvalue=recent_pvalue, min_change=min_change, since=since)
+    recent = recent_shift(values, max_pvalue=h.recent_pvalue, min_change=h.min_change, since=since)
     if recent is None or any(abs(c.index - recent.index) <= 1 for c in cps):
         return cps
     return [*cps, recent]

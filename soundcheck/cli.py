@@ -425,7 +425,7 @@ def _print_trends(engine: Any, profile: Any, kpi: str | None, scenario: str | No
     for (scen, name, phase), points in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")):
         values = [p.value for p in points]
         unit = unit_of(name)
-        cps = shifts(values, max_pvalue=h.max_pvalue, min_change=h.min_change, recent_pvalue=h.recent_pvalue)
+        cps = shifts(values, h)
         n = noise(values)
         changes = "; ".join(
             f"{fmt_change(c.rel_change)} from {points[c.index].build or points[c.index].run_id} (p {c.p_value:.0e})"

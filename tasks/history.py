@@ -165,7 +165,7 @@ def attach_shifts(
             continue
         points = series.get((k.scenario, k.name, k.phase), [])
         values = [p.value for p in points] + [k.value]
-        cps = shifts(values, max_pvalue=h.max_pvalue, min_change=h.min_change, recent_pvalue=h.recent_pvalue)
+        cps = shifts(values, h)
         if not cps:
             continue
         cp = cps[-1]

@@ -318,7 +318,6 @@ def trend_charts(verdict: Verdict, engine: Engine, history: History | None = Non
     from tasks.charts import trends
     from tasks.history import kpi_series
 
-    thresholds = history or History()  # the profile's, so the chart marks what the verdict saw
     series_by_kpi = kpi_series(engine, verdict.run_id, TREND_RUNS - 1)
     per: dict[str, dict[str, tuple[list[str], list[float], str]]] = {}
     marks: dict[str, dict[str, list[int]]] = {}
@@ -329,12 +328,7 @@ def trend_charts(verdict: Verdict, engine: Engine, history: History | None = Non
         labels = [p.build or p.run_id for p in points] + [verdict.extra.get("build") or verdict.run_id]
         values = [p.value for p in points] + [k.value]
         per.setdefault(k.scenario, {})[k.name] = (labels, values, k.unit)
-        cps = shifts(
-            values,
-            max_pvalue=thresholds.max_pvalue,
-            min_change=thresholds.min_change,
-            recent_pvalue=thresholds.recent_pvalue,
-        )
+        cps = shifts(values, history)  # the profile's thresholds, so the chart marks what the verdict saw
         marks.setdefault(k.scenario, {})[k.name] = [c.index for c in cps]
     out = {}
     for scenario, series in per.items():

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from soundcheck import store
 from soundcheck.changepoints import change_points, noise, recent_shift, shifts
 from soundcheck.models import Decision
-from soundcheck.profile import parse_profile
+from soundcheck.profile import History, parse_profile
 from tasks.decide import judge
 from tasks.history import fmt_change, gated_series, higher_is_better, rel_change
 from tasks.notify import build_message
@@ -82,7 +82,7 @@ def test_a_modest_step_is_found_on_its_third_run_before_otava_can_place_it():
     assert change_points(xs) == []  # too short a segment for Otava's split statistic
     (cp,) = shifts(xs)
     assert cp.index == 15 and cp.rel_change == pytest.approx(0.15, abs=0.06) and cp.p_value <= 0.002
-    assert shifts(xs, recent_pvalue=None) == []  # the profile can turn it off
+    assert shifts(xs, History(recent_pvalue=None)) == []  # the profile can turn it off
     assert recent_shift(xs[:17]) is None  # two runs are not yet a level
 
 
@@ -212,7 +212,6 @@ def test_a_change_for_the_better_is_reported_not_held(tmp_path):
 def test_the_trend_chart_marks_changes_with_the_profiles_thresholds(tmp_path):
     """The chart asks the same question the verdict did: a profile that ignores changes under 50 % sees
     no mark where the default 5 % sees one."""
-    from soundcheck.profile import History
     from tasks.report import trend_charts
 
     e = new_store(tmp_path)
