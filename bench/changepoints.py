@@ -115,7 +115,7 @@ def evaluate(
         "steady_false": per_steady,
         "spike_false": spike_false / (trials * judged),
         "run_false": 1 - (1 - max(per_series, per_steady)) ** kpis,
-        "ms_per_night": (time.perf_counter() - t0) * 1000 / (trials * (nights + 2 * long)),
+        "ms_per_night": (time.perf_counter() - t0) * 1000 / (trials * (at + 6 - first + 1 + 2 * judged)),
     }
 
 
