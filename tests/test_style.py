@@ -64,3 +64,27 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert not cycles, " ; ".join(" → ".join(c) for c in cycles)
+
+
+#: Test files that test the project as a whole rather than one module.
+PROJECT_TESTS = {"test_docs.py", "test_style.py"}
+
+
+def _tested_module(test: Path) -> Path | None:
+    """tests/<package path>/test_<module>[_<aspect>].py → <package path>/<module>.py (the longest module name
+    that prefixes the file's), or None when no module of that package fits."""
+    package = ROOT / test.parent.relative_to(ROOT / "tests")
+    name = test.stem.removeprefix("test_")
+    fits = [m for m in package.glob("*.py") if name == m.stem or name.startswith(m.stem + "_")]
+    return max(fits, key=lambda m: len(m.stem)) if fits else None
+
+
+def test_test_files_mirror_the_modules():
+    """Where a module's tests live is its path: tests/tasks/test_safety_abort.py tests tasks/safety.py (its abort
+    watcher), tests/infra/sut/test_app.py tests infra/sut/app.py."""
+    tests = [
+        p for p in (ROOT / "tests").rglob("test_*.py") if p.relative_to(ROOT / "tests").as_posix() not in PROJECT_TESTS
+    ]
+    assert len(tests) > 50
+    orphans = [t.relative_to(ROOT).as_posix() for t in tests if _tested_module(t) is None]
+    assert not orphans, f"test files that name no module: {orphans}"

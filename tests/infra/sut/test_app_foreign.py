@@ -9,7 +9,8 @@ import time
 
 import httpx
 import pytest
-from sut_harness import auth, client, run_sut
+
+from tests.sut_harness import auth, client, run_sut
 
 
 @pytest.fixture(scope="module")

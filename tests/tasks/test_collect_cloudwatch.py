@@ -6,10 +6,10 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from moto_fixture import moto_url, session  # noqa: F401 - fixture
 
 from soundcheck.profile import CloudWatchQuery, load_profile
 from tasks.collect import CloudWatchCollector, build_collectors
+from tests.moto_fixture import moto_url, session  # noqa: F401 - fixture
 
 OUTPUTS = {
     "DbInstanceId": "sc-db-1",

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from moto_fixture import moto_profile, moto_url, session  # noqa: F401 - fixture
 from sqlalchemy import create_engine, select, text
 
 from infra.aws_stack import AwsStack
 from soundcheck import store
 from tasks.safety import rollback, rollback_steps_for
+from tests.moto_fixture import moto_profile, moto_url, session  # noqa: F401 - fixture
 
 
 class _ReplaceRestart:

@@ -63,7 +63,7 @@ def test_the_profiles_abort_levels_reach_k6_and_staging_can_drop_the_latency_one
         k6 = [str(venv_bin("k6")), "inspect"] + [
             a for k in ("ABORT_P95_MS", "ABORT_ERROR_RATE") for a in ("-e", f"{k}={env[k]}")
         ]
-        path = Path(__file__).parent.parent / "scenarios" / f"{script}.js"
+        path = Path(__file__).parents[2] / "scenarios" / f"{script}.js"
         out = subprocess.run([*k6, str(path)], capture_output=True, text=True, check=True, timeout=60)
         return json.loads(out.stdout)["thresholds"]
 

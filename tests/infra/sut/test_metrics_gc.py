@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
-from sut_harness import run_sut
 
 from infra.sut import metrics
 from soundcheck.paths import ROOT
 from tasks.collect import ScrapeCollector, load_metric_map
+from tests.sut_harness import run_sut
 
 
 def _pause(seconds: float) -> None:

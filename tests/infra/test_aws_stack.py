@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from botocore.stub import ANY, Stubber
-from moto_fixture import moto_profile, moto_url, release_route_tables, session  # noqa: F401 - fixture
 
 from infra.aws_stack import AwsStack, cloudwatch_dimensions, load_template, template_body
 from soundcheck.paths import ROOT
 from soundcheck.profile import CloudWatchQuery, parse_profile
 from tasks.collect import CloudWatchCollector
+from tests.moto_fixture import moto_profile, moto_url, release_route_tables, session  # noqa: F401 - fixture
 
 
 def _stack(url: str, name: str, **aws) -> AwsStack:

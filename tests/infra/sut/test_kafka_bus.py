@@ -11,17 +11,17 @@ import asyncio
 
 import httpx
 import pytest
-from sut_harness import ADMIN, client, run_sut
-from test_sut_core import (  # noqa: F401 - collected here, against the Kafka-bus service
+
+from infra.sut.bus import GROUPS
+from infra.sut.kafka_bus import topic_name
+from soundcheck.kafka_lag import BlockingGroupLagReader
+from tests.infra.sut.test_app import (  # noqa: F401 - collected here, against the Kafka-bus service
     reserve_and_pay,
     test_payment_rules,
     test_saga_compensation_and_completion_at_default_interval,
     until_terminal,
 )
-
-from infra.sut.bus import GROUPS
-from infra.sut.kafka_bus import topic_name
-from soundcheck.kafka_lag import BlockingGroupLagReader
+from tests.sut_harness import ADMIN, client, run_sut
 
 
 @pytest.fixture(scope="module")

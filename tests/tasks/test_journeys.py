@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from test_verdict_tree import failed, judge
-from verdict_data import T0
 
 from soundcheck.models import Decision
 from tasks.journeys import QueueFlow, journey_summary, kaplan_meier, wait_quantile
 from tasks.kpis import _wait_kpis
+from tests.tasks.test_decide import failed, judge
+from tests.verdict_data import T0
 
 LIMITS = {"queue_capacity": 2, "queue_ttl_seconds": 1800.0, "admission_period_s": 1.0}  # allowed: 1 + 3 + 2 = 6 s
 

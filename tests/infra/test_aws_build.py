@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from moto_fixture import moto_profile, moto_url, release_route_tables, session  # noqa: F401 - fixture
 from sqlalchemy import select
 
 from infra.aws_build import http_probe, latest_build, render_user_data
@@ -28,6 +27,7 @@ from soundcheck import store
 from tasks.provision import last_approved_build
 from tasks.runs import RunContext, note_environment
 from tasks.safety import rollback_steps_for
+from tests.moto_fixture import moto_profile, moto_url, release_route_tables, session  # noqa: F401 - fixture
 
 ACCOUNT = "123456789012"
 REPO = f"{ACCOUNT}.dkr.ecr.ap-northeast-2.amazonaws.com/concert"

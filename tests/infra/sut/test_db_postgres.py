@@ -10,8 +10,9 @@ import uuid
 from collections import Counter
 
 import pytest
-from sut_harness import auth, client, entered_token, run_sut, together
-from test_sut_core import reserve_and_pay, until_terminal
+
+from tests.infra.sut.test_app import reserve_and_pay, until_terminal
+from tests.sut_harness import auth, client, entered_token, run_sut, together
 
 
 @pytest.fixture

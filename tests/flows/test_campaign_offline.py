@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, os
@@ -33,12 +33,3 @@ def test_campaign_import_turns_prefect_telemetry_off() -> None:
     ).stdout
     got = json.loads(out.strip().splitlines()[-1])
     assert got == {"dnt": "1", "server": "false", "telemetry": False}
-
-
-def test_progress_line_names_busy_vus_of_an_arrival_rate_stage_and_shows_its_length():
-    from tasks.load import _Progress
-
-    soak = _Progress("soak", use_rich=False, planned_s=54)
-    assert soak.vu_label == "VUs busy" and _Progress("spike", use_rich=False).vu_label == "users"
-    assert soak.elapsed(27) == "27 of ≤ 54 s ▕█████▒▒▒▒▒▏ 50%"
-    assert _Progress("race", use_rich=False).elapsed(12.4) == "12 s"

@@ -11,7 +11,6 @@ from pathlib import Path
 import psutil
 import pytest
 from sqlalchemy import func, select
-from sut_harness import ADMIN, run_sut
 
 import tasks.load as load
 from infra.sut.redis_server import free_port
@@ -19,6 +18,7 @@ from soundcheck import store
 from soundcheck.models import ScenarioStatus
 from soundcheck.paths import venv_bin
 from tasks.load import LoadRequest
+from tests.sut_harness import ADMIN, run_sut
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(venv_bin("k6") is None, reason="k6 binary not installed")]
 RUN = "run-fail"

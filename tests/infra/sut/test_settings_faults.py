@@ -11,8 +11,9 @@ from collections import Counter
 import httpx
 import pytest
 import redis
-from sut_harness import ADMIN, auth, client, entered_token, run_sut, together
-from test_sut_core import charge_together, reserve_and_pay, tc1, tc1_violations, until_terminal
+
+from tests.infra.sut.test_app import charge_together, reserve_and_pay, tc1, tc1_violations, until_terminal
+from tests.sut_harness import ADMIN, auth, client, entered_token, run_sut, together
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import contextlib
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
-from sut_harness import auth, drop_mariadb, mariadb_url, postgres_url, run_sut
 
 from soundcheck.profile import parse_profile
 from tasks.fixtures import Balance, FixtureError, api_balances, needs, resolved_mode, sql_balances, statements
+from tests.sut_harness import auth, drop_mariadb, mariadb_url, postgres_url, run_sut
 
 
 def test_what_each_scenario_needs():

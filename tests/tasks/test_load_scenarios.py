@@ -14,7 +14,6 @@ from pathlib import Path
 import psutil
 import pytest
 from sqlalchemy import select
-from sut_harness import ADMIN, run_sut
 
 from soundcheck import store
 from soundcheck.models import ScenarioStatus
@@ -24,6 +23,7 @@ from tasks.fixtures import apply_fixtures
 from tasks.kpis import compute_kpis
 from tasks.load import LoadRequest, run_scenario
 from tasks.snapshot import snapshot
+from tests.sut_harness import ADMIN, run_sut
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(venv_bin("k6") is None, reason="k6 binary not installed")]
 ADMIN_TOKEN = ADMIN["X-Admin-Token"]

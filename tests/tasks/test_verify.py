@@ -21,7 +21,7 @@ from tasks.verify import (
     typical_verdict,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _verdict(*kpis: KPI, codes: tuple[str, ...] = ()) -> Verdict:

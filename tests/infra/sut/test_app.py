@@ -14,7 +14,8 @@ from collections import Counter
 
 import httpx
 import pytest
-from sut_harness import ADMIN, auth, backends, client, entered_token, sut_on, together
+
+from tests.sut_harness import ADMIN, auth, backends, client, entered_token, sut_on, together
 
 TC1_SEAT = 1
 
