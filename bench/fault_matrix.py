@@ -10,7 +10,7 @@ Prints a Markdown table for docs/fault-matrix.md (`--markdown PATH` also writes 
     uv run python bench/fault_matrix.py --healthy-runs 3
 
 Each case runs only the scenarios that exercise it (a full five-scenario campaign per case would take
-an hour on this machine); `tests/test_fault_matrix.py` runs the same table.
+an hour on this machine); `tests/bench/test_fault_matrix.py` runs the same table.
 """
 
 from __future__ import annotations

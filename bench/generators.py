@@ -2,7 +2,7 @@
 
 Runs `soundcheck run` on deployments/local.yaml (race, spike, soak by default) with a PostgreSQL result store,
 once with `k6.generators: 1` and once with 2 (both generators on this machine; Prefect workers on other
-machines are the same code, see tests/test_deploy_prefect_server.py). Prints each run's verdict, its checks
+machines are the same code, see tests/flows/test_campaign_deployments.py). Prints each run's verdict, its checks
 (passed / failed / not measured), the checks whose outcome differs, and a few merged KPIs side by side.
 
     uv run python bench/generators.py

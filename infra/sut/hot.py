@@ -3,7 +3,7 @@
 At the plan's peak 10,000 users poll every 3 s (3,333 req/s) beside 1,000 token issues a second, on the
 same cores as k6. Starlette's request objects, routing and middleware cost more per poll than the answer
 itself (one Redis script call), so these two routes are answered here first. Same answers, errors and
-metrics as the Starlette routes (tests/test_sut_hot.py compares them; `hot_paths: false` turns this
+metrics as the Starlette routes (tests/infra/sut/test_hot.py compares them; `hot_paths: false` turns this
 off); anything else, and any request these routes do not expect in this form (foreign mode's body
 form, a missing header, a bad path), goes the ordinary way.
 """
