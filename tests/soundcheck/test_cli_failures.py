@@ -77,7 +77,7 @@ def test_bad_profile_exit_2_one_sentence(tmp_path):
 
 
 def test_target_off_the_allowlist_exit_2_before_a_single_request(tmp_path):
-    from tests.test_safety_allowlist import _CountingServer
+    from tests.soundcheck.test_allowlist import _CountingServer
 
     other = _CountingServer("127.0.0.2")  # loopback, but not on this profile's allowlist
     try:
