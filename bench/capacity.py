@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -69,14 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(d, indent=1, default=str))
     steps = sum(len(c["steps"]) for c in d["stairs"])
     print(f"{result.quota}; {steps} steps of {args.hold:g} s; load {result.load_s:.0f} s, wall {wall:.0f} s\n")
-    print("| instances | sustainable req/s per repeat | spread | knee (offered) | first to saturate |")
-    print("|---|---|---|---|---|")
+    print(
+        "| instances | sustainable req/s per repeat | spread | farthest from the median | knee (offered) "
+        "| first to saturate |"
+    )
+    print("|---|---|---|---|---|---|")
     for n, c in d["per_count"].items():
+        got = c["sustainable_rps"]
         spread = "" if c["spread"] is None else f"{c['spread']:.0%}"
+        med = statistics.median(got) if got else 0
+        far = f"±{max(abs(x - med) for x in got) / med:.0%}" if len(got) > 1 and med else ""  # the ±10 % target
         knee = "" if c["knee_rps"] is None else f"{c['knee_rps']:,.0f}"
-        print(
-            f"| {n} | {', '.join(f'{x:,.0f}' for x in c['sustainable_rps'])} | {spread} | {knee} | {c['bottleneck']} |"
-        )
+        print(f"| {n} | {', '.join(f'{x:,.0f}' for x in got)} | {spread} | {far} | {knee} | {c['bottleneck']} |")
     print("\nper climb, at the last step that passed: CPU of the busiest / idlest instance (cores)")
     for c in d["stairs"]:
         passed = [st for st in c["steps"] if st["passed"]]

@@ -45,6 +45,11 @@ class Gates:
     #: that counts (a 2 ms → 4 ms doubling is noise, not a queue building up).
     trend_ratio: float = 1.5
     trend_min_ms: float = 50.0
+    #: A rise counts when, going on at the pace measured between the halves for this many more steady windows,
+    #: it would reach the token p95 gate: a queue that outgrows the service does, a 60 → 123 ms wobble inside
+    #: a 7 s window near the knee does not (6 of the 10 failing steps of four one-instance climbs on 2026-12-04
+    #: failed on the rise alone, at p95 123–408 ms).
+    trend_horizon: float = 1.0
 
 
 @dataclass
@@ -75,6 +80,17 @@ def stairs(start_rps: float, factor: float, max_steps: int, max_rps: float | Non
     return out
 
 
+def rising_toward_the_gate(s: StepResult, gates: Gates = Gates()) -> bool:
+    """Is latency still climbing inside the step, fast enough to break the token p95 gate soon? The halves'
+    p95 must rise by the ratio and the least rise, and, extrapolated at that pace (the halves' midpoints are
+    half the steady window apart) for `trend_horizon` more windows, reach the gate."""
+    a, b = s.p95_first_ms, s.p95_second_ms
+    if a is None or b is None or b <= a * gates.trend_ratio or b - a <= gates.trend_min_ms:
+        return False
+    per_window = 2 * (b - a)  # the rise over one whole steady window
+    return b + gates.trend_horizon * per_window >= gates.token_p95_ms
+
+
 def judge_step(s: StepResult, gates: Gates = Gates()) -> StepResult:
     """Mark the step passed or not, with the gates that failed (in the plan's words)."""
     why = []
@@ -88,9 +104,8 @@ def judge_step(s: StepResult, gates: Gates = Gates()) -> StepResult:
         why.append(f"{s.dropped_iterations} iterations dropped (the generator could not offer the load)")
     if s.offered_rps > 0 and s.achieved_rps < gates.min_achieved * s.offered_rps:
         why.append(f"achieved {s.achieved_rps:.0f} of {s.offered_rps:.0f} req/s offered")
-    a, b = s.p95_first_ms, s.p95_second_ms
-    if a is not None and b is not None and b > a * gates.trend_ratio and b - a > gates.trend_min_ms:
-        why.append(f"latency still rising within the step (p95 {a:.0f} → {b:.0f} ms)")
+    if rising_toward_the_gate(s, gates):
+        why.append(f"latency still rising within the step (p95 {s.p95_first_ms:.0f} → {s.p95_second_ms:.0f} ms)")
     s.passed, s.why = not why, why
     return s
 

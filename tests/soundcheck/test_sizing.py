@@ -10,6 +10,7 @@ import pytest
 
 from soundcheck.sizing import (
     PEAK_RPS,
+    Gates,
     StepResult,
     cpu_line,
     fit_usl,
@@ -46,7 +47,7 @@ def test_a_steady_step_within_the_gates_passes():
         ({"errors": 0.002}, "errors 0.20% ≥ 0.1%"),
         ({"dropped": 3}, "3 iterations dropped"),
         ({"achieved": 90.0}, "achieved 90 of 100 req/s offered"),
-        ({"first": 60.0, "second": 200.0}, "latency still rising within the step (p95 60 → 200 ms)"),
+        ({"first": 60.0, "second": 300.0}, "latency still rising within the step (p95 60 → 300 ms)"),
     ],
 )
 def test_each_gate_fails_a_step_on_its_own(kw, why):
@@ -56,6 +57,13 @@ def test_each_gate_fails_a_step_on_its_own(kw, why):
 
 def test_a_small_latency_doubling_is_not_a_trend():
     assert judge_step(_step(first=3.0, second=9.0)).passed  # +6 ms: noise, not a queue
+
+
+def test_a_rise_counts_when_at_its_pace_it_would_reach_the_gate_within_another_window():
+    assert judge_step(_step(first=60.0, second=123.0)).passed  # → 249 ms after one more window: a wobble
+    assert judge_step(_step(first=150.0, second=260.0)).passed  # → 480 ms: short of the 500 ms gate
+    assert not judge_step(_step(first=150.0, second=270.0)).passed  # → 510 ms: a queue on course to break it
+    assert not judge_step(_step(first=150.0, second=260.0), Gates(trend_horizon=2.0)).passed  # a longer look
 
 
 @pytest.mark.parametrize(("lam", "sigma", "kappa"), [(400.0, 0.05, 0.002), (250.0, 0.2, 0.0), (900.0, 0.01, 0.02)])
