@@ -27,6 +27,16 @@ from tasks.capacity import fmt_sizing, size  # noqa: E402
 from tasks.provision import provision  # noqa: E402
 
 
+def k6_seconds(engine) -> float:
+    """Seconds k6 ran, summed over every stored step (verification included)."""
+    from sqlalchemy import select
+
+    t = store.scenario_runs
+    with engine.connect() as c:
+        rows = c.execute(select(t.c.started_at, t.c.finished_at).where(t.c.finished_at.is_not(None))).all()
+    return sum((f - s).total_seconds() for s, f in rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=0.02)
@@ -69,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(d, indent=1, default=str))
     steps = sum(len(c["steps"]) for c in d["stairs"])
-    print(f"{result.quota}; {steps} steps of {args.hold:g} s; load {result.load_s:.0f} s, wall {wall:.0f} s\n")
+    print(
+        f"{result.quota}; {steps} steps of {args.hold:g} s; k6 offered load for {k6_seconds(engine):.0f} s; "
+        f"the stage took {result.load_s:.0f} s (service restarts between climbs included), wall {wall:.0f} s\n"
+    )
     print(
         "| instances | sustainable req/s per repeat | spread | farthest from the median | knee (offered) "
         "| first to saturate |"
