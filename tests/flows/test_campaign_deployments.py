@@ -344,10 +344,9 @@ def _artifact(api: str, run_id: str, key: str) -> str | None:
 def generator_pool(prefect_server, tmp_path_factory):
     """Two process workers on the soundcheck-generators pool (deployment k6-segment/soundcheck-generators) and a
     PostgreSQL result store: issue 14's "two process workers" on the real engine."""
-    from sut_harness import postgres_url
-
     from soundcheck import store
     from soundcheck.paths import venv_bin
+    from tests.sut_harness import postgres_url
 
     if venv_bin("k6") is None:
         pytest.skip("k6 binary not installed")
@@ -390,10 +389,10 @@ def generator_pool(prefect_server, tmp_path_factory):
 def _split(pool, sut, scenario: str, out: Path, env: dict[str, str] | None = None):
     """`scenario` against `sut` as two segments, one per worker of `generator_pool`."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from sut_harness import ADMIN
 
     from tasks.load import LoadRequest
     from tasks.segments import PoolDispatch, run_segmented
+    from tests.sut_harness import ADMIN
 
     with temporary_settings({PREFECT_API_URL: pool["api"]}):
         return run_segmented(
@@ -439,11 +438,11 @@ def test_a_stage_split_across_two_process_workers(prefect_server, generator_pool
     from collections import Counter
 
     from sqlalchemy import select
-    from sut_harness import run_sut
 
     from soundcheck import store
     from soundcheck.models import ScenarioStatus
     from tasks.kpis import compute_kpis
+    from tests.sut_harness import run_sut
 
     pool = {**generator_pool, "api": prefect_server["api"]}
     engine = pool["engine"]
@@ -478,9 +477,9 @@ def test_a_worker_killed_mid_stage_is_named_and_leaves_no_k6(prefect_server, gen
     stops; the stage ends K6_CRASHED naming that generator, the other part is stopped, and no k6 is left
     (setpriv's death signal ends the orphaned k6)."""
     import psutil
-    from sut_harness import run_sut
 
     from soundcheck.models import ScenarioStatus
+    from tests.sut_harness import run_sut
 
     pool = {**generator_pool, "api": prefect_server["api"]}
     killed: list[int] = []
