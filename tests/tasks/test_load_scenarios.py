@@ -226,7 +226,11 @@ def test_soak_users_queue_again_when_their_tokens_expire(engine, tmp_path: Path)
                 answered_late += a.count - int((a.codes or {}).get("401", 0))
     assert by["API-1"] >= 2 * 20, by  # every user took a new token at least once
     assert answered_late > 20, by  # reservations went on after the TTL
-    assert by["401"] <= 0.25 * by["API-3"], by  # at most the one reservation sent before a poll saw the expiry
+    # A dead token is sent at most once, by the request that finds it dead, and that is a reservation (not a
+    # poll) about one time in eight (10 % against 70 %): 401s per token taken stay near 1/8. A user that kept
+    # its dead token would answer 401 to nearly every late reservation with few new tokens. (A bound per
+    # reservation moved with the number of VUs: 24 of 86 on a slower machine, with 150 tokens, 2026-12-04.)
+    assert by["401"] <= 0.25 * by["API-1"], by
 
 
 class _SlowTarget(http.server.ThreadingHTTPServer):
