@@ -189,15 +189,17 @@ class LocalStack:
         self._start_sut(reset=reset_data)
         return self.endpoints
 
-    def set_instances(self, n: int, cpu: float | None = None, *, balanced: bool = True) -> Endpoints:
+    def set_instances(
+        self, n: int, cpu: float | None = None, *, balanced: bool = True, reset_data: bool = False
+    ) -> Endpoints:
         """Serve with `n` workers (the sizing stage's instances), each under a CPU quota of `cpu` cores when
-        given (infra.cpu_quota); restarts the service on the same port, data kept. `balanced`: each worker
-        also on a port of its own (`instance_urls`), so a load generator can balance every request across
-        them as a load balancer does (infra/sut/instance_port.py)."""
+        given (infra.cpu_quota); restarts the service on the same port, data kept unless `reset_data`.
+        `balanced`: each worker also on a port of its own (`instance_urls`), so a load generator can balance
+        every request across them as a load balancer does (infra/sut/instance_port.py)."""
         if n < 1:
             raise ValueError("at least one instance")
         self.workers, self.instance_cpu, self.balanced = n, cpu, balanced
-        return self.restart()
+        return self.restart(reset_data=reset_data)
 
     def _apply_quotas(self) -> None:
         from infra.cpu_quota import CpuQuota

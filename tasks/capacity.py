@@ -320,12 +320,13 @@ def run_stairs(
 
 
 # ---------------------------------------------------------------------------------------------- the stage
-def set_instances(handle: Any, n: int, cpu: float | None, *, balanced: bool = True) -> None:
+def set_instances(handle: Any, n: int, cpu: float | None, *, balanced: bool = True, fresh: bool = False) -> None:
     """Serve with `n` instances: local workers under a quota, or the auto-scaling group's desired capacity.
     Locally `balanced` gives each worker a port of its own, which the steps spread requests over (an ALB
-    balances the auto-scaling group's instances by itself)."""
+    balances the auto-scaling group's instances by itself); `fresh` resets the data in the same restart (what
+    `fresh_state` would do with a second one)."""
     if hasattr(handle, "set_instances"):
-        handle.set_instances(n, cpu, balanced=balanced)
+        handle.set_instances(n, cpu, balanced=balanced, reset_data=fresh)
     elif hasattr(handle, "set_capacity"):
         handle.set_capacity(n)
         handle.wait_healthy(n)
@@ -420,10 +421,11 @@ def size(
     per_instance: list[float] = []  # each finished climb's sustainable load per instance (warm starts)
     try:
         for n in counts:
-            set_instances(handle, n, cpu)
+            set_instances(handle, n, cpu, fresh=True)  # the first climb's restart
             climbs = []
             for r in range(1, cfg.repeats + 1):
-                fresh_state(handle)  # a restart: new worker processes, quotas and ports
+                if r > 1:
+                    fresh_state(handle)  # a restart: new worker processes, quotas and ports
                 warm = cfg.warm_start * statistics.median(per_instance) * n if cfg.warm_start and per_instance else None
                 climb = run_stairs(
                     engine,
@@ -517,8 +519,7 @@ def verify_prediction(
             "verified": None,
             "why": f"{n} × {cpu:g} core exceed the {LOCAL_CORE_BUDGET:g} core this machine can give the service",
         }
-    set_instances(handle, n, cpu)
-    fresh_state(handle)
+    set_instances(handle, n, cpu, fresh=True)
     climb = run_stairs(engine, run_id, profile, endpoints, n, 0, out, deadline, abort=abort, **_instances_of(handle))
     measured = climb.sustainable_rps
     if measured is None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import insert
 
+import tasks.capacity as cap
 from infra.cpu_quota import available
 from soundcheck import store
 from soundcheck.models import Decision
@@ -233,6 +234,9 @@ class _Simulated:
         monkeypatch.setattr(cap, "_quota_note", lambda handle, cpu: (None, "no quota"))
 
 
+_real_set_instances, _real_fresh_state = cap.set_instances, cap.fresh_state
+
+
 def _sizing_profile(**sizing):
     base = {"instances": [1, 2], "repeats": 2, "start_rps": 20, "factor": 1.3, "max_steps": 14, "refine": 2}
     base.update(settle_s=0, hold_s=8, warmup_s=2, budget_s=10_000, verify=False, instance_cpu=None, **sizing)
@@ -265,3 +269,39 @@ def test_a_warm_start_above_the_knee_climbs_again_from_the_cold_start(tmp_path, 
     second = result.stairs[1]
     assert not second.steps[0].passed and second.steps[1].offered_rps == 20.0  # failed warm, then cold
     assert 60 / 1.3 <= second.sustainable_rps < 60 and second.knee_rps <= 60 * 1.3
+
+
+def test_every_climb_starts_from_one_restart_with_fresh_data(tmp_path, monkeypatch):
+    """A new instance count and its first climb share one restart; each later climb has its own. No climb
+    starts on a service whose data another climb left (the WAITING tokens would slow it)."""
+    sim = _Simulated(monkeypatch, [150, 150, 150, 150])
+    monkeypatch.setattr(cap, "set_instances", _real_set_instances)
+    monkeypatch.setattr(cap, "fresh_state", _real_fresh_state)
+    events: list[str] = []
+
+    class Handle:
+        workers, instance_cpu, balanced = 1, None, False
+
+        def set_instances(self, n, cpu=None, *, balanced=True, reset_data=False):
+            self.workers = n
+            events.append(f"restart {n} {'fresh' if reset_data else 'kept'}")
+
+        def restart(self, *, reset_data=False):
+            events.append(f"restart {self.workers} {'fresh' if reset_data else 'kept'}")
+
+    real = cap.run_stairs
+
+    def climb(*a, **kw):
+        events.append(f"climb {a[4]}")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cap, "run_stairs", climb)
+    e = new_store(tmp_path)
+    store.start_run(e, "f", "fresh", scale=0.02, time_scale=1, scenarios=["capacity"], target=None)
+    size(_sizing_profile(), Handle(), type("E", (), {"base_url": "http://127.0.0.1:9"})(), e, "f", tmp_path)
+    climbs = [i for i, ev in enumerate(events) if ev.startswith("climb")]
+    assert len(climbs) == 4 and sim.offered
+    for i in climbs:
+        assert events[i - 1] == f"restart {events[i].split()[1]} fresh", events
+    assert events[-1] == "restart 1 kept"  # left at its own size afterwards
+    assert sum(ev.startswith("restart") for ev in events) == 5  # 4 climbs + the way back, not 4 + 2 + 1
