@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for n, c in d["per_count"].items():
         got = c["sustainable_rps"]
         spread = "" if c["spread"] is None else f"{c['spread']:.0%}"
-        med = statistics.median(got) if got else 0
+        med = c["median_rps"] or 0
         far = f"±{max(abs(x - med) for x in got) / med:.0%}" if len(got) > 1 and med else ""  # the ±10 % target
         knee = "" if c["knee_rps"] is None else f"{c['knee_rps']:,.0f}"
         print(f"| {n} | {', '.join(f'{x:,.0f}' for x in got)} | {spread} | {far} | {knee} | {c['bottleneck']} |")

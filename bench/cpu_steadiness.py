@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from suite_cpu import cpu_times  # bench/: the machine's CPU-seconds per /proc/stat field
+
 
 def work(n: int = 300_000) -> float:
     """CPU-seconds of one fixed piece of interpreter work."""
@@ -28,13 +30,6 @@ def work(n: int = 300_000) -> float:
     return time.process_time() - t0
 
 
-def steal_s() -> float:
-    import os
-
-    with open("/proc/stat") as fh:
-        return int(fh.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=120.0)
@@ -43,14 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     try:
         windows: list[list[float]] = []
-        s0, t0 = steal_s(), time.monotonic()
+        s0, t0 = cpu_times()["steal"], time.monotonic()
         while time.monotonic() - t0 < args.seconds:
             w = int((time.monotonic() - t0) // 10)
             while len(windows) <= w:
                 windows.append([])
             windows[w].append(work())
             time.sleep(0.05)
-        steal = steal_s() - s0
+        steal = cpu_times()["steal"] - s0
     finally:
         if spinner:
             spinner.kill()

@@ -4,7 +4,7 @@ k6 cuts a test into parts with `--execution-segment a:b` over a shared `--execut
 the parts add up to exactly the single-process test (VUs, iterations, arrival rates). k6 also keeps the
 identities disjoint: VU ids and each scenario's iteration numbers are striped across the segments of one
 sequence, so a script that maps `exec.vu.idInTest` or `exec.scenario.iterationInTest` to a user gives
-each user to one segment. Measured on k6 1.1 (`tests/tasks/test_segments.py`): 3 segments of 101 ramping VUs
+each user to one segment. Measured on k6 1.1 (`tests/soundcheck/test_segments.py`): 3 segments of 101 ramping VUs
 use VU ids 1,4,7…/2,5,8…/3,6,9…; 100 VUs × 1 iteration give iterations 0…99 exactly once.
 
 Each segment runs paused, without its own setup, teardown or thresholds: the campaign runs setup once
